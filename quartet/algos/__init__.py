@@ -1,0 +1,105 @@
+"""quartet's RL math: pure torch, tensors and plain numbers in, tensors out.
+
+Modules, one job each: :mod:`~quartet.algos.masked` (masked reductions, global whitening),
+:mod:`~quartet.algos.kl` (KL estimators and controllers), :mod:`~quartet.algos.rewards`
+(scalar to per-token rewards, reward adjustments), :mod:`~quartet.algos.advantages`
+(GAE and critic-free estimators) and :mod:`~quartet.algos.losses` (every loss).
+Conventions are written down in ``docs/algorithms.md``.
+"""
+
+from quartet.algos.advantages import (
+    ESTIMATORS,
+    WHITENED_ESTIMATORS,
+    AdvantagesAndReturns,
+    compute_advantages,
+    discounted_returns,
+    dr_grpo,
+    gae,
+    group_norm,
+    reinforce,
+    reinforce_baseline,
+    rloo,
+)
+from quartet.algos.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, approx_kl
+from quartet.algos.losses import (
+    REDUCTIONS,
+    RM_LOSS_TYPES,
+    DPOLossOutput,
+    PolicyLossOutput,
+    ValueLossOutput,
+    aggregate_loss,
+    dpo_loss,
+    entropy_from_logits,
+    kl_loss,
+    pairwise_rm_loss,
+    policy_loss,
+    sft_loss,
+    token_logprobs,
+    truncated_is_weights,
+    value_loss,
+)
+from quartet.algos.masked import (
+    GlobalMoments,
+    as_bool_mask,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
+from quartet.algos.rewards import (
+    RunningMeanStd,
+    clip_rewards,
+    combine_rewards,
+    last_token_index,
+    normalize_rewards,
+    overlong_penalty,
+    shape_rewards,
+    stop_properly_penalty,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "KL_ESTIMATORS",
+    "REDUCTIONS",
+    "RM_LOSS_TYPES",
+    "WHITENED_ESTIMATORS",
+    "AdaptiveKLController",
+    "AdvantagesAndReturns",
+    "DPOLossOutput",
+    "FixedKLController",
+    "GlobalMoments",
+    "PolicyLossOutput",
+    "RunningMeanStd",
+    "ValueLossOutput",
+    "aggregate_loss",
+    "approx_kl",
+    "as_bool_mask",
+    "clip_rewards",
+    "combine_rewards",
+    "compute_advantages",
+    "discounted_returns",
+    "dpo_loss",
+    "dr_grpo",
+    "entropy_from_logits",
+    "gae",
+    "group_norm",
+    "kl_loss",
+    "last_token_index",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "normalize_rewards",
+    "overlong_penalty",
+    "pairwise_rm_loss",
+    "policy_loss",
+    "reinforce",
+    "reinforce_baseline",
+    "rloo",
+    "sft_loss",
+    "shape_rewards",
+    "stop_properly_penalty",
+    "token_logprobs",
+    "truncated_is_weights",
+    "value_loss",
+]

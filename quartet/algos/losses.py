@@ -1,0 +1,347 @@
+"""Every training objective of quartet: SFT, reward model, DPO/IPO, PPO policy and value, KL.
+
+All token-level losses produce a per-token loss ``[B, T]`` and reduce it with the one
+:func:`aggregate_loss`, so token- versus sequence-level averaging is a single switch that
+means the same thing for every loss. Metrics returned next to a loss are detached.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from quartet.algos.kl import approx_kl
+from quartet.algos.masked import as_bool_mask, masked_mean
+
+__all__ = [
+    "REDUCTIONS",
+    "RM_LOSS_TYPES",
+    "DPOLossOutput",
+    "PolicyLossOutput",
+    "ValueLossOutput",
+    "aggregate_loss",
+    "dpo_loss",
+    "entropy_from_logits",
+    "kl_loss",
+    "pairwise_rm_loss",
+    "policy_loss",
+    "sft_loss",
+    "token_logprobs",
+    "truncated_is_weights",
+    "value_loss",
+]
+
+REDUCTIONS = ("token_mean", "sequence_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
+RM_LOSS_TYPES = ("sigmoid", "logexp")
+
+
+# --------------------------------------------------------------------------- reduction
+
+
+def aggregate_loss(
+    per_token_loss: Tensor,
+    mask: Tensor,
+    reduction: str = "token_mean",
+    norm_length: float | None = None,
+) -> Tensor:
+    """Reduce a ``[B, T]`` per-token loss to a scalar over the masked tokens.
+
+    - ``token_mean``: sum over all valid tokens / number of valid tokens (every token weighs
+      the same; DAPO's "token-level policy gradient loss", OpenRLHF's default).
+    - ``sequence_mean``: mean over tokens within each row, then mean over rows (every sample
+      weighs the same; the original GRPO objective).
+    - ``seq_mean_token_sum``: sum over tokens within each row, then mean over rows.
+    - ``seq_mean_token_sum_norm``: sum over tokens / ``norm_length`` (default ``T``), then mean
+      over rows: Dr. GRPO's constant normaliser, free of response-length bias.
+
+    Row means are over rows with at least one valid token; a batch with no valid token gives
+    0 (with a zero gradient), never NaN.
+    """
+    m = as_bool_mask(mask)
+    if per_token_loss.shape != m.shape:
+        raise ValueError(f"loss shape {tuple(per_token_loss.shape)} != mask shape {tuple(m.shape)}")
+    if reduction == "token_mean":
+        return masked_mean(per_token_loss, m)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    if reduction == "sequence_mean":
+        per_row = masked_mean(per_token_loss, m, dim=-1)
+    else:
+        per_row = torch.where(m, per_token_loss, torch.zeros_like(per_token_loss)).sum(dim=-1)
+        if reduction == "seq_mean_token_sum_norm":
+            per_row = per_row / float(norm_length if norm_length is not None else m.shape[-1])
+    non_empty = m.any(dim=-1)
+    return masked_mean(per_row, non_empty)
+
+
+# --------------------------------------------------------------------------- logits
+
+
+def _rows_as_float(logits: Tensor, i: int, temperature: float) -> Tensor:
+    row = logits[i]
+    if row.dtype in (torch.float16, torch.bfloat16):
+        row = row.float()  # log-softmax in low precision loses most of the mantissa
+    if temperature != 1.0:
+        row = row / temperature  # a new tensor: the caller's logits are never modified
+    return row
+
+
+def token_logprobs(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probability of each label under ``softmax(logits / temperature)``: ``[B, T]``.
+
+    ``logits`` is ``[B, T, V]`` already aligned with ``labels`` ``[B, T]`` (position t predicts
+    label t). Computed as ``z[label] - logsumexp(z)`` one row at a time, so the full
+    ``[B, T, V]`` log-softmax is never materialised; fp16/bf16 logits are upcast per row and
+    the result is float32. ``temperature`` must match the sampler's so that PPO ratios compare
+    the same distribution vLLM sampled from. Labels must lie in ``[0, V)``; a negative label
+    (an ignore index such as -100) gives 0, to be masked out by the caller.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    out = []
+    for i in range(logits.shape[0]):
+        z = _rows_as_float(logits, i, temperature)
+        label = labels[i].long()
+        picked = z.gather(-1, label.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        lp = picked - torch.logsumexp(z, dim=-1)
+        out.append(torch.where(label >= 0, lp, torch.zeros_like(lp)))
+    if not out:
+        return logits.new_zeros(labels.shape, dtype=torch.float32)
+    return torch.stack(out)
+
+
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Entropy of ``softmax(logits / temperature)`` per position: ``[B, T]``.
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v``, one row at a time (float32 for fp16/bf16).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out = []
+    for i in range(logits.shape[0]):
+        z = _rows_as_float(logits, i, temperature)
+        out.append(torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(dim=-1))
+    if not out:
+        return logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- SFT / RM / DPO
+
+
+def sft_loss(logprobs: Tensor, loss_mask: Tensor) -> Tensor:
+    """Token-mean negative log-likelihood over ``loss_mask`` (0 with a zero grad if empty)."""
+    return aggregate_loss(-logprobs, loss_mask, "token_mean")
+
+
+def pairwise_rm_loss(
+    chosen_scores: Tensor,
+    rejected_scores: Tensor,
+    margin: Tensor | None = None,
+    loss_type: str = "sigmoid",
+) -> Tensor:
+    """Bradley-Terry reward-model loss (Ouyang et al. 2022, eq. 1), mean over pairs.
+
+    ``sigmoid``: ``-log sigmoid(c - r - margin)``. ``logexp``: ``log(1 + exp(r - c + margin))``,
+    the same function written as a softplus (kept for parity with OpenRLHF's ``LogExpLoss``;
+    both use the margin here). ``margin`` (Llama 2's preference-strength margin) is per pair.
+    """
+    if loss_type not in RM_LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; allowed: {', '.join(RM_LOSS_TYPES)}")
+    diff = chosen_scores - rejected_scores
+    if margin is not None:
+        diff = diff - margin
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(diff).mean()
+    return F.softplus(-diff).mean()
+
+
+class DPOLossOutput(NamedTuple):
+    """``loss`` scalar; implicit rewards ``beta * (policy - ref)`` per pair, detached."""
+
+    loss: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    ipo: bool = False,
+) -> DPOLossOutput:
+    """DPO (Rafailov et al. 2023) on summed sequence log-probs ``[B]``; mean over pairs.
+
+    With ``h = (pi_c - pi_r) - (ref_c - ref_r)``:
+
+    - DPO: ``-log sigmoid(beta * h)``;
+    - cDPO (Mitchell 2023, "A note on DPO with noisy preferences"), ``label_smoothing = eps``:
+      ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``;
+    - IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` (pass length-averaged log-probs, as the
+      IPO paper does; this function does not average).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    h = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
+    if ipo:
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h)
+        if label_smoothing:
+            losses = losses - label_smoothing * F.logsigmoid(-beta * h)
+    chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
+    rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
+    return DPOLossOutput(losses.mean(), chosen_rewards, rejected_rewards)
+
+
+# --------------------------------------------------------------------------- PPO
+
+
+class PolicyLossOutput(NamedTuple):
+    """PPO policy loss and detached diagnostics (fractions and means are over valid tokens).
+
+    ``clip_fraction``: tokens where the clipped surrogate was the one taken.
+    ``dual_clip_fraction``: tokens (negative advantage) where the dual-clip bound was taken.
+    ``approx_kl``: k1 estimate of ``KL(old || new)``, mean ``old_logprobs - logprobs``.
+    ``ratio_mean``: mean ``pi / pi_old``.
+    """
+
+    loss: Tensor
+    clip_fraction: Tensor
+    dual_clip_fraction: Tensor
+    approx_kl: Tensor
+    ratio_mean: Tensor
+
+
+def truncated_is_weights(
+    old_logprobs: Tensor, rollout_logprobs: Tensor, action_mask: Tensor, cap: float = 2.0
+) -> Tensor:
+    """Truncated importance-sampling weights ``min(pi_old / pi_rollout, cap)``, detached.
+
+    The rollout engine (vLLM) and the trainer compute slightly different probabilities, and
+    async rollouts may come from an older policy; TIS (Yao et al. 2025, "Your Efficient RL
+    Framework Secretly Brings You Off-Policy RL Training") reweights the per-token loss by this
+    truncated ratio. Pass the result to :func:`policy_loss` as ``is_weights``. Masked
+    positions get 0.
+    """
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    m = as_bool_mask(action_mask)
+    log_w = torch.where(m, old_logprobs - rollout_logprobs, torch.zeros_like(old_logprobs))
+    w = log_w.clamp(max=math.log(cap)).exp()
+    return torch.where(m, w, torch.zeros_like(w)).detach()
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    action_mask: Tensor,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    dual_clip: float | None = None,
+    reduction: str = "token_mean",
+    is_weights: Tensor | None = None,
+    norm_length: float | None = None,
+) -> PolicyLossOutput:
+    """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
+
+    Per token, ``rho = exp(logprobs - old_logprobs)`` and
+    ``L = -min(rho * A, clip(rho, 1 - clip_eps_low, 1 + clip_eps_high) * A)``.
+    ``clip_eps_high > clip_eps_low`` is DAPO's clip-higher (Yu et al. 2025). ``dual_clip = c``
+    (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"), ``c > 1``: for
+    ``A < 0`` the loss is additionally capped at ``-c * A``, so a huge ratio on a bad action
+    cannot blow up the update. ``is_weights`` (e.g. :func:`truncated_is_weights`) multiply the
+    per-token loss. The loss is reduced with :func:`aggregate_loss`.
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    if clip_eps_low < 0 or clip_eps_high < 0:
+        raise ValueError(f"clip eps must be >= 0, got ({clip_eps_low}, {clip_eps_high})")
+    m = as_bool_mask(action_mask)
+    zeros = torch.zeros_like(logprobs)
+    # Zero the log-ratio at padding before exp: garbage there must not overflow into NaN grads.
+    log_ratio = torch.where(m, logprobs - old_logprobs, zeros)
+    ratio = log_ratio.exp()
+    adv = torch.where(m, advantages, torch.zeros_like(advantages))
+    surr_unclipped = ratio * adv
+    surr_clipped = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high) * adv
+    surr = torch.minimum(surr_unclipped, surr_clipped)
+    if dual_clip is not None:
+        dual_bound = dual_clip * adv
+        dual_taken = (adv < 0) & (dual_bound > surr)
+        surr = torch.where(adv < 0, torch.maximum(surr, dual_bound), surr)
+    else:
+        dual_taken = torch.zeros_like(m)
+    per_token = -surr
+    if is_weights is not None:
+        per_token = per_token * is_weights.detach()
+    loss = aggregate_loss(per_token, m, reduction, norm_length)
+    with torch.no_grad():
+        clipped = surr_clipped < surr_unclipped
+        return PolicyLossOutput(
+            loss=loss,
+            clip_fraction=masked_mean(clipped.float(), m),
+            dual_clip_fraction=masked_mean(dual_taken.float(), m),
+            approx_kl=masked_mean(-log_ratio.detach(), m),
+            ratio_mean=masked_mean(ratio.detach(), m),
+        )
+
+
+class ValueLossOutput(NamedTuple):
+    """Critic loss and the fraction of valid tokens where the clipped branch was larger."""
+
+    loss: Tensor
+    clip_fraction: Tensor
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    action_mask: Tensor,
+    clip_eps: float | None = 0.2,
+    reduction: str = "token_mean",
+) -> ValueLossOutput:
+    """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)``, where
+    ``V_clip = V_old + clip(V - V_old, -clip_eps, clip_eps)`` (PPO2 baselines; Engstrom et al.
+    2020 "Implementation Matters"). ``clip_eps=None`` gives ``0.5 * (V - R)^2``."""
+    m = as_bool_mask(action_mask)
+    sq_unclipped = (values - returns) ** 2
+    if clip_eps is None:
+        per_token = sq_unclipped
+        clipped = torch.zeros_like(m)
+    else:
+        values_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+        sq_clipped = (values_clipped - returns) ** 2
+        per_token = torch.maximum(sq_unclipped, sq_clipped)
+        clipped = sq_clipped > sq_unclipped
+    loss = 0.5 * aggregate_loss(per_token, m, reduction)
+    return ValueLossOutput(loss, masked_mean(clipped.float(), m).detach())
+
+
+def kl_loss(
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    action_mask: Tensor,
+    estimator: str = "k3",
+    reduction: str = "token_mean",
+) -> Tensor:
+    """KL penalty as a loss term (GRPO style, Shao et al. 2024), instead of in the reward.
+
+    The per-token estimate of ``KL(policy || reference)`` from :func:`approx_kl` (GRPO uses
+    ``k3``), reduced with :func:`aggregate_loss`; the trainer adds ``kl_coef * kl_loss``.
+    """
+    kl = approx_kl(logprobs, ref_logprobs, estimator, mask=action_mask)
+    return aggregate_loss(kl, action_mask, reduction)

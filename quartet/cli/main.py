@@ -1,0 +1,107 @@
+"""The `quartet` command: `quartet serve <role>`, `quartet ppo`, and the trainers.
+
+Subcommands are thin: each resolves its flags and hands over to the module that does the
+work, so `python -m quartet.cli.train_sft` and `quartet sft` run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import threading
+
+from quartet.logs import setup_logging
+from quartet.roles import DEFAULT_PORTS, ROLES, server_module
+
+log = logging.getLogger("quartet.cli")
+
+# Subcommands that forward their arguments to another module's main(argv).
+FORWARDED = {
+    "sft": "quartet.cli.train_sft",
+    "rm": "quartet.cli.train_rm",
+    "dpo": "quartet.cli.train_dpo",
+    "ppo": "quartet.cli.train_ppo",
+    "lora-combine": "quartet.cli.lora_combiner",
+}
+
+
+def serve(argv: list[str]) -> int:
+    """Start one role's gRPC server in this process and block until SIGTERM/SIGINT."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: quartet serve {" + ",".join(ROLES) + "} --port N [--host H] [role flags]")
+        print("       quartet serve <role> --help   lists that role's flags")
+        return 0 if argv else 2
+    role, rest = argv[0], argv[1:]
+    if role not in ROLES:
+        print(f"quartet serve: unknown role {role!r}; expected one of {', '.join(ROLES)}",
+              file=sys.stderr)
+        return 2
+    module = server_module(role)
+    parser = argparse.ArgumentParser(prog=f"quartet serve {role}")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORTS[role],
+                        help=f"port (default {DEFAULT_PORTS[role]}; 0 picks a free one)")
+    parser.add_argument("--max-message-mb", type=int, default=64,
+                        help="largest gRPC message accepted or sent, in MiB")
+    parser.add_argument("--port-file", default=None,
+                        help="write the bound port to this file once listening (for launchers)")
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+
+    setup_logging(role)
+    from quartet.serving import RoleServer
+
+    server = RoleServer(role, host=args.host, port=args.port,
+                        max_message_bytes=args.max_message_mb << 20)
+    server.start()
+    server.install_signal_handlers()
+    if args.port_file:
+        with open(args.port_file, "w") as f:
+            f.write(f"{server.port}\n")
+    print(f"quartet {role} listening on {server.address}", flush=True)
+
+    failure: list[BaseException] = []
+
+    def _load() -> None:
+        try:
+            module.serve(args, server)
+        except BaseException as exc:  # noqa: BLE001 - reported, then the process exits 1
+            failure.append(exc)
+            log.error("%s failed to start: %s", role, exc, exc_info=True)
+            server.stop(0)
+
+    loader = threading.Thread(target=_load, name=f"{role}-load", daemon=True)
+    loader.start()
+    server.wait_for_termination()
+    return 1 if failure else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip().splitlines()[0])
+        print("\nusage: quartet <command> [args]\n\ncommands:")
+        print("  serve <role>   run one role's gRPC server (" + ", ".join(ROLES) + ")")
+        for name, module in FORWARDED.items():
+            print(f"  {name:<14} same as python -m {module}")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "serve":
+        return serve(rest)
+    if command in FORWARDED:
+        try:
+            module = importlib.import_module(FORWARDED[command])
+        except ModuleNotFoundError as exc:
+            if exc.name == FORWARDED[command]:
+                print(f"quartet {command}: not available in this build", file=sys.stderr)
+                return 2
+            raise
+        return int(module.main(rest) or 0)
+    print(f"quartet: unknown command {command!r} (try quartet --help)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Domain errors that a service raises; one interceptor turns them into gRPC statuses.
+
+Domain code raises e.g. `InvalidArgument("sampling.n: must be >= 1, got 0")` and never
+touches grpc; the message names the field, and no stack trace reaches a client.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    """Base of errors reported to clients with a status code and this message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FailedPrecondition(ServiceError):
+    """The request is well-formed but the service's state refuses it (e.g. a stale version)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(ServiceError):
+    """Not ready yet (engine loading) or shutting down; the client may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

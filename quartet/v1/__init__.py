@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of the quartet.v1 contracts (see proto/)."""

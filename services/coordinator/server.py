@@ -1,0 +1,22 @@
+"""`quartet serve coordinator`: contract only for now; the engine arrives with the PPO issue.
+
+Every RPC answers UNIMPLEMENTED (never a fake result) until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from quartet.serving import RoleServer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="HF model directory")
+
+
+def serve(args: argparse.Namespace, server: RoleServer) -> None:
+    from quartet.v1 import coordinator_pb2_grpc
+
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(coordinator_pb2_grpc.CoordinatorServicer(),
+                                                 server.grpc_server)
+    server.set_serving(True)

@@ -1,0 +1,21 @@
+"""Reference role's gRPC servicer: translate, delegate to the frozen model, translate back."""
+
+from __future__ import annotations
+
+from quartet.engines.frozen_model import FrozenCausalLM
+from quartet.serving.scoring import stream_logprobs
+from quartet.v1 import common_pb2, reference_pb2_grpc
+
+
+class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
+    def __init__(self, model: FrozenCausalLM) -> None:
+        self.model = model
+
+    def LogProbs(self, request_iterator, context):
+        yield from stream_logprobs(request_iterator, self.model)
+
+    def GetInfo(self, request, context):
+        return common_pb2.ServiceInfo(
+            role="reference", model=self.model.model_path, backend="transformers",
+            vocab_size=self.model.vocab_size,
+        )

@@ -1,0 +1,48 @@
+"""Reward role's gRPC servicer: one ScoreResponse per ScoreRequest slice, in order."""
+
+from __future__ import annotations
+
+from quartet.codec import decode_token_batch
+from quartet.rewards.base import RewardFunction, RewardInputs, check_inputs, pad_list
+from quartet.serving.errors import InvalidArgument
+from quartet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+
+
+def decode_score_request(req: reward_pb2.ScoreRequest) -> RewardInputs:
+    n = len(req.queries)
+    if n == 0:
+        raise InvalidArgument("queries: no samples to score")
+    batch = decode_token_batch(req.batch, "batch") if req.HasField("batch") else None
+    inputs = RewardInputs(
+        queries=list(req.queries),
+        prompts=pad_list(req.prompts, n),
+        responses=pad_list(req.responses, n),
+        labels=pad_list(req.labels, n),
+        batch=batch if batch is not None and len(batch) else None,
+    )
+    try:
+        check_inputs(inputs)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return inputs
+
+
+class RewardServicer(reward_pb2_grpc.RewardServicer):
+    def __init__(self, reward: RewardFunction, backend: str) -> None:
+        self.reward = reward
+        self.backend = backend
+
+    def Score(self, request_iterator, context):
+        for req in request_iterator:
+            result = self.reward(decode_score_request(req))
+            yield reward_pb2.ScoreResponse(
+                row_offset=req.row_offset,
+                rewards=result.rewards,
+                scores=result.scores if result.scores is not None else result.rewards,
+                extra_logs=[reward_pb2.ExtraLog(name=k, values=v)
+                            for k, v in result.extra_logs.items()],
+            )
+
+    def GetInfo(self, request, context):
+        return common_pb2.ServiceInfo(role="reward", model=self.reward.name,
+                                      backend=self.backend)

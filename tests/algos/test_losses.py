@@ -1,0 +1,318 @@
+import math
+
+import pytest
+import torch
+
+from quartet.algos.losses import (
+    DPOLossOutput,
+    PolicyLossOutput,
+    ValueLossOutput,
+    aggregate_loss,
+    dpo_loss,
+    entropy_from_logits,
+    kl_loss,
+    pairwise_rm_loss,
+    policy_loss,
+    sft_loss,
+    token_logprobs,
+    truncated_is_weights,
+    value_loss,
+)
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+# ----------------------------------------------------------------------------- aggregate
+
+
+LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 50.0, 60.0], [70.0, 80.0, 90.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("reduction", "expected"),
+    [
+        ("token_mean", (1 + 2 + 3 + 4) / 4),
+        ("sequence_mean", (2 + 4) / 2),  # empty third row does not count
+        ("seq_mean_token_sum", (6 + 4) / 2),
+        ("seq_mean_token_sum_norm", (6 / 3 + 4 / 3) / 2),
+    ],
+)
+def test_aggregate_loss_reductions(reduction, expected):
+    assert aggregate_loss(LOSS, MASK, reduction).item() == pytest.approx(expected)
+
+
+def test_aggregate_loss_norm_length_and_left_padding():
+    out = aggregate_loss(LOSS, MASK, "seq_mean_token_sum_norm", norm_length=10)
+    assert out.item() == pytest.approx((0.6 + 0.4) / 2)
+    left = torch.tensor([[1.0, 2.0, 3.0], [50.0, 60.0, 4.0]])
+    left_mask = torch.tensor([[1, 1, 1], [0, 0, 1]])
+    assert aggregate_loss(left, left_mask, "sequence_mean").item() == pytest.approx(3.0)
+
+
+def test_aggregate_loss_all_masked_is_zero_with_zero_grad():
+    for reduction in (
+        "token_mean",
+        "sequence_mean",
+        "seq_mean_token_sum",
+        "seq_mean_token_sum_norm",
+    ):
+        loss = torch.full((2, 3), float("inf"), requires_grad=True)
+        out = aggregate_loss(loss, torch.zeros(2, 3), reduction)
+        out.backward()
+        assert out.item() == 0.0
+        assert torch.equal(loss.grad, torch.zeros(2, 3))
+
+
+def test_aggregate_loss_errors():
+    with pytest.raises(ValueError, match="token_mean"):
+        aggregate_loss(LOSS, MASK, "mean")
+    with pytest.raises(ValueError):
+        aggregate_loss(LOSS, MASK[:2], "token_mean")
+
+
+# ----------------------------------------------------------------------------- logits
+
+
+def ref_logprob(row, label, temperature=1.0):
+    z = [x / temperature for x in row]
+    lse = math.log(sum(math.exp(x) for x in z))
+    return z[label] - lse
+
+
+def test_token_logprobs_hand_computed_and_not_in_place():
+    logits = torch.tensor([[[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], [[-1.0, 5.0, 2.0], [3.0, 1.0, 0.5]]])
+    labels = torch.tensor([[2, 1], [0, 0]])
+    before = logits.clone()
+    for temp in (1.0, 2.0):
+        out = token_logprobs(logits, labels, temperature=temp)
+        expected = [
+            [ref_logprob(logits[b, s].tolist(), int(labels[b, s]), temp) for s in range(2)]
+            for b in range(2)
+        ]
+        torch.testing.assert_close(out, torch.tensor(expected))
+    assert torch.equal(logits, before)
+    assert token_logprobs(logits, labels)[0, 1].item() == pytest.approx(-math.log(3))
+    ignored = token_logprobs(logits, torch.tensor([[2, -100], [0, -100]]))
+    assert ignored[0, 1].item() == 0.0 and ignored[1, 1].item() == 0.0
+    assert ignored[0, 0].item() == pytest.approx(ref_logprob([1.0, 2.0, 3.0], 2))
+
+
+def test_token_logprobs_bf16_upcasts_and_grads_flow():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 3))
+    out = token_logprobs(logits, labels)
+    out.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    # gradient of log softmax at the label: onehot - softmax
+    expected = torch.nn.functional.one_hot(labels, 7) - torch.softmax(logits.detach(), -1)
+    torch.testing.assert_close(logits.grad, expected)
+    low = token_logprobs(logits.detach().bfloat16(), labels)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, out.detach(), atol=0.05, rtol=0.0)
+
+
+def test_entropy_from_logits():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]]])
+    out = entropy_from_logits(logits)
+    torch.testing.assert_close(out, torch.tensor([[math.log(4), 0.0]]), atol=1e-6, rtol=0)
+    p = [0.5, 0.25, 0.25]
+    logits = torch.tensor([[[math.log(x) for x in p]]])
+    h = -sum(x * math.log(x) for x in p)
+    assert entropy_from_logits(logits).item() == pytest.approx(h, rel=1e-6)
+    # temperature 2 flattens: entropy of softmax(log p / 2) ~ sqrt(p) normalised
+    q = [math.sqrt(x) for x in p]
+    q = [x / sum(q) for x in q]
+    hq = -sum(x * math.log(x) for x in q)
+    assert entropy_from_logits(logits, temperature=2.0).item() == pytest.approx(hq, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- SFT / RM / DPO
+
+
+def test_sft_loss_token_mean_and_all_masked():
+    logprobs = torch.tensor([[-1.0, -2.0, float("-inf")], [float("-inf"), -3.0, -6.0]])
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    assert sft_loss(logprobs, mask).item() == pytest.approx((1 + 2 + 3 + 6) / 4)
+    lp = torch.full((2, 2), float("-inf"), requires_grad=True)
+    loss = sft_loss(lp, torch.zeros(2, 2))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(lp.grad, torch.zeros(2, 2))
+
+
+def test_pairwise_rm_loss_sigmoid_logexp_margin():
+    chosen = torch.tensor([2.0, 0.0], requires_grad=True)
+    rejected = torch.tensor([1.0, 1.0])
+    # diff = [1, -1]: -log sigmoid(d) = log(1 + exp(-d))
+    expected = (softplus(-1.0) + softplus(1.0)) / 2  # 0.8132617
+    assert pairwise_rm_loss(chosen, rejected).item() == pytest.approx(expected)
+    assert pairwise_rm_loss(chosen, rejected, loss_type="logexp").item() == pytest.approx(expected)
+    margin = torch.tensor([0.5, 0.5])
+    expected_m = (softplus(-0.5) + softplus(1.5)) / 2  # 1.087745
+    for lt in ("sigmoid", "logexp"):
+        loss = pairwise_rm_loss(chosen, rejected, margin=margin, loss_type=lt)
+        assert loss.item() == pytest.approx(expected_m)
+    loss.backward()
+    assert torch.isfinite(chosen.grad).all() and chosen.grad[0] < 0
+    with pytest.raises(ValueError, match="sigmoid"):
+        pairwise_rm_loss(chosen, rejected, loss_type="hinge")
+
+
+def test_dpo_ipo_cdpo_values():
+    pc, pr = torch.tensor([-1.0], requires_grad=True), torch.tensor([-3.0])
+    rc, rr = torch.tensor([-2.0]), torch.tensor([-2.0])
+    beta = 0.1
+    # h = (-1 - -3) - (-2 - -2) = 2; beta * h = 0.2
+    out = dpo_loss(pc, pr, rc, rr, beta)
+    assert isinstance(out, DPOLossOutput)
+    assert out.loss.item() == pytest.approx(softplus(-0.2))  # 0.598139
+    torch.testing.assert_close(out.chosen_rewards, torch.tensor([0.1]))  # 0.1 * (-1 + 2)
+    torch.testing.assert_close(out.rejected_rewards, torch.tensor([-0.1]))  # 0.1 * (-3 + 2)
+    assert not out.chosen_rewards.requires_grad
+    out.loss.backward()
+    assert pc.grad.item() < 0  # raising the chosen log-prob lowers the loss
+
+    cdpo = dpo_loss(pc, pr, rc, rr, beta, label_smoothing=0.1)
+    assert cdpo.loss.item() == pytest.approx(0.9 * softplus(-0.2) + 0.1 * softplus(0.2))
+    ipo = dpo_loss(pc, pr, rc, rr, beta, ipo=True)
+    assert ipo.loss.item() == pytest.approx((2 - 1 / (2 * beta)) ** 2)  # (2 - 5)^2 = 9
+    with pytest.raises(ValueError):
+        dpo_loss(pc, pr, rc, rr, 0.0)
+
+
+# ----------------------------------------------------------------------------- policy loss
+
+
+def policy_case(ratios, advantages):
+    """One token per row: logprobs - old_logprobs = log(ratio)."""
+    old = torch.full((len(ratios), 1), -1.0)
+    logp = (old + torch.tensor([[math.log(r)] for r in ratios])).requires_grad_(True)
+    adv = torch.tensor([[a] for a in advantages])
+    return logp, old, adv, torch.ones(len(ratios), 1)
+
+
+def test_policy_loss_symmetric_clip_branches():
+    # A=+1, rho=1.5: min(1.5, 1.2) = 1.2 (clipped)      -> -1.2
+    # A=+1, rho=0.5: min(0.5, 0.8) = 0.5                 -> -0.5
+    # A=-1, rho=1.5: min(-1.5, -1.2) = -1.5              ->  1.5
+    # A=-1, rho=0.5: min(-0.5, -0.8) = -0.8 (clipped)    ->  0.8
+    logp, old, adv, mask = policy_case([1.5, 0.5, 1.5, 0.5], [1.0, 1.0, -1.0, -1.0])
+    out = policy_loss(logp, old, adv, mask)
+    assert isinstance(out, PolicyLossOutput)
+    assert out.loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8) / 4)
+    assert out.clip_fraction.item() == pytest.approx(0.5)
+    assert out.dual_clip_fraction.item() == 0.0
+    assert out.ratio_mean.item() == pytest.approx(1.0)
+    assert out.approx_kl.item() == pytest.approx(-(2 * math.log(1.5) + 2 * math.log(0.5)) / 4)
+    out.loss.backward()
+    # d/dlogp of -rho*A/4 is -rho*A/4 on unclipped tokens, 0 on clipped ones
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0], [-0.125], [0.375], [0.0]]))
+
+
+def test_policy_loss_asymmetric_clip():
+    logp, old, adv, mask = policy_case([1.5, 1.25, 0.5], [1.0, 1.0, -1.0])
+    out = policy_loss(logp, old, adv, mask, clip_eps_low=0.2, clip_eps_high=0.28)
+    # 1.5 -> clipped at 1.28; 1.25 inside [0.8, 1.28]; 0.5 with A<0 -> clipped at 0.8
+    assert out.loss.item() == pytest.approx((-1.28 - 1.25 + 0.8) / 3)
+    assert out.clip_fraction.item() == pytest.approx(2 / 3)
+    sym = policy_loss(logp, old, adv, mask)
+    assert sym.loss.item() == pytest.approx((-1.2 - 1.2 + 0.8) / 3)
+
+
+def test_policy_loss_dual_clip():
+    # A=-1, rho=5: min(-5, -1.2) = -5; dual clip 3: max(-5, -3) = -3 -> loss 3
+    # A=-1, rho=1.5: min = -1.5 > -3, dual bound not taken -> 1.5
+    # A=+2, rho=5: dual clip never applies to positive A: min(10, 2.4) -> -2.4
+    logp, old, adv, mask = policy_case([5.0, 1.5, 5.0], [-1.0, -1.0, 2.0])
+    out = policy_loss(logp, old, adv, mask, dual_clip=3.0)
+    assert out.loss.item() == pytest.approx((3.0 + 1.5 - 2.4) / 3)
+    assert out.dual_clip_fraction.item() == pytest.approx(1 / 3)
+    plain = policy_loss(logp, old, adv, mask)
+    assert plain.loss.item() == pytest.approx((5.0 + 1.5 - 2.4) / 3)
+    out.loss.backward()
+    assert logp.grad[0].item() == 0.0  # the dual-clipped token is constant in logp
+    with pytest.raises(ValueError, match="dual_clip"):
+        policy_loss(logp, old, adv, mask, dual_clip=1.0)
+
+
+def test_policy_loss_is_weights_and_truncation():
+    logp, old, adv, mask = policy_case([1.0, 1.0], [1.0, 1.0])
+    w = torch.tensor([[2.0], [0.5]])
+    out = policy_loss(logp, old, adv, mask, is_weights=w)
+    assert out.loss.item() == pytest.approx((-2.0 - 0.5) / 2)
+    old_lp = torch.tensor([[0.0, 0.0, 5.0]])
+    rollout_lp = torch.tensor([[-math.log(3), math.log(2), float("nan")]])
+    weights = truncated_is_weights(old_lp, rollout_lp, torch.tensor([[1, 1, 0]]), cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 0.5, 0.0]]))  # 3 capped at 2
+
+
+def test_policy_loss_left_padding_equals_right_and_garbage_is_safe():
+    torch.manual_seed(0)
+    lp = torch.randn(2, 3) * 0.1 - 1
+    old = torch.randn(2, 3) * 0.1 - 1
+    adv = torch.randn(2, 3)
+    right = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # same valid tokens, left padded, with huge garbage at the padding
+    idx = torch.tensor([[2, 0, 1], [1, 2, 0]])
+    lp_l = lp.gather(1, idx).clone()
+    old_l, adv_l = old.gather(1, idx).clone(), adv.gather(1, idx).clone()
+    left = right.gather(1, idx)
+    lp_l[~left.bool()], old_l[~left.bool()] = 1e4, -1e4
+    lp_l = lp_l.requires_grad_(True)
+    for reduction in ("token_mean", "sequence_mean"):
+        a = policy_loss(lp, old, adv, right, reduction=reduction)
+        b = policy_loss(lp_l, old_l, adv_l, left, reduction=reduction)
+        assert a.loss.item() == pytest.approx(b.loss.item())
+    b.loss.backward()
+    assert torch.isfinite(lp_l.grad).all()
+
+
+def test_policy_loss_all_masked_row_no_nan_grads():
+    logp = torch.tensor([[-1.0, -2.0], [float("-inf"), float("nan")]], requires_grad=True)
+    old = torch.tensor([[-1.0, -1.0], [float("nan"), 3.0]])
+    adv = torch.tensor([[1.0, -1.0], [float("nan"), 1.0]])
+    mask = torch.tensor([[1, 1], [0, 0]])
+    out = policy_loss(logp, old, adv, mask, dual_clip=3.0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logp.grad).all()
+    assert torch.equal(logp.grad[1], torch.zeros(2))
+    empty = policy_loss(logp.detach(), old, adv, torch.zeros(2, 2))
+    assert empty.loss.item() == 0.0 and empty.clip_fraction.item() == 0.0
+
+
+# ----------------------------------------------------------------------------- value / KL loss
+
+
+def test_value_loss_clipped_and_unclipped():
+    # token 0: V=1.5, V_old=1.0, R=2.0: V_clip=1.2; max(0.25, 0.64) = 0.64 (clipped larger)
+    # token 1: V=1.5, V_old=1.0, R=1.0: V_clip=1.2; max(0.25, 0.04) = 0.25
+    values = torch.tensor([[1.5, 1.5, 0.0]], requires_grad=True)
+    old = torch.tensor([[1.0, 1.0, 0.0]])
+    returns = torch.tensor([[2.0, 1.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    out = value_loss(values, old, returns, mask, clip_eps=0.2)
+    assert isinstance(out, ValueLossOutput)
+    assert out.loss.item() == pytest.approx(0.5 * (0.64 + 0.25) / 2)
+    assert out.clip_fraction.item() == pytest.approx(0.5)
+    out.loss.backward()
+    # token 0 is clipped (no grad); token 1: d/dV 0.5 * (V - R)^2 / 2 = (1.5 - 1) / 2
+    torch.testing.assert_close(values.grad, torch.tensor([[0.0, 0.25, 0.0]]))
+    plain = value_loss(values, old, returns, mask, clip_eps=None)
+    assert plain.loss.item() == pytest.approx(0.5 * (0.25 + 0.25) / 2)
+    assert plain.clip_fraction.item() == 0.0
+
+
+def test_kl_loss_reduces_approx_kl():
+    logp = torch.tensor([[math.log(0.5), math.log(0.5), 0.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.5), 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    k3 = 0.5 - 1 - math.log(0.5)  # first token; second has KL 0
+    assert kl_loss(logp, ref, mask, "k3").item() == pytest.approx(k3 / 2)
+    assert kl_loss(logp, ref, mask, "k1").item() == pytest.approx(math.log(2) / 2)
+    loss = kl_loss(logp, ref, mask, "k2", reduction="seq_mean_token_sum")
+    assert loss.item() == pytest.approx(0.5 * math.log(0.5) ** 2)
+    loss.backward()
+    assert torch.isfinite(logp.grad).all()
