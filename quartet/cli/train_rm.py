@@ -1,0 +1,23 @@
+"""Reward-model training. Runs under `deepspeed --module`, `torchrun`, or as one plain process.
+
+    python -m quartet.cli.train_rm --model.model_name_or_path PATH --data.dataset FILE ...
+
+Flags are generated from the config groups in :mod:`quartet.config`; see docs/trainers.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from quartet.config.jobs import RMJobConfig
+from quartet.trainers.rm_trainer import RMTrainer
+from quartet.trainers.run import main_for
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(RMTrainer, RMJobConfig, "quartet.cli.train_rm", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

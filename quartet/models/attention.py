@@ -1,0 +1,48 @@
+"""Attention kernel choice and the forward inputs that keep packed samples apart."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+import torch
+
+from quartet.data.batch import TokenBatch, packed_causal_mask
+
+__all__ = ["forward_inputs", "resolve_attn_implementation"]
+
+log = logging.getLogger(__name__)
+
+_FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+def resolve_attn_implementation(requested: str) -> str:
+    """``requested``, or ``sdpa`` with a warning when flash-attn cannot run here."""
+    if requested in _FLASH:
+        package = "flash_attn" if requested == "flash_attention_2" else "flash_attn_interface"
+        if importlib.util.find_spec(package) is None or not torch.cuda.is_available():
+            log.warning("--ds.attn_implementation %s needs the %s package and a CUDA GPU; "
+                        "falling back to sdpa", requested, package)
+            return "sdpa"
+    return requested
+
+
+def forward_inputs(
+    batch: TokenBatch, attn_implementation: str, dtype: torch.dtype
+) -> dict[str, Any]:
+    """Keyword arguments for a Hugging Face decoder forward on ``batch``.
+
+    Packed rows: flash-attn derives varlen boundaries from ``position_ids`` restarting at 0
+    (mask must be None); sdpa/eager get an explicit block-diagonal causal mask. Padded rows
+    use the usual 2-D padding mask.
+    """
+    if batch.packed:
+        if attn_implementation in _FLASH:
+            mask = None
+        else:
+            mask = packed_causal_mask(batch.seq_lens, dtype, batch.input_ids.device)
+    else:
+        mask = batch.attention_mask
+    return {"input_ids": batch.input_ids, "attention_mask": mask,
+            "position_ids": batch.position_ids, "use_cache": False}

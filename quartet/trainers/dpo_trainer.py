@@ -1,0 +1,102 @@
+"""DPO against a frozen reference (IPO, cDPO, optional NLL on the chosen response)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from quartet.algos.losses import dpo_loss, sft_loss, token_logprobs
+from quartet.config.jobs import DPOJobConfig
+from quartet.config.model import ModelConfig
+from quartet.data.batch import TokenBatch, collate
+from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
+from quartet.data.sources import RowSource
+from quartet.engines.inference_engine import InferenceEngine
+from quartet.engines.train_engine import TrainEngine
+from quartet.models.loading import load_causal_lm
+from quartet.trainers.base_trainer import BaseTrainer, LossOutput
+
+__all__ = ["DPOTrainer"]
+
+
+class DPOTrainer(BaseTrainer):
+    name = "dpo"
+    job: DPOJobConfig
+
+    def build_samples(self, sources: list[RowSource]) -> list[PreferenceSample]:
+        return build_preference_samples(sources, self.tokenizer, self.job.data)
+
+    def build_engine(self) -> TrainEngine:
+        j = self.job
+        engine = TrainEngine.causal_lm(j.model, j.ds, j.optim, j.adam, j.muon,
+                                       **self.engine_args())
+        ref_path = j.ref.model_name_or_path or j.model.model_name_or_path
+        ref_model = ModelConfig(model_name_or_path=ref_path, gguf_file=j.model.gguf_file,
+                                trust_remote_code=j.model.trust_remote_code)
+        # The reference never trains: no LoRA, no checkpointing, no quantisation.
+        from dataclasses import replace
+
+        ref_ds = replace(j.ds, lora=replace(j.ds.lora, rank=0), load_in_4bit=False)
+        self.reference = InferenceEngine(load_causal_lm(ref_model, ref_ds), self.world.device,
+                                         engine.dtype, engine.attn_implementation,
+                                         offload=j.ref.offload)
+        return engine
+
+    def _sequence_logps(self, batch: TokenBatch, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample summed response log-probs, token log-probs and the target mask."""
+        labels, mask, sample_ids = batch.shifted()
+        device = logits.device
+        logprobs = token_logprobs(logits[:, :-1], labels.to(device))
+        mask, sample_ids = mask.to(device), sample_ids.to(device)
+        sums = batch.to(device).per_sample_sum(logprobs, mask, sample_ids)
+        if self.job.dpo.ipo_enable:
+            counts = batch.to(device).per_sample_sum(torch.ones_like(logprobs), mask, sample_ids)
+            sums = sums / counts.clamp(min=1.0)
+        return sums, logprobs, mask & (sample_ids >= 0)
+
+    def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, dict[str, Tensor], int]:
+        n = len(samples)
+        seqs = [s.chosen for s in samples] + [s.rejected for s in samples]
+        batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
+        policy_logits = self.engine.forward(batch).logits
+        policy, token_lp, mask = self._sequence_logps(batch, policy_logits)
+        ref, _, _ = self._sequence_logps(batch, self.reference.logits(batch).to(policy.device))
+        cfg = self.job.dpo
+        out = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta=cfg.beta,
+                       label_smoothing=cfg.label_smoothing, ipo=cfg.ipo_enable)
+        loss = out.loss
+        parts = {"chosen_reward": out.chosen_rewards, "rejected_reward": out.rejected_rewards}
+        if cfg.nll_loss_coef > 0:
+            sample_ids = batch.shifted()[2].to(mask.device)
+            nll = sft_loss(token_lp, mask & (sample_ids < n))
+            loss = loss + cfg.nll_loss_coef * nll
+            parts["nll_loss"] = nll.detach()
+        parts["dpo_loss"] = out.loss.detach()
+        return loss, parts, batch.num_tokens
+
+    @staticmethod
+    def _accuracy(chosen: Tensor, rejected: Tensor) -> Tensor:
+        """Per pair: 1 if chosen's implicit reward is higher, 0.5 on a tie, else 0."""
+        return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+
+    def compute_loss(self, samples: list[PreferenceSample]) -> LossOutput:
+        loss, parts, n_tokens = self._loss(samples)
+        c, r = parts["chosen_reward"], parts["rejected_reward"]
+        metrics = {
+            "loss": float(loss.detach()),
+            "acc": float(self._accuracy(c, r).mean()),
+            "chosen_reward": float(c.mean()),
+            "rejected_reward": float(r.mean()),
+            "reward_margin": float((c - r).mean()),
+        }
+        if "nll_loss" in parts:
+            metrics["nll_loss"] = float(parts["nll_loss"])
+        return loss, metrics, n_tokens
+
+    def eval_sums(self, samples: list[PreferenceSample]) -> dict[str, float]:
+        loss, parts, _ = self._loss(samples)
+        c, r = parts["chosen_reward"], parts["rejected_reward"]
+        n = len(samples)
+        return {"loss": float(loss) * n, "acc": float(self._accuracy(c, r).sum()),
+                "chosen_reward": float(c.sum()), "rejected_reward": float(r.sum()),
+                "reward_margin": float((c - r).sum()), "count": float(n)}

@@ -1,0 +1,156 @@
+"""TrainEngine: schedule, DeepSpeed config, steps move parameters, Muon, LoRA, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from quartet.algos.losses import sft_loss, token_logprobs
+from quartet.config import (
+    AdamConfig,
+    DeepSpeedConfig,
+    LoraConfig,
+    ModelConfig,
+    MuonConfig,
+    OptimConfig,
+)
+from quartet.data import TokenizedSample, collate
+from quartet.engines.ds_config import build_ds_config
+from quartet.engines.scheduler import LRMultiplier
+from quartet.engines.train_engine import TrainEngine
+from tests.trainers.dist_world import world_of_one
+
+BATCH = collate([TokenizedSample([1, 40, 41, 42, 43, 2], [0, 0, 1, 1, 1, 1]),
+                 TokenizedSample([1, 50, 51, 2], [0, 1, 1, 1])], 0)
+
+
+@pytest.fixture(scope="module")
+def world():
+    yield from world_of_one()
+
+
+def _engine(world, path, ds=None, optim=None, lr=1e-2, total_steps=10):
+    return TrainEngine.causal_lm(ModelConfig(model_name_or_path=str(path)),
+                                 ds or DeepSpeedConfig(param_dtype="fp32"),
+                                 optim or OptimConfig(lr_warmup_ratio=0.0), AdamConfig(lr=lr),
+                                 MuonConfig(), global_batch=2, micro_batch=2,
+                                 total_steps=total_steps, world=world)
+
+
+def _loss(engine):
+    out = engine.forward(BATCH)
+    labels, mask, _ = BATCH.shifted()
+    return sft_loss(token_logprobs(out.logits[:, :-1], labels), mask)
+
+
+def test_cosine_with_min_lr_schedule():
+    m = LRMultiplier("cosine_with_min_lr", total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    assert [m(0), m(1)] == pytest.approx([1 / 3, 2 / 3])
+    assert m(2) == pytest.approx(1.0)
+    assert m(6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert m(10) == pytest.approx(0.1) and m(50) == pytest.approx(0.1)
+
+
+def test_ds_config_choices():
+    ds = DeepSpeedConfig(zero_stage=3)
+    adam = build_ds_config(ds, OptimConfig(), AdamConfig(), MuonConfig(), 16, 2, 2)
+    assert adam["gradient_accumulation_steps"] == 4 and adam["gradient_clipping"] == 1.0
+    assert adam["optimizer"]["params"]["torch_adam"] is True  # no JIT-compiled op by default
+    muon = build_ds_config(ds, OptimConfig(optim="muon"), AdamConfig(), MuonConfig(), 16, 2, 2)
+    assert muon["zero_optimization"]["reduce_scatter"] is False
+    assert muon["optimizer"]["type"] == "Muon"
+    off = build_ds_config(DeepSpeedConfig(adam_offload=True), OptimConfig(), AdamConfig(),
+                          MuonConfig(), 16, 2, 2)
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert off["optimizer"]["params"]["torch_adam"] is False
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_step_moves_every_parameter_and_reports(world, tiny_model_path, stage):
+    engine = _engine(world, tiny_model_path, DeepSpeedConfig(zero_stage=stage,
+                                                             param_dtype="fp32"))
+    before = {n: t.clone() for n, t in engine.named_parameters_for_export()}
+    engine.backward(_loss(engine))
+    info = engine.step()
+    assert info is not None and info.step == 1 and info.lr == pytest.approx(1e-2)
+    assert math.isfinite(info.grad_norm) and info.grad_norm > 0
+    after = dict(engine.named_parameters_for_export())
+    assert before.keys() == after.keys() and "lm_head.weight" in after
+    assert all(after[n].shape == before[n].shape for n in before)
+    assert [n for n in before if torch.equal(before[n], after[n])] == []
+
+
+def test_muon_zero3_trains(world, tiny_model_path):
+    engine = _engine(world, tiny_model_path, DeepSpeedConfig(zero_stage=3, param_dtype="fp32"),
+                     OptimConfig(optim="muon", lr_warmup_ratio=0.0), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = _loss(engine)
+        losses.append(float(loss))
+        engine.backward(loss)
+        engine.step()
+    assert "Muon" in type(engine.engine.optimizer).__name__ or engine.ds_config[
+        "optimizer"]["type"] == "Muon"
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_lora_step_changes_adapters_only(world, tiny_model_path):
+    engine = _engine(world, tiny_model_path,
+                     DeepSpeedConfig(zero_stage=2, param_dtype="fp32", lora=LoraConfig(rank=4)))
+    before = {n: t.clone() for n, t in engine.named_parameters_for_export()}
+    for _ in range(2):  # LoRA B starts at zero, so A moves only from the second step
+        engine.backward(_loss(engine))
+        engine.step()
+    after = dict(engine.named_parameters_for_export())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    lora = {n for n in before if "lora_" in n}
+    assert changed == lora
+
+
+def test_checkpoint_round_trip(world, tiny_model_path, tmp_path):
+    engine = _engine(world, tiny_model_path, DeepSpeedConfig(zero_stage=2, param_dtype="fp32"))
+    engine.backward(_loss(engine))
+    engine.step()
+    engine.save_checkpoint(tmp_path, "global_step1", {"epoch": 7})
+    saved = {n: t.clone() for n, t in engine.named_parameters_for_export()}
+    lr = engine.lr
+    for _ in range(2):
+        engine.backward(_loss(engine))
+        engine.step()
+    state = engine.load_checkpoint(tmp_path)
+    assert state["epoch"] == 7 and engine.global_step == 1 and engine.lr == pytest.approx(lr)
+    assert all(torch.equal(saved[n], t) for n, t in engine.named_parameters_for_export())
+    assert engine.load_checkpoint(tmp_path / "missing") is None
+
+
+def test_bf16_with_gradient_checkpointing(world, tiny_model_path):
+    engine = TrainEngine.causal_lm(
+        ModelConfig(model_name_or_path=str(tiny_model_path), gradient_checkpointing_enable=True),
+        DeepSpeedConfig(zero_stage=2, param_dtype="bf16"), OptimConfig(lr_warmup_ratio=0.0),
+        AdamConfig(lr=1e-2), MuonConfig(), global_batch=2, micro_batch=2, total_steps=10,
+        world=world)
+    losses = []
+    for _ in range(4):
+        loss = _loss(engine)
+        losses.append(float(loss))
+        engine.backward(loss)
+        engine.step()
+    assert engine.forward(BATCH).logits.dtype == torch.bfloat16
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_adam_offload_trains(world, tiny_model_path):
+    """DeepSpeedCPUAdam JIT-compiles on first use (~3 min), hence slow."""
+    engine = _engine(world, tiny_model_path,
+                     DeepSpeedConfig(zero_stage=2, param_dtype="fp32", adam_offload=True))
+    losses = []
+    for _ in range(4):
+        loss = _loss(engine)
+        losses.append(float(loss))
+        engine.backward(loss)
+        engine.step()
+    assert "CPUAdam" in type(engine.engine.optimizer.optimizer).__name__
+    assert losses[-1] < losses[0]

@@ -1,0 +1,34 @@
+"""A world of one for in-process DeepSpeed tests, fully torn down afterwards.
+
+Why the teardown resets DeepSpeed's module state: DeepSpeed caches the process group (and
+groups derived from it) in module globals; after ``destroy_process_group`` a later
+``init_distributed`` (another test module or another suite) would otherwise reuse dead groups.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+
+_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def world_of_one() -> Iterator:
+    saved = {k: os.environ.get(k) for k in _ENV}
+    from quartet.engines.distributed import init_distributed
+
+    yield init_distributed()
+    import deepspeed.comm.comm as ds_comm
+    import deepspeed.utils.groups as ds_groups
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    ds_comm.cdb = None
+    importlib.reload(ds_groups)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
