@@ -1,0 +1,237 @@
+"""`GrpcRolloutClient`: what the coordinator (and the actor's weight push) use to talk to a
+rollout replica, plus helpers for several replicas.
+
+Calls raise `grpc.RpcError` with the server's status code and field-naming message.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from quartet.codec import DEFAULT_CHUNK_BYTES, ragged_to_proto
+from quartet.engines.generation.base import PromptOutput, SampleOutput
+from quartet.engines.generation.rollout_engine import UpdateResult
+from quartet.engines.generation.sampling import SamplingConfig
+from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
+from quartet.weightsync.group import WeightGroupConfig
+from quartet.weightsync.session import WeightSender
+from quartet.weightsync.specs import NamedTensors, TensorSpec, named_items, specs_of
+from quartet.weightsync.stream import push_requests
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    address: str
+    backend: str
+    model: str
+    weight_version: int
+    inflight_requests: int
+    vocab_size: int
+
+
+def sampling_to_proto(s: SamplingConfig) -> rollout_pb2.SamplingParams:
+    return rollout_pb2.SamplingParams(
+        n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens, stop=list(s.stop),
+        has_seed=s.seed is not None, seed=s.seed or 0, logprobs=s.logprobs,
+    )
+
+
+def output_from_proto(msg: rollout_pb2.GenerateResponse) -> PromptOutput:
+    return PromptOutput(
+        prompt_index=msg.prompt_index,
+        prompt_tokens=list(msg.prompt_tokens),
+        samples=[
+            SampleOutput(list(s.response_tokens), s.finish_reason,
+                         list(s.logprobs) if len(s.logprobs) else None, s.text or None)
+            for s in msg.samples
+        ],
+        weight_version=msg.weight_version,
+    )
+
+
+class GenerateCall:
+    """A running Generate: iterate for outputs (completion order); `cancel()` aborts it."""
+
+    def __init__(self, call) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[PromptOutput]:
+        for msg in self._call:
+            yield output_from_proto(msg)
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class GrpcRolloutClient:
+    """One rollout replica at `address` ("host:port")."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.address = address
+        self._channel = channel or grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._stub = rollout_pb2_grpc.RolloutStub(self._channel)
+
+    # Generation ---------------------------------------------------------------------------
+    def generate_stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        return_text: bool = False,
+        header: common_pb2.RequestHeader | None = None,
+        timeout_s: float | None = None,
+    ) -> GenerateCall:
+        request = rollout_pb2.GenerateRequest(
+            header=header,
+            prompt_tokens=ragged_to_proto([list(p) for p in prompts], dtype=torch.int64),
+            sampling=sampling_to_proto(sampling),
+            return_text=return_text,
+        )
+        return GenerateCall(self._stub.Generate(request, timeout=timeout_s))
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        return_text: bool = False,
+        header: common_pb2.RequestHeader | None = None,
+        timeout_s: float | None = None,
+    ) -> list[PromptOutput]:
+        """All outputs, ordered by prompt index."""
+        call = self.generate_stream(prompts, sampling, return_text=return_text, header=header,
+                                    timeout_s=timeout_s)
+        return sorted(call, key=lambda o: o.prompt_index)
+
+    def info(self, timeout_s: float | None = 10.0) -> ReplicaInfo:
+        msg = self._stub.GetInfo(common_pb2.GetInfoRequest(), timeout=timeout_s)
+        return ReplicaInfo(self.address, msg.backend, msg.model, msg.policy_version,
+                           msg.inflight_requests, msg.vocab_size)
+
+    # Weights ------------------------------------------------------------------------------
+    def init_weight_group_future(
+        self, config: WeightGroupConfig, header: common_pb2.RequestHeader | None = None
+    ) -> grpc.Future:
+        """Starts joining the group; every member must join concurrently."""
+        request = common_pb2.InitWeightGroupRequest(
+            header=header, master_address=config.master_address,
+            master_port=config.master_port, world_size=config.world_size, rank=config.rank,
+            backend=config.backend, group_name=config.group_name, timeout_s=config.timeout_s,
+        )
+        return self._stub.InitWeightGroup.future(request)
+
+    def init_weight_group(self, config: WeightGroupConfig,
+                          header: common_pb2.RequestHeader | None = None) -> int:
+        return self.init_weight_group_future(config, header).result().rank
+
+    def begin_weight_update(
+        self, version: int, specs: Sequence[TensorSpec], bucket_bytes: int = 0,
+        header: common_pb2.RequestHeader | None = None,
+    ) -> int:
+        """Opens the session; returns the number of buckets the sender will broadcast."""
+        resp = self._stub.BeginWeightUpdate(rollout_pb2.BeginWeightUpdateRequest(
+            header=header, version=version, tensors=[s.to_proto() for s in specs],
+            bucket_bytes=bucket_bytes))
+        return resp.num_buckets
+
+    def finish_weight_update_future(
+        self, version: int, timeout_s: float = 0.0,
+        header: common_pb2.RequestHeader | None = None,
+    ) -> grpc.Future:
+        return self._stub.FinishWeightUpdate.future(rollout_pb2.FinishWeightUpdateRequest(
+            header=header, version=version, timeout_s=timeout_s))
+
+    def finish_weight_update(
+        self, version: int, timeout_s: float = 0.0,
+        header: common_pb2.RequestHeader | None = None,
+    ) -> UpdateResult:
+        resp = self.finish_weight_update_future(version, timeout_s, header).result()
+        return UpdateResult(resp.version, resp.load_seconds)
+
+    def push_weights(
+        self, version: int, named_tensors: NamedTensors,
+        specs: Sequence[TensorSpec] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        header: common_pb2.RequestHeader | None = None,
+    ) -> UpdateResult:
+        """The fallback data plane: streams the weights over this channel and loads them."""
+        resp = self._stub.PushWeights(
+            push_requests(version, named_tensors, specs, chunk_bytes, header))
+        return UpdateResult(resp.version, resp.load_seconds)
+
+    def push_weights_requests(
+        self, requests: Iterable[rollout_pb2.PushWeightsRequest]
+    ) -> UpdateResult:
+        """PushWeights with a ready request stream (e.g. relayed from the actor's chunks):
+        first message version + tensors, then one chunk per message."""
+        resp = self._stub.PushWeights(iter(requests))
+        return UpdateResult(resp.version, resp.load_seconds)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcRolloutClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# Several replicas ---------------------------------------------------------------------------
+def least_loaded(clients: Sequence[GrpcRolloutClient]) -> GrpcRolloutClient:
+    """The replica with the fewest samples in flight (ties: first listed)."""
+    loads = [c.info().inflight_requests for c in clients]
+    return clients[loads.index(min(loads))]
+
+
+def generate_sharded(
+    clients: Sequence[GrpcRolloutClient], prompts: Sequence[Sequence[int]],
+    sampling: SamplingConfig, **kwargs,
+) -> list[PromptOutput]:
+    """Splits the prompts round-robin over the replicas, generates in parallel and returns
+    outputs in the original prompt order (prompt_index refers to `prompts`)."""
+    shards: list[list[int]] = [[] for _ in clients]
+    for i, slot in zip(range(len(prompts)), itertools.cycle(range(len(clients))), strict=False):
+        shards[slot].append(i)
+    work = [(c, idx) for c, idx in zip(clients, shards, strict=True) if idx]
+    with ThreadPoolExecutor(len(work)) as pool:
+        futures = [pool.submit(c.generate, [prompts[i] for i in idx], sampling, **kwargs)
+                   for c, idx in work]
+        results: list[PromptOutput] = []
+        for (_, idx), fut in zip(work, futures, strict=True):
+            for out in fut.result():
+                out.prompt_index = idx[out.prompt_index]
+                results.append(out)
+    return sorted(results, key=lambda o: o.prompt_index)
+
+
+def broadcast_update(
+    clients: Sequence[GrpcRolloutClient], sender: WeightSender, version: int,
+    named_tensors: NamedTensors, finish_timeout_s: float = 0.0,
+) -> list[UpdateResult]:
+    """One versioned update over the weight group, from the process holding `sender`:
+    begin on every replica -> bucketed broadcast -> finish on every replica."""
+    items = list(named_items(named_tensors))
+    specs = specs_of(items)
+    for c in clients:
+        c.begin_weight_update(version, specs, sender.bucket_bytes)
+    sender.send(version, items, specs)
+    futures = [c.finish_weight_update_future(version, finish_timeout_s) for c in clients]
+    return [UpdateResult(f.result().version, f.result().load_seconds) for f in futures]

@@ -1,0 +1,76 @@
+"""Generation engines for the rollout: a small `Generator` interface, `VllmGenerator`
+(vLLM, GPU or CPU) and `HFGenerator` (Hugging Face `generate`), the shared
+`SamplingConfig`, and `RolloutEngine` which adds weight versions and update sessions.
+
+Backends are imported lazily: importing this package does not import vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from quartet.engines.generation.base import (
+    GenerationStream,
+    Generator,
+    LoadStats,
+    PromptOutput,
+    SampleOutput,
+)
+from quartet.engines.generation.rollout_engine import RolloutEngine, RolloutInfo, UpdateResult
+from quartet.engines.generation.sampling import SamplingConfig, validate_prompts
+
+log = logging.getLogger("quartet.generation")
+
+BACKENDS = ("auto", "vllm", "hf")
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """'auto' -> 'vllm' when vLLM is importable, else 'hf' (said in the log)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if vllm_available():
+        return "vllm"
+    log.warning("vLLM is not importable here: using the Hugging Face generate backend "
+                "(slower; pass --backend hf to choose it explicitly)")
+    return "hf"
+
+
+def build_generator(backend: str, model: str, **kwargs: Any) -> Generator:
+    """Builds the backend's generator; keyword arguments not known to it are ignored."""
+    backend = resolve_backend(backend)
+    if backend == "vllm":
+        from quartet.engines.generation.vllm_generator import VllmGenerator
+
+        allowed = {"dtype", "max_model_len", "seed", "kv_cache_bytes", "gpu_memory_utilization",
+                   "multiprocess", "tensor_parallel_size", "enforce_eager", "engine_kwargs"}
+        return VllmGenerator(model, **{k: v for k, v in kwargs.items() if k in allowed})
+    from quartet.engines.generation.hf_generator import HFGenerator
+
+    allowed = {"dtype", "max_model_len", "seed", "device", "max_batch_rows"}
+    return HFGenerator(model, **{k: v for k, v in kwargs.items() if k in allowed})
+
+
+__all__ = [
+    "BACKENDS",
+    "GenerationStream",
+    "Generator",
+    "LoadStats",
+    "PromptOutput",
+    "RolloutEngine",
+    "RolloutInfo",
+    "SampleOutput",
+    "SamplingConfig",
+    "UpdateResult",
+    "build_generator",
+    "resolve_backend",
+    "validate_prompts",
+    "vllm_available",
+]

@@ -1,0 +1,344 @@
+"""`RolloutEngine`: a `Generator` plus the rollout's weight versions.
+
+What it adds to the generator, in one place for every backend and transport:
+
+- Every output carries the weight version that produced it. A weight update never changes
+  weights under a running request: opening a session stops admitting new requests, waits
+  until those in flight finished, loads, bumps the version, then admits again.
+- Update sessions are checked before any byte moves: the version must be newer than the
+  served one, and every tensor must exist in the model with the same shape.
+- A load that fails half-way leaves mixed weights; the engine then refuses to generate
+  (FAILED_PRECONDITION) until a complete update succeeds, instead of serving them silently.
+
+The gRPC servicer (`services/rollout/servicer.py`) is a thin translation of this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from quartet.engines.generation.base import GenerationStream, Generator, LoadStats, PromptOutput
+from quartet.engines.generation.sampling import SamplingConfig
+from quartet.serving.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
+from quartet.weightsync import (
+    DEFAULT_BUCKET_BYTES,
+    TensorSpec,
+    WeightGroupConfig,
+    WeightSyncError,
+    plan_buckets,
+)
+
+log = logging.getLogger("quartet.rollout")
+
+
+@dataclass(frozen=True)
+class RolloutInfo:
+    backend: str
+    model: str
+    weight_version: int
+    inflight_requests: int
+    """Samples (prompt x n) admitted and not finished yet."""
+    vocab_size: int
+    max_model_len: int
+    updating: bool
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    version: int
+    load_seconds: float
+    num_tensors: int = 0
+    num_bytes: int = 0
+
+
+class _Session:
+    def __init__(self, version: int, specs: list[TensorSpec]) -> None:
+        self.version = version
+        self.specs = specs
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.stats: LoadStats | None = None
+        self.started = time.perf_counter()
+
+
+class RolloutEngine:
+    """Versioned generation: `generate`, and weight updates as begin/finish sessions."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        initial_version: int = 0,
+        admission_timeout_s: float = 600.0,
+    ) -> None:
+        self.generator = generator
+        self._version = initial_version
+        self._admission_timeout_s = admission_timeout_s
+        self._cond = threading.Condition()
+        self._active_calls = 0
+        self._inflight = 0
+        self._session: _Session | None = None
+        self._group: WeightGroupConfig | None = None
+        self._dirty: str | None = None
+
+    @property
+    def weight_version(self) -> int:
+        return self._version
+
+    def info(self) -> RolloutInfo:
+        g = self.generator
+        with self._cond:
+            return RolloutInfo(g.backend, g.model_name, self._version, self._inflight,
+                               g.vocab_size, g.max_model_len, self._session is not None)
+
+    # Generation ---------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: SamplingConfig,
+        *,
+        return_text: bool = False,
+        expected_version: int | None = None,
+    ) -> GenerationStream:
+        """Starts generation; waits first while a weight update is being loaded.
+
+        `expected_version`: the caller's idea of the current policy version; a replica that
+        serves an older one refuses (FAILED_PRECONDITION) instead of sampling stale weights.
+        """
+        deadline = time.monotonic() + self._admission_timeout_s
+        with self._cond:
+            while self._session is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"weights: an update to version {self._session.version} "
+                                      "is in progress; retry later")
+                self._cond.wait(left)
+            if self._dirty:
+                raise FailedPrecondition(self._dirty)
+            if expected_version is not None and expected_version > self._version:
+                raise FailedPrecondition(
+                    f"header.policy_version: this replica serves weight version "
+                    f"{self._version}, the request expects {expected_version} (an update did "
+                    "not reach it)")
+            version = self._version
+            stream = self.generator.generate(prompts, sampling)
+            per_prompt = sampling.n
+            self._active_calls += 1
+            self._inflight += len(prompts) * per_prompt
+        remaining = [len(prompts)]
+        generator = self.generator
+
+        def stamp(out: PromptOutput) -> PromptOutput:
+            out.weight_version = version
+            if return_text:
+                for s in out.samples:
+                    s.text = generator.decode(s.token_ids)
+            with self._cond:
+                remaining[0] -= 1
+                self._inflight -= per_prompt
+            return out
+
+        def release() -> None:
+            with self._cond:
+                self._active_calls -= 1
+                self._inflight -= remaining[0] * per_prompt
+                remaining[0] = 0
+                self._cond.notify_all()
+
+        stream.set_transform(stamp)
+        stream.add_done_callback(release)
+        return stream
+
+    # Weight group -------------------------------------------------------------------------
+    def init_weight_group(self, config: WeightGroupConfig) -> WeightGroupConfig:
+        """Joins the actor's weight group (blocks until every member joined)."""
+        if config.rank == 0:
+            raise InvalidArgument("rank: rank 0 is the actor (sender); a rollout replica "
+                                  "takes a rank in 1..world_size-1")
+        with self._cond:
+            if self._session is not None:
+                raise FailedPrecondition("weight group: an update session is open")
+        try:
+            self.generator.init_weight_group(config)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        except Exception as exc:
+            raise Unavailable(f"weight group: could not join {config.master_address}:"
+                              f"{config.master_port} as rank {config.rank}: {exc}") from exc
+        self._group = config
+        log.info("joined weight group %s as rank %d/%d (%s)", config.group_name, config.rank,
+                 config.world_size, config.backend)
+        return config
+
+    # Update sessions ----------------------------------------------------------------------
+    def begin_weight_update(
+        self, version: int, specs: Sequence[TensorSpec], bucket_bytes: int = 0
+    ) -> int:
+        """Opens a session and starts receiving from the group in the background.
+
+        Returns the number of buckets the sender will broadcast.
+        """
+        if bucket_bytes < 0:
+            raise InvalidArgument(f"bucket_bytes: must be >= 0 (0: default), got {bucket_bytes}")
+        bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES
+        specs = self._check_specs(specs)
+        if self._group is None:
+            raise FailedPrecondition("weight group: not joined; call InitWeightGroup first, "
+                                     "or send the weights with PushWeights")
+        session = self._open(version, specs)
+        threading.Thread(target=self._receive, args=(session,), daemon=True,
+                         name=f"weights-v{version}").start()
+        return len(plan_buckets(specs, bucket_bytes))
+
+    def finish_weight_update(self, version: int, timeout_s: float = 0.0) -> UpdateResult:
+        """Waits for the session's tensors (at most `timeout_s`, 0: no limit), then serves
+        `version`."""
+        with self._cond:
+            session = self._session
+        if session is None or session.version != version:
+            open_note = f" (the open session is for {session.version})" if session else ""
+            raise FailedPrecondition(
+                f"version: no open update session for version {version}{open_note}")
+        if not session.done.wait(timeout_s if timeout_s > 0 else None):
+            raise DeadlineExceeded(
+                f"timeout_s: version {version} not loaded after {timeout_s}s; the session "
+                "stays open, call FinishWeightUpdate again")
+        return self._close(session)
+
+    def push_weights(
+        self, version: int, specs: Sequence[TensorSpec],
+        tensors: Iterable[tuple[str, torch.Tensor]],
+    ) -> UpdateResult:
+        """The fallback: a whole update whose tensors arrive through `tensors` (in manifest
+        order), loaded as they come."""
+        specs = self._check_specs(specs)
+        session = self._open(version, specs)
+        self._receive(session, tensors)
+        return self._close(session)
+
+    def _check_specs(self, specs: Sequence[TensorSpec]) -> list[TensorSpec]:
+        specs = list(specs)
+        if not specs:
+            raise InvalidArgument("tensors: must list at least one tensor")
+        known = self.generator.weight_specs()
+        seen: set[str] = set()
+        for i, s in enumerate(specs):
+            if s.name in seen:
+                raise InvalidArgument(f"tensors[{i}].name: {s.name!r} is listed twice")
+            seen.add(s.name)
+            if known is None:
+                continue
+            ref = known.get(s.name)
+            if ref is None:
+                raise InvalidArgument(f"tensors[{i}].name: unknown tensor {s.name!r} (not a "
+                                      f"weight of {self.generator.model_name})")
+            if s.shape != ref.shape:
+                raise InvalidArgument(f"tensors[{i}].shape: {list(s.shape)} does not match "
+                                      f"the model's {list(ref.shape)} for {s.name!r}")
+            if s.dtype.is_floating_point != ref.dtype.is_floating_point:
+                raise InvalidArgument(f"tensors[{i}].dtype: {s.dtype} cannot be loaded into "
+                                      f"{s.name!r} ({ref.dtype})")
+        return specs
+
+    def _open(self, version: int, specs: list[TensorSpec]) -> _Session:
+        with self._cond:
+            if self._session is not None:
+                raise FailedPrecondition(
+                    f"version: an update to version {self._session.version} is already open; "
+                    "finish it first")
+            if version <= self._version:
+                raise FailedPrecondition(
+                    f"version: {version} is stale; this replica already serves version "
+                    f"{self._version} (updates must increase the version)")
+            session = _Session(version, specs)
+            self._session = session  # from now on no new request is admitted
+        log.info("weight update to version %d opened (%d tensors)", version, len(specs))
+        return session
+
+    def _receive(
+        self, session: _Session, tensors: Iterable[tuple[str, torch.Tensor]] | None = None
+    ) -> None:
+        checked = None
+        try:
+            with self._cond:
+                while self._active_calls:
+                    self._cond.wait()
+            if tensors is None:
+                session.stats = self.generator.receive_weights(session.version, session.specs)
+            else:
+                checked = _Checked(tensors, session.specs)
+                session.stats = self.generator.load_weights(checked)
+                checked.finish()
+        except BaseException as exc:  # noqa: BLE001 - reported by finish
+            session.error = exc
+            if checked is not None:
+                partial = checked.count > 0
+            else:
+                partial = not isinstance(exc, WeightSyncError)
+            if partial:
+                self._dirty = (f"weights: the update to version {session.version} failed "
+                               f"while loading ({exc}); this replica holds mixed weights "
+                               "until a complete update succeeds")
+        finally:
+            session.done.set()
+
+    def _close(self, session: _Session) -> UpdateResult:
+        with self._cond:
+            self._session = None
+            err = session.error
+            if err is None:
+                self._version = session.version
+                self._dirty = None
+            self._cond.notify_all()
+        seconds = time.perf_counter() - session.started
+        if err is not None:
+            log.warning("weight update to version %d failed: %s", session.version, err)
+            if isinstance(err, InvalidArgument | FailedPrecondition):
+                raise err
+            if isinstance(err, WeightSyncError | ValueError):
+                raise FailedPrecondition(f"weights: update to version {session.version} "
+                                         f"refused: {err}") from err
+            raise Unavailable(f"weights: update to version {session.version} failed: "
+                              f"{err}") from err
+        st = session.stats or LoadStats(0, 0, seconds)
+        log.info("serving weight version %d (%d tensors, %.1f MB, loaded in %.2fs)",
+                 session.version, st.num_tensors, st.num_bytes / 1e6, seconds)
+        return UpdateResult(session.version, seconds, st.num_tensors, st.num_bytes)
+
+
+class _Checked:
+    """Passes pushed tensors through, checking each against the manifest in order."""
+
+    def __init__(self, tensors: Iterable[tuple[str, torch.Tensor]],
+                 specs: list[TensorSpec]) -> None:
+        self._tensors = tensors
+        self._specs = specs
+        self.count = 0
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, t in self._tensors:
+            if self.count >= len(self._specs):
+                raise InvalidArgument(f"chunk.name: {name!r} is beyond the "
+                                      f"{len(self._specs)} tensors announced")
+            want = self._specs[self.count]
+            got = TensorSpec.of(name, t)
+            if got != want:
+                raise InvalidArgument(f"chunk.name: got {got.describe()} where tensors"
+                                      f"[{self.count}] announced {want.describe()}")
+            self.count += 1
+            yield name, t
+
+    def finish(self) -> None:
+        if self.count != len(self._specs):
+            raise InvalidArgument(f"tensors: {len(self._specs)} announced, "
+                                  f"{self.count} received")

@@ -1,0 +1,68 @@
+"""Methods mixed into every vLLM worker (`worker_extension_cls`) for in-place weight updates.
+
+They run inside the worker that owns the model (in this process with the in-process
+engine, in the engine's worker process otherwise), reached with `collective_rpc`. The
+weight group is joined there, so on GPU NCCL broadcasts land directly in the worker's
+device memory.
+
+Loading goes through `reload_weights` (vLLM's in-place reload: checkpoint-format names,
+layer-wise re-processing). Plain `model.load_weights` fails on CPU once vLLM repacked the
+weights for its kernels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+
+from quartet.weightsync import TensorSpec, WeightGroupConfig, WeightReceiver, init_weight_group
+
+EXTENSION_CLS = "quartet.engines.generation.worker_extension.WeightSyncWorkerExtension"
+
+
+def specs_to_wire(specs: Iterable[TensorSpec]) -> list[tuple[str, str, list[int]]]:
+    """Plain tuples (name, dtype name, shape): safe for any `collective_rpc` transport."""
+    return [(s.name, str(s.dtype).removeprefix("torch."), list(s.shape)) for s in specs]
+
+
+def specs_from_wire(items: Iterable[tuple[str, str, list[int]]]) -> list[TensorSpec]:
+    return [TensorSpec(n, getattr(torch, d), tuple(shape)) for n, d, shape in items]
+
+
+class WeightSyncWorkerExtension:
+    """Mixed into vLLM's worker class; `self` is the worker (has `model_runner`, `rank`)."""
+
+    def quartet_init_weight_group(self, config: dict) -> int:
+        """Joins the weight group; a worker with tensor-parallel rank r takes rank + r."""
+        cfg = WeightGroupConfig(**config)
+        cfg = cfg.with_rank(cfg.rank + int(getattr(self, "rank", 0)))
+        self._quartet_group = init_weight_group(cfg)
+        return cfg.rank
+
+    def quartet_receive_weights(self, version: int, specs: list) -> dict:
+        group = getattr(self, "_quartet_group", None)
+        if group is None:
+            raise RuntimeError("weight group: not initialized in this worker")
+        # The header is checked before reload starts, so a refused session changes nothing.
+        tensors = WeightReceiver(group).receive(version, specs_from_wire(specs))
+        return self._quartet_reload(tensors)
+
+    def quartet_load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
+        return self._quartet_reload(named_tensors)
+
+    def _quartet_reload(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
+        stats = {"num_tensors": 0, "num_bytes": 0}
+
+        def counted():
+            for name, t in named_tensors:
+                stats["num_tensors"] += 1
+                stats["num_bytes"] += t.numel() * t.element_size()
+                yield name, t
+
+        start = time.perf_counter()
+        reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
+        reload(weights_iterator=counted())
+        stats["seconds"] = time.perf_counter() - start
+        return stats

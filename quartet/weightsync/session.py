@@ -1,0 +1,208 @@
+"""The wire protocol of one update session on the weight group.
+
+rank 0 broadcasts, in order:
+  1. a header, int64[6]: MAGIC, version, manifest digest, num_buckets, bucket_bytes,
+     total_bytes;
+  2. the size of each bucket, int64[num_buckets];
+  3. each bucket as one uint8 buffer laid out by `plan_buckets(manifest, bucket_bytes)`.
+
+A receiver whose own (version, manifest) disagrees with the header still receives (and
+drops) every bucket, so the sender never hangs on it, and then fails its session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from quartet.weightsync.buckets import (
+    DEFAULT_BUCKET_BYTES,
+    pack_bucket,
+    plan_buckets,
+    unpack_bucket,
+)
+from quartet.weightsync.errors import WeightSyncError
+from quartet.weightsync.group import WeightGroup
+from quartet.weightsync.specs import (
+    NamedTensors,
+    TensorSpec,
+    manifest_digest,
+    named_items,
+    specs_of,
+)
+
+log = logging.getLogger("quartet.weightsync")
+
+MAGIC = 0x51_75_61_72_74_65_74  # "Quartet"
+HEADER_LEN = 6
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    version: int
+    num_tensors: int
+    num_buckets: int
+    total_bytes: int
+    seconds: float
+
+    @property
+    def gbytes_per_s(self) -> float:
+        return self.total_bytes / max(self.seconds, 1e-9) / 1e9
+
+
+class WeightSender:
+    """Rank 0's end: broadcasts a versioned set of named tensors in buckets.
+
+    Typical use on the actor (after every receiver was told `begin(version, manifest,
+    bucket_bytes)` over gRPC):
+
+        sender = WeightSender(group, bucket_bytes)
+        sender.send(version, model.state_dict())
+    """
+
+    def __init__(self, group: WeightGroup, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        if group.rank != 0:
+            raise ValueError(f"rank: the sender must be rank 0 of the weight group, "
+                             f"got {group.rank}")
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes: must be > 0, got {bucket_bytes}")
+        self.group = group
+        self.bucket_bytes = bucket_bytes
+
+    def send(
+        self,
+        version: int,
+        named_tensors: NamedTensors,
+        specs: Sequence[TensorSpec] | None = None,
+    ) -> TransferStats:
+        """Broadcasts every tensor; blocks until the last bucket left.
+
+        With `specs` given, `named_tensors` may be a lazy iterable (e.g. ZeRO-3 gathering one
+        parameter at a time): at most one bucket is held at once. Each tensor must match its
+        spec (name, dtype, shape) in order.
+        """
+        start = time.perf_counter()
+        if specs is None:
+            materialized = list(named_items(named_tensors))
+            specs = specs_of(materialized)
+            items = iter(materialized)
+        else:
+            items = iter(named_items(named_tensors))
+        plan = plan_buckets(specs, self.bucket_bytes)
+        device = self.group.device
+        sizes = [b.nbytes for b in plan]
+        total = sum(s.nbytes for s in specs)
+        header = torch.tensor(
+            [MAGIC, version, manifest_digest(specs), len(plan), self.bucket_bytes, total],
+            dtype=torch.int64,
+        ).to(device)
+        self.group.broadcast(header)
+        if plan:
+            self.group.broadcast(torch.tensor(sizes, dtype=torch.int64).to(device))
+        buffer = torch.empty(max(sizes, default=0), dtype=torch.uint8, device=device)
+        for bucket in plan:
+            tensors = []
+            for spec in bucket.specs:
+                try:
+                    name, t = next(items)
+                except StopIteration:
+                    raise WeightSyncError(
+                        f"named_tensors: ended before {spec.name!r}; receivers will time out"
+                    ) from None
+                got = TensorSpec.of(name, t)
+                if got != spec:
+                    raise WeightSyncError(
+                        f"named_tensors: got {got.describe()} where the manifest has "
+                        f"{spec.describe()}; receivers will time out"
+                    )
+                tensors.append(t)
+            self.group.broadcast(pack_bucket(bucket, tensors, buffer))
+        stats = TransferStats(version, len(specs), len(plan), total,
+                              time.perf_counter() - start)
+        log.info("sent version %d: %d tensors, %d buckets, %.1f MB in %.2fs", version,
+                 stats.num_tensors, stats.num_buckets, total / 1e6, stats.seconds)
+        return stats
+
+
+class WeightReceiver:
+    """A rollout worker's end: yields the named tensors of a session as buckets arrive.
+
+    Each yielded tensor is a view into its bucket's own buffer (a fresh buffer per bucket, so
+    a loader may keep references across buckets, as vLLM's layer-wise reload does).
+    """
+
+    def __init__(self, group: WeightGroup) -> None:
+        if group.rank == 0:
+            raise ValueError("rank: rank 0 of the weight group is the sender")
+        self.group = group
+        self.last_stats: TransferStats | None = None
+
+    def receive(
+        self, version: int, specs: Sequence[TensorSpec]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Reads the session header now and returns an iterator over the tensors.
+
+        Raises `WeightSyncError` here, before any tensor is yielded (and after draining the
+        sender's buckets), when the sender's header disagrees with (version, specs). A
+        consumer that stops early still drains the rest, so the sender never hangs.
+        """
+        start = time.perf_counter()
+        device = self.group.device
+        header = torch.zeros(HEADER_LEN, dtype=torch.int64, device=device)
+        self.group.broadcast(header)
+        magic, sent_version, digest, num_buckets, bucket_bytes, total = header.tolist()
+        if magic != MAGIC:
+            raise WeightSyncError(f"weight group: bad header {header.tolist()} (not a quartet "
+                                  "sender, or sessions out of step)")
+        sizes_t = torch.zeros(num_buckets, dtype=torch.int64, device=device)
+        if num_buckets:
+            self.group.broadcast(sizes_t)
+        sizes = sizes_t.tolist()
+        problems = []
+        if sent_version != version:
+            problems.append(f"version: the sender sends {sent_version}, this session "
+                            f"expects {version}")
+        if digest != manifest_digest(specs):
+            problems.append("tensors: the sender's manifest differs from the one given to "
+                            "begin (names, dtypes, shapes or order)")
+        plan = []
+        if not problems:
+            plan = plan_buckets(specs, bucket_bytes)
+            if [b.nbytes for b in plan] != sizes:
+                problems.append(f"bucket_bytes: layout differs from the sender's "
+                                f"(bucket_bytes={bucket_bytes})")
+        if problems:
+            self._drain(sizes)
+            raise WeightSyncError("; ".join(problems))
+        return self._buckets(version, specs, plan, total, start)
+
+    def _buckets(self, version, specs, plan, total, start):
+        received = 0
+        broken = False
+        try:
+            for bucket in plan:
+                buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=self.group.device)
+                try:
+                    self.group.broadcast(buffer)
+                except Exception:
+                    broken = True
+                    raise
+                received += 1
+                yield from unpack_bucket(bucket, buffer)
+        finally:
+            if received < len(plan) and not broken:
+                # The consumer stopped early: keep the sender from hanging on this rank.
+                self._drain([b.nbytes for b in plan[received:]])
+        self.last_stats = TransferStats(version, len(specs), len(plan), total,
+                                        time.perf_counter() - start)
+
+    def _drain(self, sizes: Sequence[int]) -> None:
+        if not sizes:
+            return
+        scratch = torch.empty(max(sizes), dtype=torch.uint8, device=self.group.device)
+        for size in sizes:
+            self.group.broadcast(scratch[:size])

@@ -1,0 +1,70 @@
+"""`quartet serve rollout`: flags, engine construction and servicer registration."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+
+from quartet.serving import RoleServer
+from quartet.v1 import rollout_pb2_grpc
+
+log = logging.getLogger("quartet.rollout")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("rollout")
+    g.add_argument("--model", required=True, help="Hugging Face model directory (or hub id)")
+    g.add_argument("--backend", choices=("auto", "vllm", "hf"), default="auto",
+                   help="generation engine; auto = vLLM when importable, else HF generate")
+    g.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (prompt + response); default: the model's")
+    g.add_argument("--seed", type=int, default=0, help="engine seed")
+    g.add_argument("--initial-version", type=int, default=0,
+                   help="weight version of the weights loaded from --model")
+    g.add_argument("--kv-cache-bytes", type=int, default=None,
+                   help="vLLM KV cache size in bytes (default on CPU: 1 GiB)")
+    g.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="vLLM: fraction of GPU memory to use")
+    g.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM TP size")
+    g.add_argument("--engine-process", choices=("auto", "on", "off"), default="auto",
+                   help="vLLM engine core in a separate process (auto: on GPU yes, on CPU no)")
+    g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                   help="vLLM: run eagerly, no torch.compile (starts faster; default: vLLM's)")
+    g.add_argument("--max-batch-rows", type=int, default=256,
+                   help="HF backend: most rows (prompts x n) per generate call")
+
+
+def build_engine(args: argparse.Namespace):
+    from quartet.engines.generation import RolloutEngine, build_generator
+
+    generator = build_generator(
+        args.backend,
+        args.model,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        seed=args.seed,
+        kv_cache_bytes=args.kv_cache_bytes,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        multiprocess={"auto": None, "on": True, "off": False}[args.engine_process],
+        max_batch_rows=args.max_batch_rows,
+        enforce_eager=args.enforce_eager,
+    )
+    log.info("rollout engine ready: backend=%s model=%s max_model_len=%d vocab=%d",
+             generator.backend, generator.model_name, generator.max_model_len,
+             generator.vocab_size)
+    return RolloutEngine(generator, initial_version=args.initial_version)
+
+
+def serve(args: argparse.Namespace, server: RoleServer) -> None:
+    from services.rollout.servicer import RolloutServicer
+
+    engine = build_engine(args)
+    # The engine's long-lived objects never become garbage: keep them out of every
+    # collection (faster GC pauses while serving, and a prompt exit).
+    gc.collect()
+    gc.freeze()
+    rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(engine), server.grpc_server)
+    server.set_serving(True)

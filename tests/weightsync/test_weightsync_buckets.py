@@ -1,0 +1,73 @@
+"""Bucket planning, packing and the gRPC-streamed fallback, without any process group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quartet.codec import CodecError
+from quartet.weightsync import TensorSpec, manifest_digest, plan_buckets, specs_of
+from quartet.weightsync.buckets import ALIGN_BYTES, pack_bucket, unpack_bucket
+from quartet.weightsync.stream import PushedWeights, push_requests
+
+
+def tensors():
+    return {
+        "w": torch.randn(10, 7),
+        "b": torch.randn(3).to(torch.bfloat16),
+        "s": torch.tensor(2.5),
+        "m": torch.tensor([True, False, True]),
+        "e": torch.zeros(0, 2),
+        "h": torch.randn(50, dtype=torch.float16),
+        "i": torch.arange(9, dtype=torch.int64).reshape(3, 3),
+    }
+
+
+@pytest.mark.parametrize("bucket_bytes", [1, 64, 200, 1 << 20])
+def test_pack_unpack_round_trip(bucket_bytes):
+    named = tensors()
+    plan = plan_buckets(specs_of(named), bucket_bytes)
+    assert [s.name for b in plan for s in b.specs] == list(named)
+    got = {}
+    for b in plan:
+        assert all(off % ALIGN_BYTES == 0 for off in b.offsets)
+        assert b.nbytes <= max(bucket_bytes, max(s.nbytes for s in b.specs))
+        buf = torch.empty(b.nbytes, dtype=torch.uint8)
+        pack_bucket(b, [named[s.name] for s in b.specs], buf)
+        got.update({n: t.clone() for n, t in unpack_bucket(b, buf)})
+    for n, t in named.items():
+        assert got[n].dtype == t.dtype and got[n].shape == t.shape
+        assert torch.equal(got[n], t)
+
+
+def test_large_buckets_hold_many_tensors():
+    specs = [TensorSpec(f"p{i}", torch.float32, (256,)) for i in range(100)]
+    plan = plan_buckets(specs, 16 << 10)
+    assert len(plan) == 7  # 100 KiB of tensors in 16 KiB buckets, not 100 calls
+
+
+def test_digest_depends_on_names_shapes_dtypes_and_order():
+    a = specs_of(tensors())
+    assert manifest_digest(a) == manifest_digest(list(a))
+    assert manifest_digest(a) != manifest_digest(a[::-1])
+    b = [TensorSpec(a[0].name, torch.float16, a[0].shape), *a[1:]]
+    assert manifest_digest(a) != manifest_digest(b)
+
+
+def test_push_stream_round_trip_in_small_chunks():
+    named = tensors()
+    requests = list(push_requests(7, named, chunk_bytes=16))
+    assert len(requests) > len(named) + 1
+    pushed = PushedWeights(iter(requests), max_tensor_bytes=1 << 20)
+    assert pushed.version == 7 and pushed.specs == specs_of(named)
+    got = dict(pushed.tensors())
+    assert all(torch.equal(got[n], t) for n, t in named.items())
+
+
+def test_push_stream_errors_name_the_field():
+    named = tensors()
+    requests = list(push_requests(7, named, chunk_bytes=16))
+    with pytest.raises(CodecError, match="^chunk: the first message"):
+        PushedWeights(iter(requests[1:]), 1 << 20)
+    with pytest.raises(CodecError, match="^chunk: stream ended inside tensor"):
+        list(PushedWeights(iter(requests[:3]), 1 << 20).tensors())
