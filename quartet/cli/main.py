@@ -48,7 +48,20 @@ def serve(argv: list[str]) -> int:
     parser.add_argument("--port-file", default=None,
                         help="write the bound port to this file once listening (for launchers)")
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    role_config_cls = getattr(module, "ROLE_CONFIG", None)
+    if role_config_cls is None:
+        args = parser.parse_args(rest)
+    else:
+        # Roles with a typed config (actor, critic) take its generated hierarchical flags
+        # (--model.*, --ds.*, ...) after the server's own flags.
+        from quartet.config.base import parse_config
+
+        if any(a in ("-h", "--help") for a in rest):
+            parser.print_help()
+            print(f"\n{role} flags:")
+            parse_config(role_config_cls, ["--help"], prog=f"quartet serve {role}")
+        args, extra = parser.parse_known_args(rest)
+        args.role_config = parse_config(role_config_cls, extra, prog=f"quartet serve {role}")
 
     setup_logging(role)
     from quartet.serving import RoleServer

@@ -3,6 +3,7 @@
 from quartet.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "Internal",
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",

@@ -41,3 +41,10 @@ class ResourceExhausted(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(ServiceError):
+    """A server-side failure whose message is safe and useful to show (e.g. a user's reward
+    function returned the wrong number of rewards); unexpected exceptions stay generic."""
+
+    code = grpc.StatusCode.INTERNAL

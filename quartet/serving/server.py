@@ -108,7 +108,7 @@ class RoleServer:
         if serving and not self._reflection_enabled:
             self._reflection_enabled = True
             reflection.enable_server_reflection(
-                [*self._service_names, reflection.SERVICE_NAME], self._server
+                [*self._service_names, reflection.SERVICE_NAME], self.grpc_server
             )
         status = (
             health_pb2.HealthCheckResponse.SERVING

@@ -82,8 +82,8 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(tokenizer=None, seed: int = 0):
-    """A randomly initialised 2-layer Llama sized for `tokenizer`."""
+def build_tiny_model(tokenizer=None, seed: int = 0, **overrides: Any):
+    """A randomly initialised 2-layer Llama sized for `tokenizer` (`overrides` resize it)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -94,7 +94,7 @@ def build_tiny_model(tokenizer=None, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
-        **TINY_MODEL_CONFIG,
+        **{**TINY_MODEL_CONFIG, **overrides},
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
@@ -107,22 +107,24 @@ def _default_cache_root() -> Path:
     return Path(root)
 
 
-def tiny_model_dir(cache_root: str | os.PathLike | None = None) -> Path:
+def tiny_model_dir(cache_root: str | os.PathLike | None = None, name: str = "tiny-llama",
+                   **overrides: Any) -> Path:
     """Path of a saved tiny model + tokenizer (HF format), built once and cached.
 
-    A file lock makes concurrent test processes build it only once.
+    `overrides` (e.g. hidden_size=512, num_hidden_layers=4) build a bigger random model under
+    its own `name`. A file lock makes concurrent test processes build it only once.
     """
     root = Path(cache_root) if cache_root else _default_cache_root()
-    target = root / f"tiny-llama-{CACHE_VERSION}"
+    target = root / f"{name}-{CACHE_VERSION}"
     if (target / "DONE").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".tiny-llama-{CACHE_VERSION}.lock", "w") as lock:
+    with open(root / f".{name}-{CACHE_VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "DONE").exists():
-            tmp = root / f"tiny-llama-{CACHE_VERSION}.tmp{os.getpid()}"
+            tmp = root / f"{name}-{CACHE_VERSION}.tmp{os.getpid()}"
             tokenizer = build_tiny_tokenizer()
-            model = build_tiny_model(tokenizer)
+            model = build_tiny_model(tokenizer, **overrides)
             model.generation_config.pad_token_id = tokenizer.pad_token_id
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -161,9 +161,14 @@ class BroadcastWeightsRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     BUCKET_BYTES_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Version stamped on the broadcast weights."""
     bucket_bytes: _builtins.int
+    dtype: _common_pb2.DType.ValueType
+    """Cast floating-point parameters to this dtype before sending (the rollout engine's
+    dtype); DTYPE_UNSPECIFIED sends them as trained.
+    """
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     def __init__(
@@ -172,14 +177,39 @@ class BroadcastWeightsRequest(_message.Message):
         header: _common_pb2.RequestHeader | None = ...,
         version: _builtins.int = ...,
         bucket_bytes: _builtins.int = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_bytes", b"bucket_bytes", "header", b"header", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_bytes", b"bucket_bytes", "dtype", b"dtype", "header", b"header", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BroadcastWeightsRequest: _TypeAlias = BroadcastWeightsRequest  # noqa: Y015
+
+@_typing.final
+class GetWeightManifestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    dtype: _common_pb2.DType.ValueType
+    """As in BroadcastWeightsRequest.dtype."""
+    @_builtins.property
+    def header(self) -> _common_pb2.RequestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.RequestHeader | None = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWeightManifestRequest: _TypeAlias = GetWeightManifestRequest  # noqa: Y015
 
 @_typing.final
 class BroadcastWeightsResponse(_message.Message):
@@ -218,7 +248,10 @@ class StreamWeightsRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     chunk_bytes: _builtins.int
+    dtype: _common_pb2.DType.ValueType
+    """As in BroadcastWeightsRequest.dtype."""
     @_builtins.property
     def header(self) -> _common_pb2.RequestHeader: ...
     def __init__(
@@ -226,10 +259,11 @@ class StreamWeightsRequest(_message.Message):
         *,
         header: _common_pb2.RequestHeader | None = ...,
         chunk_bytes: _builtins.int = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "header", b"header"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_bytes", b"chunk_bytes", "dtype", b"dtype", "header", b"header"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -55,6 +55,11 @@ class ActorStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupResponse.FromString,
                 _registered_method=True)
+        self.GetWeightManifest = channel.unary_unary(
+                '/quartet.v1.Actor/GetWeightManifest',
+                request_serializer=quartet_dot_v1_dot_actor__pb2.GetWeightManifestRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_actor__pb2.WeightManifest.FromString,
+                _registered_method=True)
         self.BroadcastWeights = channel.unary_unary(
                 '/quartet.v1.Actor/BroadcastWeights',
                 request_serializer=quartet_dot_v1_dot_actor__pb2.BroadcastWeightsRequest.SerializeToString,
@@ -103,6 +108,14 @@ class ActorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWeightManifest(self, request, context):
+        """Names, dtypes and shapes of the tensors BroadcastWeights would send, so the coordinator
+        can open the rollout's update session (begin) before the broadcast starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def BroadcastWeights(self, request, context):
         """Broadcast the current weights over the weight group in buckets.
         """
@@ -145,6 +158,11 @@ def add_ActorServicer_to_server(servicer, server):
                     servicer.InitWeightGroup,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupResponse.SerializeToString,
+            ),
+            'GetWeightManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWeightManifest,
+                    request_deserializer=quartet_dot_v1_dot_actor__pb2.GetWeightManifestRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_actor__pb2.WeightManifest.SerializeToString,
             ),
             'BroadcastWeights': grpc.unary_unary_rpc_method_handler(
                     servicer.BroadcastWeights,
@@ -270,6 +288,33 @@ class Actor:
             '/quartet.v1.Actor/InitWeightGroup',
             quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.InitWeightGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWeightManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Actor/GetWeightManifest',
+            quartet_dot_v1_dot_actor__pb2.GetWeightManifestRequest.SerializeToString,
+            quartet_dot_v1_dot_actor__pb2.WeightManifest.FromString,
             options,
             channel_credentials,
             insecure,

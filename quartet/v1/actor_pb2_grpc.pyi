@@ -43,6 +43,10 @@ class ActorStub:
     Save: _grpc.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]
     InitWeightGroup: _grpc.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
+    GetWeightManifest: _grpc.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]
+    """Names, dtypes and shapes of the tensors BroadcastWeights would send, so the coordinator
+    can open the rollout's update session (begin) before the broadcast starts.
+    """
     BroadcastWeights: _grpc.UnaryUnaryMultiCallable[_actor_pb2.BroadcastWeightsRequest, _actor_pb2.BroadcastWeightsResponse]
     """Broadcast the current weights over the weight group in buckets."""
     StreamWeights: _grpc.UnaryStreamMultiCallable[_actor_pb2.StreamWeightsRequest, _common_pb2.TensorChunk]
@@ -61,6 +65,10 @@ class ActorAsyncStub(ActorStub):
     Save: _aio.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]  # type: ignore[assignment]
     InitWeightGroup: _aio.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]  # type: ignore[assignment]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
+    GetWeightManifest: _aio.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]  # type: ignore[assignment]
+    """Names, dtypes and shapes of the tensors BroadcastWeights would send, so the coordinator
+    can open the rollout's update session (begin) before the broadcast starts.
+    """
     BroadcastWeights: _aio.UnaryUnaryMultiCallable[_actor_pb2.BroadcastWeightsRequest, _actor_pb2.BroadcastWeightsResponse]  # type: ignore[assignment]
     """Broadcast the current weights over the weight group in buckets."""
     StreamWeights: _aio.UnaryStreamMultiCallable[_actor_pb2.StreamWeightsRequest, _common_pb2.TensorChunk]  # type: ignore[assignment]
@@ -100,6 +108,16 @@ class ActorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.InitWeightGroupResponse, _abc.Awaitable[_common_pb2.InitWeightGroupResponse]]:
         """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
+
+    @_abc_1.abstractmethod
+    def GetWeightManifest(
+        self,
+        request: _actor_pb2.GetWeightManifestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_actor_pb2.WeightManifest, _abc.Awaitable[_actor_pb2.WeightManifest]]:
+        """Names, dtypes and shapes of the tensors BroadcastWeights would send, so the coordinator
+        can open the rollout's update session (begin) before the broadcast starts.
+        """
 
     @_abc_1.abstractmethod
     def BroadcastWeights(

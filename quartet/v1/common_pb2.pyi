@@ -373,6 +373,8 @@ class ServiceInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    MAX_MODEL_LEN_FIELD_NUMBER: _builtins.int
+    UPDATING_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     model: _builtins.str
     policy_version: _builtins.int
@@ -382,6 +384,11 @@ class ServiceInfo(_message.Message):
     """Backend in use ("vllm", "hf", "deepspeed", "rule", ...)."""
     vocab_size: _builtins.int
     version: _builtins.str
+    """quartet version of the server."""
+    max_model_len: _builtins.int
+    """Longest prompt + response the engine accepts (rollout), 0 when not applicable."""
+    updating: _builtins.bool
+    """A weight update session is open (rollout)."""
     def __init__(
         self,
         *,
@@ -392,10 +399,12 @@ class ServiceInfo(_message.Message):
         backend: _builtins.str = ...,
         vocab_size: _builtins.int = ...,
         version: _builtins.str = ...,
+        max_model_len: _builtins.int = ...,
+        updating: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "inflight_requests", b"inflight_requests", "model", b"model", "policy_version", b"policy_version", "role", b"role", "version", b"version", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "inflight_requests", b"inflight_requests", "max_model_len", b"max_model_len", "model", b"model", "policy_version", b"policy_version", "role", b"role", "updating", b"updating", "version", b"version", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,22 +1,25 @@
-"""`quartet serve actor`: contract only for now; the engine arrives with the PPO issue.
-
-Every RPC answers UNIMPLEMENTED (never a fake result) until then.
-"""
+"""`quartet serve actor`: the policy on DeepSpeed (flags: `--model.*`, `--ds.*`, `--adam.*`,
+`--optim`, `--train.*`; see `quartet serve actor --help`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.serving import RoleServer
+
+ROLE_CONFIG = TrainingRoleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF model directory")
+    """Role flags come from TrainingRoleConfig (see quartet.cli.main)."""
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from quartet.v1 import actor_pb2_grpc
+    from services.actor.actor import Actor
+    from services.actor.servicer import ActorServicer
 
-    actor_pb2_grpc.add_ActorServicer_to_server(actor_pb2_grpc.ActorServicer(),
-                                                 server.grpc_server)
+    actor = Actor(args.role_config)
+    actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor), server.grpc_server)
     server.set_serving(True)

@@ -1,22 +1,25 @@
-"""`quartet serve critic`: contract only for now; the engine arrives with the PPO issue.
-
-Every RPC answers UNIMPLEMENTED (never a fake result) until then.
-"""
+"""`quartet serve critic`: the value model on DeepSpeed (flags as the actor's; point
+`--model.model_name_or_path` at a reward model to initialise from it)."""
 
 from __future__ import annotations
 
 import argparse
 
+from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.serving import RoleServer
+
+ROLE_CONFIG = TrainingRoleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF model directory")
+    """Role flags come from TrainingRoleConfig (see quartet.cli.main)."""
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from quartet.v1 import critic_pb2_grpc
+    from services.critic.critic import Critic
+    from services.critic.servicer import CriticServicer
 
-    critic_pb2_grpc.add_CriticServicer_to_server(critic_pb2_grpc.CriticServicer(),
-                                                 server.grpc_server)
+    critic = Critic(args.role_config)
+    critic_pb2_grpc.add_CriticServicer_to_server(CriticServicer(critic), server.grpc_server)
     server.set_serving(True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quartet.codec import decode_token_batch
 from quartet.rewards.base import RewardFunction, RewardInputs, check_inputs, pad_list
-from quartet.serving.errors import InvalidArgument
+from quartet.serving.errors import Internal, InvalidArgument
 from quartet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 
@@ -34,7 +34,11 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
 
     def Score(self, request_iterator, context):
         for req in request_iterator:
-            result = self.reward(decode_score_request(req))
+            inputs = decode_score_request(req)
+            try:
+                result = self.reward(inputs)
+            except ValueError as exc:  # the reward source broke its contract
+                raise Internal(f"reward {self.reward.name}: {exc}") from None
             yield reward_pb2.ScoreResponse(
                 row_offset=req.row_offset,
                 rewards=result.rewards,

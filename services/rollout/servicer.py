@@ -138,4 +138,6 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
             backend=info.backend,
             vocab_size=info.vocab_size,
             version=getattr(quartet, "__version__", ""),
+            max_model_len=info.max_model_len,
+            updating=info.updating,
         )

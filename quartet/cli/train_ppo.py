@@ -1,0 +1,145 @@
+"""`quartet ppo` / `python -m quartet.cli.train_ppo`: PPO and its critic-free variants.
+
+With no service addresses it starts every needed role as a local process (embedded mode);
+with `--<role>.address` flags it drives services that already run (cluster mode).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from quartet.config.base import config_to_dict, parse_config
+from quartet.engines.generation.sampling import SamplingConfig
+from quartet.logs import setup_logging
+from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
+from quartet.ppo.experience import AdvantageSettings
+from services.coordinator.config import PPOJobConfig
+from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings
+
+log = logging.getLogger("quartet.ppo")
+
+
+def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSettings:
+    """The loop's resolved settings: the one place flags turn into algorithm choices."""
+    algo, r = cfg.algo, cfg.rollout
+    return PPOLoopSettings(
+        num_iterations=cfg.train.num_iterations,
+        prompts_per_iteration=r.batch_size,
+        n_samples_per_prompt=r.n_samples_per_prompt,
+        sampling=SamplingConfig(n=r.n_samples_per_prompt, temperature=r.temperature,
+                                top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                                stop=tuple(r.stop), logprobs=True),
+        mini_batch_size=cfg.train.batch_size,
+        ppo_epochs=cfg.train.max_epochs,
+        advantage=AdvantageSettings(
+            estimator=algo.advantage.estimator, gamma=algo.advantage.gamma,
+            lam=algo.advantage.lambd, kl_estimator=algo.kl.estimator,
+            reward_clip=cfg.reward.clip_range, whiten=algo.advantage.whiten,
+        ),
+        policy_loss=PolicyLossSettings(
+            clip_eps_low=algo.clip_eps_low, clip_eps_high=algo.clip_eps_high,
+            dual_clip=algo.dual_clip, entropy_coef=algo.entropy_coef,
+            kl_estimator=algo.kl.estimator, reduction=algo.loss_reduction,
+            temperature=r.temperature,
+        ),
+        value_loss=ValueLossSettings(clip_eps=cfg.critic.value_clip or None),
+        init_kl_coef=algo.kl.init_coef,
+        kl_in_loss=algo.kl.use_loss,
+        kl_target=algo.kl.target,
+        kl_horizon=algo.kl.horizon,
+        normalize_reward=cfg.reward.normalize_enable,
+        freeze_actor_steps=cfg.actor.freezing_steps,
+        save_steps=cfg.ckpt.save_steps,
+        output_dir=output_dir,
+        seed=cfg.train.seed,
+        run_id=run_id,
+    )
+
+
+class ProgressPrinter:
+    """A live line per phase (on a terminal) and one summary line per iteration."""
+
+    def __init__(self, total: int, stream=sys.stdout) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, event: dict) -> None:
+        it = event["iteration"] + 1
+        if event["phase"] != "done":
+            if self.tty:
+                self.stream.write(f"\r[iter {it}/{self.total}] {event['phase']}...".ljust(60))
+                self.stream.flush()
+            return
+        m = event["metrics"]
+        phases = " ".join(f"{p}={m.get('time/' + p, 0.0):.1f}s"
+                          for p in ("generate", "score", "advantage", "train", "sync"))
+        line = (f"[iter {it}/{self.total}] reward={m['reward']:.3f} kl={m['kl']:.4f} "
+                f"len={m['response_length']:.1f}")
+        if "actor/policy_loss" in m:
+            line += f" pg_loss={m['actor/policy_loss']:.4f} clip={m['actor/clip_fraction']:.3f}"
+        if "critic/value_loss" in m:
+            line += f" v_loss={m['critic/value_loss']:.4f}"
+        line += f" v{int(m['policy_version'])} | {phases}"
+        self.stream.write(("\r" if self.tty else "") + line + "\n")
+        self.stream.flush()
+
+
+def run(cfg: PPOJobConfig, run_id: str = "ppo") -> list[dict[str, float]]:
+    from quartet.config.model import ModelConfig
+    from quartet.models.loading import load_tokenizer
+    from services.coordinator.launch import PPOServices
+    from services.coordinator.prompts import load_prompts
+
+    out = Path(cfg.ckpt.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, default=str))
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=cfg.actor.model_name_or_path,
+                                           gguf_file=cfg.actor.gguf_file),
+                               cfg.data.tokenizer_chat_template)
+    prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
+    settings = loop_settings(cfg, str(out), run_id)
+    log.info("PPO: %d prompts, estimator %s, %d iterations; settings %s", len(prompts),
+             cfg.algo.advantage.estimator, cfg.train.num_iterations,
+             json.dumps(asdict(settings), default=str))
+    print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
+    started = time.perf_counter()
+    with PPOServices(cfg, out) as services:
+        for role, addresses in services.addresses.items():
+            if addresses:
+                print(f"  {role:<9} {', '.join(addresses)}", flush=True)
+        roles = services.roles()
+        print(f"quartet ppo: services ready in {time.perf_counter() - started:.0f}s; "
+              f"training {cfg.train.num_iterations} iterations", flush=True)
+        loop = PPOLoop(roles, settings, prompts,
+                       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                       on_event=ProgressPrinter(cfg.train.num_iterations))
+        history = loop.run()
+    print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
+          f"{out / 'metrics.jsonl'}, policy in {out / 'checkpoints' / 'hf' / 'final'}",
+          flush=True)
+    return history
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quartet.clients.base import RoleCallError
+    from quartet.data.sources import DataError
+
+    cfg = parse_config(PPOJobConfig, argv, prog="quartet ppo")
+    setup_logging("coordinator", "WARNING")
+    try:
+        run(cfg)
+    except (DataError, RoleCallError, TimeoutError, RuntimeError, ValueError) as exc:
+        # A clear one-line cause; service logs hold the details.
+        print(f"quartet ppo: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

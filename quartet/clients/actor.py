@@ -1,0 +1,63 @@
+"""Client of the actor role."""
+
+from __future__ import annotations
+
+import torch
+
+from quartet.clients.base import GrpcRoleClient
+from quartet.clients.scoring import call_logprobs
+from quartet.codec import TokenBatch
+from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
+from quartet.ppo.wire import encode_policy_minibatch
+from quartet.v1 import actor_pb2, actor_pb2_grpc, common_pb2
+
+
+class GrpcActorClient(GrpcRoleClient):
+    role = "actor"
+
+    def __init__(self, address: str, **kwargs) -> None:
+        super().__init__(address, **kwargs)
+        self.stub = actor_pb2_grpc.ActorStub(self.channel)
+
+    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+                 header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:
+        return call_logprobs(lambda reqs: self._stream("LogProbs", self.stub.LogProbs, reqs),
+                             batch, temperature, header or common_pb2.RequestHeader(),
+                             f"actor at {self.address}")
+
+    def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings,
+                   header: common_pb2.RequestHeader | None = None) -> dict[str, float]:
+        resp = self._call("TrainStep", self.stub.TrainStep,
+                          encode_policy_minibatch(mb, loss, header or common_pb2.RequestHeader()))
+        metrics = {m.name: m.value for m in resp.metrics}
+        metrics["policy_version"] = float(resp.policy_version)
+        return metrics
+
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = ""
+             ) -> common_pb2.SaveResponse:
+        return self._call("Save", self.stub.Save,
+                          common_pb2.SaveRequest(output_dir=output_dir, hf_export=hf_export,
+                                                 tag=tag))
+
+    def init_weight_group(self, master_address: str, master_port: int, world_size: int,
+                          backend: str = "gloo", group_name: str = "quartet-weights",
+                          timeout_s: float = 300.0) -> common_pb2.InitWeightGroupResponse:
+        return self._call("InitWeightGroup", self.stub.InitWeightGroup,
+                          common_pb2.InitWeightGroupRequest(
+                              master_address=master_address, master_port=master_port,
+                              world_size=world_size, rank=0, backend=backend,
+                              group_name=group_name, timeout_s=timeout_s))
+
+    def broadcast_weights(self, version: int, bucket_bytes: int = 256 << 20
+                          ) -> actor_pb2.BroadcastWeightsResponse:
+        return self._call("BroadcastWeights", self.stub.BroadcastWeights,
+                          actor_pb2.BroadcastWeightsRequest(version=version,
+                                                            bucket_bytes=bucket_bytes))
+
+    def stream_weights(self, chunk_bytes: int = 4 << 20):
+        """The weights as TensorChunk messages (the gRPC fallback data plane)."""
+        return self._call("StreamWeights", self.stub.StreamWeights,
+                          actor_pb2.StreamWeightsRequest(chunk_bytes=chunk_bytes))
+
+    def info(self) -> common_pb2.ServiceInfo:
+        return self._info(self.stub.GetInfo)

@@ -1,0 +1,27 @@
+"""Client of the reference role."""
+
+from __future__ import annotations
+
+import torch
+
+from quartet.clients.base import GrpcRoleClient
+from quartet.clients.scoring import call_logprobs
+from quartet.codec import TokenBatch
+from quartet.v1 import common_pb2, reference_pb2_grpc
+
+
+class GrpcReferenceClient(GrpcRoleClient):
+    role = "reference"
+
+    def __init__(self, address: str, **kwargs) -> None:
+        super().__init__(address, **kwargs)
+        self.stub = reference_pb2_grpc.ReferenceStub(self.channel)
+
+    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+                 header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:
+        return call_logprobs(lambda reqs: self._stream("LogProbs", self.stub.LogProbs, reqs),
+                             batch, temperature, header or common_pb2.RequestHeader(),
+                             f"reference at {self.address}")
+
+    def info(self) -> common_pb2.ServiceInfo:
+        return self._info(self.stub.GetInfo)

@@ -1,0 +1,1 @@
+"""PPO domain objects shared by the coordinator, the actor and the critic."""

@@ -1,0 +1,103 @@
+"""Experience mini-batches as they travel to the actor and critic, and their padded views.
+
+On the wire, per-token fields are ragged (one value per response token). The losses in
+`quartet.algos` take right-padded `[B, T]` matrices over response tokens with an action mask;
+`pad_response_values` is the one place that converts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from quartet.codec.batches import TokenBatch
+
+
+@dataclass
+class PolicyLossSettings:
+    """The PPO policy objective; sent by the coordinator with every actor step."""
+
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    dual_clip: float | None = None
+    entropy_coef: float = 0.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    reduction: str = "token_mean"
+    temperature: float = 1.0
+    is_correction_cap: float = 0.0
+
+
+@dataclass
+class ValueLossSettings:
+    clip_eps: float | None = 0.2
+
+
+@dataclass
+class PolicyMiniBatch:
+    batch: TokenBatch
+    old_logprobs: list[torch.Tensor]
+    advantages: list[torch.Tensor]
+    ref_logprobs: list[torch.Tensor] | None = None
+    rollout_logprobs: list[torch.Tensor] | None = None
+
+    def slice(self, start: int, end: int) -> PolicyMiniBatch:
+        return PolicyMiniBatch(
+            self.batch.slice(start, end),
+            self.old_logprobs[start:end],
+            self.advantages[start:end],
+            self.ref_logprobs[start:end] if self.ref_logprobs is not None else None,
+            self.rollout_logprobs[start:end] if self.rollout_logprobs is not None else None,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[PolicyMiniBatch]) -> PolicyMiniBatch:
+        def cat(name: str) -> list[torch.Tensor] | None:
+            lists = [getattr(p, name) for p in parts]
+            if any(v is None for v in lists):
+                return None
+            return [t for v in lists for t in v]
+
+        return PolicyMiniBatch(
+            TokenBatch([r for p in parts for r in p.batch.rows],
+                       [n for p in parts for n in p.batch.prompt_lengths]),
+            cat("old_logprobs") or [], cat("advantages") or [], cat("ref_logprobs"),
+            cat("rollout_logprobs"),
+        )
+
+
+@dataclass
+class ValueMiniBatch:
+    batch: TokenBatch
+    old_values: list[torch.Tensor]
+    returns: list[torch.Tensor]
+
+    def slice(self, start: int, end: int) -> ValueMiniBatch:
+        return ValueMiniBatch(self.batch.slice(start, end), self.old_values[start:end],
+                              self.returns[start:end])
+
+    @staticmethod
+    def concat(parts: Sequence[ValueMiniBatch]) -> ValueMiniBatch:
+        return ValueMiniBatch(
+            TokenBatch([r for p in parts for r in p.batch.rows],
+                       [n for p in parts for n in p.batch.prompt_lengths]),
+            [t for p in parts for t in p.old_values], [t for p in parts for t in p.returns],
+        )
+
+
+def pad_response_values(rows: Sequence[torch.Tensor], width: int | None = None,
+                        fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged per-response-token values → right-padded [B, T] float32 and the bool mask."""
+    width = width if width is not None else max((r.numel() for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), fill, dtype=torch.float32)
+    mask = torch.zeros((len(rows), max(width, 1)), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r.float()
+        mask[i, : r.numel()] = True
+    return out, mask
+
+
+def unpad_response_values(values: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    return [values[i][mask[i]].detach().float().cpu() for i in range(values.shape[0])]

@@ -1,0 +1,290 @@
+"""`quartet ppo` flags: OpenRLHF's train_ppo_ray groups, typed (`--actor.*`, `--critic.*`,
+`--ref.*`, `--reward.*`, `--vllm.*`, `--rollout.*`, `--train.*`, `--algo.*`, `--ds.*`,
+`--data.*`, `--ckpt.*`, `--logger.*`, `--eval.*`).
+
+Every role group has an `address` flag: set it to drive an already-running service (cluster
+mode); leave it empty and `quartet ppo` starts that role as a local process (embedded mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from quartet.config.base import check, flat_group
+from quartet.config.ckpt import CkptConfig
+from quartet.config.data import DataConfig
+from quartet.config.deepspeed import DeepSpeedConfig
+from quartet.config.eval import EvalConfig
+from quartet.config.logger import LoggerConfig
+from quartet.config.optim import OptimConfig
+
+
+@dataclass(frozen=True)
+class PromptDataConfig(DataConfig):
+    """``--data.*`` of RL: the prompt dataset (plus the label a rule reward checks against)."""
+
+    input_key: str = "prompt"
+    """Row key of the prompt (a string, or a message list with --data.apply_chat_template)."""
+    output_key: str | None = None
+    """Unused by RL (responses are sampled)."""
+    label_key: str | None = None
+    """Row key of the reference answer passed to reward functions as `labels`."""
+
+
+ESTIMATORS = ("gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
+
+
+@dataclass(frozen=True)
+class ActorGroup:
+    """``--actor.*``: the policy."""
+
+    model_name_or_path: str = ""
+    """Initial policy (HF directory; with --actor.gguf_file, the folder holding it)."""
+    gguf_file: str | None = None
+    """GGUF file name inside model_name_or_path (dequantized on load)."""
+    address: str | None = None
+    """host:port of a running actor service; empty starts one locally."""
+    learning_rate: float = 1e-6
+    """Actor peak learning rate."""
+    gradient_checkpointing_enable: bool = False
+    """Recompute activations in backward to save memory."""
+    freezing_steps: int = 0
+    """Iterations at the start that train only the critic."""
+
+    def __post_init__(self) -> None:
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class CriticGroup:
+    """``--critic.*``: the value model (used by the gae estimator only)."""
+
+    model_name_or_path: str | None = None
+    """Initial critic; default: the reward model when there is one, else the actor."""
+    address: str | None = None
+    """host:port of a running critic service; empty starts one locally."""
+    learning_rate: float = 9e-6
+    """Critic peak learning rate."""
+    value_clip: float = 0.2
+    """Clip range of values around the old values; 0 disables."""
+
+
+@dataclass(frozen=True)
+class RefGroup:
+    """``--ref.*``: the frozen reference policy (the KL anchor)."""
+
+    model_name_or_path: str | None = None
+    """Reference model; default: the actor's initial weights."""
+    address: str | None = None
+    """host:port of a running reference service; empty starts one locally."""
+    offload: bool = False
+    """Keep the reference on CPU between calls."""
+
+
+@dataclass(frozen=True)
+class RewardGroup:
+    """``--reward.*``: where rewards come from (one or several sources, combined)."""
+
+    model_name_or_path: tuple[str, ...] = ()
+    """Reward model(s) (sequence regression, e.g. trained by train_rm)."""
+    func: tuple[str, ...] = ()
+    """Python file(s) defining reward_func(queries, prompts, labels)."""
+    address: tuple[str, ...] = ()
+    """host:port of running reward services (any implementation of quartet.v1.Reward)."""
+    weights: tuple[float, ...] = ()
+    """Weight of each source in the sum (order: models, funcs, addresses); default all 1."""
+    normalize_enable: bool = False
+    """Normalise rewards with running mean/std."""
+    clip_range: float | None = None
+    """Clip rewards to [-clip_range, clip_range] before advantages."""
+
+    def num_sources(self) -> int:
+        return len(self.model_name_or_path) + len(self.func) + len(self.address)
+
+
+@dataclass(frozen=True)
+class VllmGroup:
+    """``--vllm.*``: the rollout engines."""
+
+    num_engines: int = 1
+    """Rollout replicas to start (embedded mode)."""
+    address: tuple[str, ...] = ()
+    """host:port of running rollout services; empty starts num_engines locally."""
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    """Generation engine: vLLM when importable (auto), or Hugging Face generate."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the rollout engine; actor weights are cast to it when synced."""
+    max_model_len: int | None = None
+    """Context length of the rollout engine; None uses the model's."""
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory vLLM may use (GPU only)."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (GPU only)."""
+    sync_backend: Literal["auto", "gloo", "nccl", "grpc"] = "auto"
+    """Weight-sync data plane: a torch.distributed group (nccl on GPU, gloo on CPU) or the
+    gRPC-streamed fallback."""
+    sync_bucket_mb: int = 256
+    """Bucket size of the weight broadcast, MiB."""
+
+    def __post_init__(self) -> None:
+        check(self.num_engines >= 1, "num_engines", f"must be >= 1, got {self.num_engines}")
+
+
+@dataclass(frozen=True)
+class RolloutGroup:
+    """``--rollout.*``: how much to sample each iteration and how."""
+
+    batch_size: int = 8
+    """Prompts per iteration."""
+    n_samples_per_prompt: int = 1
+    """Samples per prompt (groups for rloo / group_norm / dr_grpo)."""
+    max_new_tokens: int = 64
+    """Most tokens generated per sample."""
+    prompt_max_len: int = 256
+    """Prompts longer than this many tokens are skipped."""
+    temperature: float = 1.0
+    """Sampling temperature (log-probs in training use the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k sampling; -1 disables."""
+    stop: tuple[str, ...] = ()
+    """Stop strings."""
+
+    def __post_init__(self) -> None:
+        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        check(self.n_samples_per_prompt > 0, "n_samples_per_prompt",
+              f"must be > 0, got {self.n_samples_per_prompt}")
+        check(self.temperature > 0, "temperature",
+              f"must be > 0 for RL sampling, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class PPOTrainGroup:
+    """``--train.*``: PPO updates."""
+
+    batch_size: int = 8
+    """Rows per optimizer step (the PPO mini-batch)."""
+    micro_batch_size: int = 2
+    """Rows per forward/backward in the actor and critic."""
+    max_epochs: int = 1
+    """PPO epochs over each rollout batch."""
+    num_iterations: int = 10
+    """Iterations (rollout batches) to run."""
+    seed: int = 42
+    """Seed of data order, sampling and new heads."""
+
+    def __post_init__(self) -> None:
+        check(self.batch_size % self.micro_batch_size == 0, "batch_size",
+              f"{self.batch_size} is not a multiple of --train.micro_batch_size "
+              f"{self.micro_batch_size}")
+        check(self.num_iterations > 0, "num_iterations", f"must be > 0, got {self.num_iterations}")
+
+
+@dataclass(frozen=True)
+class AdvantageGroup:
+    """``--algo.advantage.*``."""
+
+    estimator: Literal["gae", "reinforce", "reinforce_baseline", "rloo", "group_norm",
+                       "dr_grpo"] = "gae"
+    """Advantage estimator; all but gae run without a critic."""
+    gamma: float = 1.0
+    """Discount factor."""
+    lambd: float = 0.95
+    """GAE lambda."""
+    whiten: bool = True
+    """Whiten advantages with global statistics (gae, reinforce, reinforce_baseline)."""
+
+
+@dataclass(frozen=True)
+class KLGroup:
+    """``--algo.kl.*``."""
+
+    init_coef: float = 0.01
+    """KL penalty coefficient; 0 skips the reference model entirely."""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """KL estimator (Schulman's k1/k2/k3)."""
+    use_loss: bool = False
+    """Put the KL in the actor loss (GRPO style) instead of the reward."""
+    target: float | None = None
+    """Adaptive KL controller target; None keeps the coefficient fixed."""
+    horizon: int = 10000
+    """Adaptive KL controller horizon."""
+
+
+@dataclass(frozen=True)
+class AlgoGroup:
+    """``--algo.*``: the objective."""
+
+    advantage: AdvantageGroup = field(default_factory=AdvantageGroup)
+    kl: KLGroup = field(default_factory=KLGroup)
+    clip_eps_low: float = 0.2
+    """Lower clip of the policy ratio (1 - eps)."""
+    clip_eps_high: float = 0.2
+    """Upper clip of the policy ratio (1 + eps); larger than low is DAPO's clip-higher."""
+    dual_clip: float | None = None
+    """Dual-clip constant (> 1) for negative advantages; None disables."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    loss_reduction: Literal["token_mean", "sequence_mean", "seq_mean_token_sum",
+                            "seq_mean_token_sum_norm"] = "token_mean"
+    """How the policy loss reduces over tokens and sequences."""
+
+    def __post_init__(self) -> None:
+        check(self.dual_clip is None or self.dual_clip > 1, "dual_clip",
+              f"must be > 1, got {self.dual_clip}")
+
+
+@dataclass(frozen=True)
+class PPOJobConfig:
+    """PPO (and its critic-free variants) across six services."""
+
+    actor: ActorGroup = field(default_factory=ActorGroup)
+    critic: CriticGroup = field(default_factory=CriticGroup)
+    ref: RefGroup = field(default_factory=RefGroup)
+    reward: RewardGroup = field(default_factory=RewardGroup)
+    vllm: VllmGroup = field(default_factory=VllmGroup)
+    rollout: RolloutGroup = field(default_factory=RolloutGroup)
+    train: PPOTrainGroup = field(default_factory=PPOTrainGroup)
+    algo: AlgoGroup = field(default_factory=AlgoGroup)
+    ds: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    optim: OptimConfig = flat_group(OptimConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
+    ckpt: CkptConfig = field(default_factory=CkptConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.actor.model_name_or_path) or bool(self.actor.address),
+              "--actor.model_name_or_path", "is required (or --actor.address)")
+        check(bool(self.data.dataset), "--data.dataset", "is required (prompt dataset)")
+        check(self.reward.num_sources() > 0, "--reward.model_name_or_path",
+              "no reward source: give --reward.model_name_or_path, --reward.func or "
+              "--reward.address")
+        if self.reward.weights:
+            check(len(self.reward.weights) == self.reward.num_sources(), "--reward.weights",
+                  f"has {len(self.reward.weights)} values for {self.reward.num_sources()} "
+                  "reward sources")
+        rows = self.rollout.batch_size * self.rollout.n_samples_per_prompt
+        check(rows % self.train.batch_size == 0, "--train.batch_size",
+              f"{self.train.batch_size} must divide --rollout.batch_size x "
+              f"--rollout.n_samples_per_prompt = {rows}")
+        group = ("rloo", "group_norm", "dr_grpo", "reinforce_baseline")
+        if self.algo.advantage.estimator in group:
+            check(self.rollout.n_samples_per_prompt > 1, "--rollout.n_samples_per_prompt",
+                  f"must be > 1 for --algo.advantage.estimator "
+                  f"{self.algo.advantage.estimator} (it compares samples of one prompt)")
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.algo.advantage.estimator == "gae"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.algo.kl.init_coef > 0
+
+    @property
+    def steps_per_iteration(self) -> int:
+        rows = self.rollout.batch_size * self.rollout.n_samples_per_prompt
+        return rows // self.train.batch_size * self.train.max_epochs

@@ -1,0 +1,140 @@
+"""In-process mode: every role's engine in this process, no gRPC.
+
+It shares every code path with the services except the transport: the same domain objects
+(`Actor`, `Critic`, `FrozenCausalLM`, reward sources, `RolloutEngine`) behind the same
+client interfaces, and the same `PPOLoop`. Its purpose is the overhead benchmark (services vs
+in-process), and debugging a run under one debugger.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from quartet.codec.batches import TokenBatch
+from quartet.engines.generation.base import PromptOutput
+from quartet.engines.generation.sampling import SamplingConfig
+from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch, ValueLossSettings
+from quartet.rewards.base import RewardInputs, RewardResult
+from quartet.weightsync import TensorSpec
+from services.coordinator.config import PPOJobConfig
+from services.coordinator.launch import critic_model, training_role_config
+from services.coordinator.ppo_loop import PPORoles
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LocalActor:
+    def __init__(self, actor) -> None:
+        self.actor = actor
+
+    def logprobs(self, batch: TokenBatch, temperature: float = 1.0, header=None):
+        return self.actor.logprobs(batch, temperature).logprobs
+
+    def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings, header=None):
+        metrics = self.actor.train_step(mb, loss)
+        metrics["policy_version"] = float(self.actor.global_step)
+        return metrics
+
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = ""):
+        return self.actor.save(output_dir, tag, hf_export)
+
+
+class LocalCritic:
+    def __init__(self, critic) -> None:
+        self.critic = critic
+
+    def values(self, batch: TokenBatch, header=None):
+        return self.critic.values(batch)
+
+    def train_step(self, mb, loss: ValueLossSettings, header=None):
+        return self.critic.train_step(mb, loss)
+
+
+class LocalReference:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def logprobs(self, batch: TokenBatch, temperature: float = 1.0, header=None):
+        return self.model.logprobs(batch, temperature).logprobs
+
+
+class LocalReward:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def score(self, inputs: RewardInputs, header=None) -> RewardResult:
+        return self.fn(inputs)
+
+
+class LocalRollout:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
+                 header=None) -> list[PromptOutput]:
+        expected = header.policy_version if header is not None else None
+        stream = self.engine.generate(prompts, sampling, return_text=True,
+                                      expected_version=expected)
+        return sorted(stream.collect(), key=lambda o: o.prompt_index)
+
+
+class LocalWeightSync:
+    """Actor weights straight into each rollout engine's loader (the PushWeights path)."""
+
+    def __init__(self, actor, engines, dtype: str) -> None:
+        self.actor = actor
+        self.engines = engines
+        self.dtype = DTYPES[dtype]
+
+    def __call__(self, version: int) -> dict[str, float]:
+        seconds = 0.0
+        for engine in self.engines:
+            with self.actor.lock:
+                named = list(self.actor.named_weights(self.dtype))
+                specs = [TensorSpec.of(n, t) for n, t in named]
+                result = engine.push_weights(version, specs, iter(named))
+            seconds = max(seconds, result.load_seconds)
+        return {"load_seconds": seconds}
+
+
+def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
+    from quartet.engines.frozen_model import FrozenCausalLM
+    from quartet.engines.generation import RolloutEngine, build_generator
+    from quartet.rewards.model import SequenceRegressionReward
+    from quartet.rewards.rule import RuleReward
+    from services.actor.actor import Actor
+    from services.critic.critic import Critic
+
+    actor = Actor(training_role_config(cfg, cfg.actor.model_name_or_path,
+                                       cfg.actor.learning_rate, cfg.actor.gguf_file))
+    critic = None
+    if cfg.needs_critic:
+        model, gguf = critic_model(cfg)
+        critic = Critic(training_role_config(cfg, model, cfg.critic.learning_rate, gguf))
+    reference = None
+    if cfg.needs_reference:
+        ref_model = cfg.ref.model_name_or_path or cfg.actor.model_name_or_path
+        reference = FrozenCausalLM(ref_model, offload=cfg.ref.offload,
+                                   gguf_file=cfg.actor.gguf_file
+                                   if ref_model == cfg.actor.model_name_or_path else None)
+    rewards = [SequenceRegressionReward(m) for m in cfg.reward.model_name_or_path]
+    rewards += [RuleReward(Path(f)) for f in cfg.reward.func]
+    if cfg.reward.address:
+        raise ValueError("--reward.address: in-process mode runs no remote reward services")
+    engines = [
+        RolloutEngine(build_generator(cfg.vllm.backend, cfg.actor.model_name_or_path,
+                                      dtype=cfg.vllm.dtype, max_model_len=cfg.vllm.max_model_len,
+                                      seed=cfg.train.seed + i))
+        for i in range(cfg.vllm.num_engines)
+    ]
+    return PPORoles(
+        actor=LocalActor(actor),
+        rollouts=[LocalRollout(e) for e in engines],
+        rewards=[LocalReward(r) for r in rewards],
+        reward_weights=list(cfg.reward.weights) or [1.0] * len(rewards),
+        reference=LocalReference(reference) if reference is not None else None,
+        critic=LocalCritic(critic) if critic is not None else None,
+        sync_weights=LocalWeightSync(actor, engines, cfg.vllm.dtype),
+    )

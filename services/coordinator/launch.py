@@ -1,0 +1,223 @@
+"""Turns a `quartet ppo` config into running roles and the clients the loop talks to.
+
+Embedded mode: a role without an `address` is started here as a local `quartet serve`
+process on a free loopback port and stopped at the end. Cluster mode: a role with an
+address is only connected to. Either way the loop sees the same `PPORoles`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import grpc
+
+from quartet.clients.actor import GrpcActorClient
+from quartet.clients.base import RoleCallError
+from quartet.clients.critic import GrpcCriticClient
+from quartet.clients.health import wait_for_serving
+from quartet.clients.reference import GrpcReferenceClient
+from quartet.clients.reward import GrpcRewardClient
+from quartet.clients.rollout import GrpcRolloutClient
+from quartet.config.base import build_parser, config_to_dict
+from quartet.config.model import ModelConfig
+from quartet.config.optim import AdamConfig
+from quartet.engines.generation.base import PromptOutput
+from quartet.engines.generation.sampling import SamplingConfig
+from quartet.launch.local import LocalCluster
+from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.v1 import common_pb2
+from services.coordinator.config import PPOJobConfig
+from services.coordinator.ppo_loop import PPORoles
+from services.coordinator.weight_sync import GroupWeightSync, StreamedWeightSync
+
+log = logging.getLogger("quartet.coordinator")
+
+
+class RolloutReplica:
+    """The loop's view of one rollout service: errors name the replica."""
+
+    def __init__(self, client: GrpcRolloutClient, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
+                 header: common_pb2.RequestHeader | None = None) -> list[PromptOutput]:
+        try:
+            return self.client.generate(prompts, sampling, return_text=True, header=header,
+                                        timeout_s=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise RoleCallError("rollout", self.client.address, "Generate", exc.code(),
+                                exc.details() or "") from None
+
+
+def training_role_config(cfg: PPOJobConfig, model: str, lr: float,
+                         gguf: str | None) -> TrainingRoleConfig:
+    """The actor's or critic's own config, resolved from the PPO job's flags."""
+    total = cfg.train.num_iterations * cfg.steps_per_iteration
+    return TrainingRoleConfig(
+        model=ModelConfig(model_name_or_path=model, gguf_file=gguf,
+                          gradient_checkpointing_enable=cfg.actor.gradient_checkpointing_enable),
+        ds=cfg.ds, optim=cfg.optim, adam=AdamConfig(lr=lr),
+        train=RoleTrainConfig(batch_size=cfg.train.batch_size,
+                              micro_batch_size=cfg.train.micro_batch_size,
+                              total_steps=max(total, 1), seed=cfg.train.seed),
+    )
+
+
+def config_to_argv(config) -> list[str]:
+    """Flags that parse back into `config` (the inverse of quartet.config's parser)."""
+    import argparse
+
+    actions = {a.dest: a for a in build_parser(type(config))._actions}
+    argv: list[str] = []
+    for key, value in config_to_dict(config).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if isinstance(actions[key], argparse.BooleanOptionalAction):
+                argv.append(f"--{key}" if value else f"--no-{key}")
+            elif value:
+                argv.append(f"--{key}")
+        elif isinstance(value, list):
+            if value:
+                argv += [f"--{key}", *[str(v) for v in value]]
+        else:
+            argv += [f"--{key}", repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def critic_model(cfg: PPOJobConfig) -> tuple[str, str | None]:
+    """The critic starts from the (first) reward model when there is one, else the actor."""
+    actor = cfg.actor.model_name_or_path
+    model = cfg.critic.model_name_or_path or (
+        cfg.reward.model_name_or_path[0] if cfg.reward.model_name_or_path else actor)
+    return model, (cfg.actor.gguf_file if model == actor else None)
+
+
+class PPOServices:
+    """Starts (or connects to) every role the config needs; a context manager."""
+
+    def __init__(self, cfg: PPOJobConfig, run_dir: str | Path,
+                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.start_timeout_s = start_timeout_s
+        self.call_timeout_s = call_timeout_s
+        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"})
+        self.addresses: dict[str, list[str]] = {}
+
+    # ---------------------------------------------------------------- starting
+    def _start_local(self) -> dict[str, list[str]]:
+        cfg = self.cfg
+        names: dict[str, list[str]] = {"actor": [], "critic": [], "reference": [],
+                                       "reward": [], "rollout": []}
+        actor_model = cfg.actor.model_name_or_path
+        if not cfg.actor.address:
+            self.cluster.start("actor", config_to_argv(training_role_config(
+                cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file)))
+            names["actor"].append("actor")
+        if cfg.needs_critic and not cfg.critic.address:
+            model, gguf = critic_model(cfg)
+            self.cluster.start("critic", config_to_argv(training_role_config(
+                cfg, model, cfg.critic.learning_rate, gguf)))
+            names["critic"].append("critic")
+        if cfg.needs_reference and not cfg.ref.address:
+            ref_model = cfg.ref.model_name_or_path or actor_model
+            args = ["--model", ref_model]
+            if cfg.actor.gguf_file and ref_model == actor_model:
+                args += ["--gguf-file", cfg.actor.gguf_file]
+            if cfg.ref.offload:
+                args.append("--offload")
+            self.cluster.start("reference", args)
+            names["reference"].append("reference")
+        for i, model in enumerate(cfg.reward.model_name_or_path):
+            self.cluster.start("reward", ["--model", model], name=f"reward{i}")
+            names["reward"].append(f"reward{i}")
+        offset = len(cfg.reward.model_name_or_path)
+        for i, func in enumerate(cfg.reward.func):
+            name = f"reward{offset + i}"
+            self.cluster.start("reward", ["--reward-func", str(Path(func).resolve())], name=name)
+            names["reward"].append(name)
+        if not cfg.vllm.address:
+            for i in range(cfg.vllm.num_engines):
+                name = f"rollout{i}"
+                args = ["--model", actor_model, "--backend", cfg.vllm.backend,
+                        "--dtype", cfg.vllm.dtype, "--seed", str(cfg.train.seed + i)]
+                if cfg.vllm.max_model_len:
+                    args += ["--max-model-len", str(cfg.vllm.max_model_len)]
+                self.cluster.start("rollout", args, name=name)
+                names["rollout"].append(name)
+        return names
+
+    def start(self) -> None:
+        cfg = self.cfg
+        started = time.perf_counter()
+        names = self._start_local()
+        if self.cluster.services:
+            log.info("waiting for %d local services: %s", len(self.cluster.services),
+                     ", ".join(self.cluster.services))
+            self.cluster.wait_healthy(self.start_timeout_s)
+        svc = self.cluster.services
+
+        def addr(name: str) -> str:
+            return svc[name].address
+
+        self.addresses = {
+            "actor": [cfg.actor.address] if cfg.actor.address else [addr("actor")],
+            "critic": ([cfg.critic.address] if cfg.critic.address else
+                       [addr(n) for n in names["critic"]]),
+            "reference": ([cfg.ref.address] if cfg.ref.address else
+                          [addr(n) for n in names["reference"]]),
+            "reward": [addr(n) for n in names["reward"]] + list(cfg.reward.address),
+            "rollout": list(cfg.vllm.address) or [addr(n) for n in names["rollout"]],
+        }
+        for role, addresses in self.addresses.items():
+            for a in addresses:
+                wait_for_serving(a, self.start_timeout_s, what=role)
+        log.info("all services SERVING after %.1fs", time.perf_counter() - started)
+
+    def roles(self) -> PPORoles:
+        cfg, a, t = self.cfg, self.addresses, self.call_timeout_s
+        actor = GrpcActorClient(a["actor"][0], timeout_s=t)
+        rollout_clients = [GrpcRolloutClient(x) for x in a["rollout"]]
+        weights = list(cfg.reward.weights) or [1.0] * len(a["reward"])
+        backend = cfg.vllm.sync_backend
+        if backend == "grpc":
+            sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype)
+        else:
+            if backend == "auto":
+                import torch
+
+                backend = "nccl" if torch.cuda.is_available() else "gloo"
+            sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
+                                   cfg.vllm.sync_bucket_mb << 20)
+        sync.setup()
+        return PPORoles(
+            actor=actor,
+            rollouts=[RolloutReplica(c, t) for c in rollout_clients],
+            rewards=[GrpcRewardClient(x, timeout_s=t) for x in a["reward"]],
+            reward_weights=weights,
+            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t) if a["reference"]
+            else None,
+            critic=GrpcCriticClient(a["critic"][0], timeout_s=t) if a["critic"] else None,
+            sync_weights=sync,
+        )
+
+    def stop(self) -> None:
+        codes = self.cluster.stop()
+        bad = {k: v for k, v in codes.items() if v not in (0, None)}
+        if bad:
+            log.warning("services exited with non-zero codes: %s", bad)
+
+    def __enter__(self) -> PPOServices:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,93 @@
+"""The actor role in-process behind a real gRPC server: log-probs, PPO steps, errors."""
+
+import grpc
+import pytest
+import torch
+
+from quartet.clients.actor import GrpcActorClient
+from quartet.clients.base import RoleCallError
+from quartet.codec import TensorAssembler, TokenBatch
+from quartet.config.deepspeed import DeepSpeedConfig
+from quartet.config.model import ModelConfig
+from quartet.config.optim import AdamConfig, OptimConfig
+from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
+from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.serving import RoleServer
+from quartet.v1 import actor_pb2, actor_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def actor_service(tiny_model_path):
+    from services.actor.actor import Actor
+    from services.actor.servicer import ActorServicer
+
+    cfg = TrainingRoleConfig(
+        model=ModelConfig(model_name_or_path=str(tiny_model_path)),
+        ds=DeepSpeedConfig(zero_stage=0, param_dtype="fp32"),
+        optim=OptimConfig(lr_scheduler="constant"), adam=AdamConfig(lr=1e-3),
+        train=RoleTrainConfig(batch_size=4, micro_batch_size=2),
+    )
+    actor = Actor(cfg)
+    srv = RoleServer("actor", port=0)
+    srv.start()
+    actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor), srv.grpc_server)
+    srv.set_serving(True)
+    yield actor, GrpcActorClient(srv.address, timeout_s=120)
+    srv.stop(0)
+
+
+def _batch():
+    rows = [torch.tensor([1, 50, 60, 70, 80]), torch.tensor([1, 9, 10]),
+            torch.tensor([1, 5, 6, 7]), torch.tensor([1, 30, 31, 32, 33, 34])]
+    return TokenBatch(rows, [2, 1, 3, 2])
+
+
+def test_logprobs_equal_a_teacher_forced_forward(actor_service, tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    _, client = actor_service
+    batch = _batch()
+    got = client.logprobs(batch, temperature=0.7)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    for row, p, lp in zip(batch.rows, batch.prompt_lengths, got, strict=True):
+        with torch.no_grad():
+            logits = model(row[None]).logits[0, :-1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, row[1:, None]).squeeze(-1)[p - 1:]
+        assert torch.allclose(lp, expected, atol=1e-4)
+
+
+def test_train_step_moves_the_policy_towards_positive_advantages(actor_service):
+    _, client = actor_service
+    batch = _batch()
+    before = client.logprobs(batch)
+    adv = [torch.ones_like(x) for x in before]
+    metrics = client.train_step(PolicyMiniBatch(batch, before, adv), PolicyLossSettings())
+    assert metrics["global_step"] >= 1 and metrics["grad_norm"] > 0
+    after = client.logprobs(batch)
+    assert sum(a.sum() for a in after) > sum(b.sum() for b in before)
+
+
+def test_wrong_row_count_and_missing_group_are_clear_errors(actor_service):
+    _, client = actor_service
+    batch = _batch()
+    lp = client.logprobs(batch)
+    small = PolicyMiniBatch(batch, lp, lp).slice(0, 3)
+    with pytest.raises(RoleCallError) as info:
+        client.train_step(small, PolicyLossSettings())
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "exactly 4 rows" in str(info.value)
+    with pytest.raises(RoleCallError) as info:
+        client.broadcast_weights(version=1)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "InitWeightGroup" in str(info.value)
+
+
+def test_stream_weights_and_manifest_cover_every_parameter(actor_service):
+    actor, client = actor_service
+    manifest = client.stub.GetWeightManifest(actor_pb2.GetWeightManifestRequest())
+    names = [t.name for t in manifest.tensors]
+    tensors = TensorAssembler().add_all(client.stream_weights(chunk_bytes=1 << 16))
+    assert list(tensors) == names
+    params = dict(actor.engine.module.named_parameters())
+    for name in names:
+        assert torch.equal(tensors[name], params[name].detach())
