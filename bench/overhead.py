@@ -1,5 +1,8 @@
 """`python -m bench overhead`: the same PPO work through services and in-process, one run.
 
+`--modes services,services-async` instead measures async generation (iteration k+1 generated
+while k trains) against the synchronous loop; `async_speedup` = sync / async s/iteration.
+
 Both modes run the identical `PPOLoop` with identical settings and seeds; the only
 difference is the transport (gRPC services in separate processes vs direct calls). The
 first iteration of each mode is warm-up and not timed. The last line is JSON with `ratio`
@@ -29,7 +32,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path):
+def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
+               async_enable: bool = False):
     from quartet.config.base import parse_config
     from services.coordinator.config import PPOJobConfig
 
@@ -42,7 +46,8 @@ def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path):
         "--train.num_iterations", str(args.iterations + 1), "--ckpt.output_dir", str(out),
         "--ds.zero_stage", "0", "--ds.param_dtype", "fp32", "--lr_scheduler", "constant",
         "--vllm.backend", args.backend, "--algo.advantage.estimator", args.estimator,
-    ] + (["--rollout.n_samples_per_prompt", "2"] if args.estimator != "gae" else []))
+    ] + (["--rollout.n_samples_per_prompt", "2"] if args.estimator != "gae" else [])
+      + (["--train.async_enable", "--algo.is_correction_cap", "2.0"] if async_enable else []))
 
 
 def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:
@@ -51,7 +56,6 @@ def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:
 
     loop = PPOLoop(roles, loop_settings(cfg, str(out), "bench"), prompts, decode)
     loop.iteration(0)  # warm-up: first forward passes, allocator, JIT paths
-    loop.version = 1
     start = time.perf_counter()
     phases: dict[str, float] = {}
     for it in range(1, cfg.train.num_iterations):
@@ -60,7 +64,7 @@ def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:
             if k.startswith("time/"):
                 phases[k[5:]] = phases.get(k[5:], 0.0) + v
     n = cfg.train.num_iterations - 1
-    loop.pool.shutdown(wait=True)
+    loop.close()
     return {"s_per_iter": (time.perf_counter() - start) / n,
             **{f"{k}_s": v / n for k, v in phases.items()}}
 
@@ -91,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
           f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend})", flush=True)
     for mode in args.modes.split(","):
-        cfg = job_config(args, model, data, work / mode)
+        cfg = job_config(args, model, data, work / mode, async_enable=mode.endswith("-async"))
         prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
 
         def decode(ids):
             return tokenizer.decode(ids, skip_special_tokens=True)
 
-        if mode == "services":
+        if mode.startswith("services"):
             from services.coordinator.launch import PPOServices
 
             with PPOServices(cfg, work / mode) as services:
@@ -112,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if "services" in result and "inprocess" in result:
         result["ratio"] = round(result["services"]["s_per_iter"]
                                 / result["inprocess"]["s_per_iter"], 3)
+    if "services" in result and "services-async" in result:
+        result["async_speedup"] = round(result["services"]["s_per_iter"]
+                                        / result["services-async"]["s_per_iter"], 3)
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
     return 0

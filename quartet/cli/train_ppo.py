@@ -20,8 +20,26 @@ from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import AdvantageSettings
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings
+from services.coordinator.rollouts import FilterSettings, RewardShaping
 
 log = logging.getLogger("quartet.ppo")
+
+
+def load_aggregate(path: str | None):
+    """`aggregate(scores)` from a user's Python file, or None for the weighted sum."""
+    if path is None:
+        return None
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quartet_reward_aggregate", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise ValueError(f"--reward.aggregate_func: {path!r} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, "aggregate", None)
+    if not callable(fn):
+        raise ValueError(f"--reward.aggregate_func: {path} defines no aggregate(scores)")
+    return fn
 
 
 def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSettings:
@@ -45,7 +63,7 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
             clip_eps_low=algo.clip_eps_low, clip_eps_high=algo.clip_eps_high,
             dual_clip=algo.dual_clip, entropy_coef=algo.entropy_coef,
             kl_estimator=algo.kl.estimator, reduction=algo.loss_reduction,
-            temperature=r.temperature,
+            temperature=r.temperature, is_correction_cap=algo.is_correction_cap,
         ),
         value_loss=ValueLossSettings(clip_eps=cfg.critic.value_clip or None),
         init_kl_coef=algo.kl.init_coef,
@@ -53,6 +71,19 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
         kl_target=algo.kl.target,
         kl_horizon=algo.kl.horizon,
         normalize_reward=cfg.reward.normalize_enable,
+        shaping=RewardShaping(
+            aggregate=load_aggregate(cfg.reward.aggregate_func),
+            overlong_buffer_len=cfg.reward.overlong_buffer_len,
+            overlong_penalty_factor=cfg.reward.overlong_penalty_factor,
+            stop_properly_penalty_coef=cfg.reward.stop_properly_penalty_coef,
+        ),
+        filtering=FilterSettings(
+            enabled=algo.dynamic_filtering_enable,
+            low=algo.dynamic_filtering_reward_range[0],
+            high=algo.dynamic_filtering_reward_range[1],
+            max_rounds=algo.dynamic_filtering_max_rounds,
+        ),
+        async_generation=cfg.train.async_enable,
         freeze_actor_steps=cfg.actor.freezing_steps,
         save_steps=cfg.ckpt.save_steps,
         output_dir=output_dir,

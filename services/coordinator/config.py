@@ -98,6 +98,17 @@ class RewardGroup:
     """Normalise rewards with running mean/std."""
     clip_range: float | None = None
     """Clip rewards to [-clip_range, clip_range] before advantages."""
+    aggregate_func: str | None = None
+    """Python file defining aggregate(scores) -> rewards: scores is a [num_sources, batch]
+    tensor; replaces the weighted sum."""
+    overlong_buffer_len: int = 0
+    """DAPO overlong penalty: responses within this many tokens of --rollout.max_new_tokens
+    lose up to --reward.overlong_penalty_factor; 0 disables."""
+    overlong_penalty_factor: float = 1.0
+    """Largest overlong penalty."""
+    stop_properly_penalty_coef: float | None = None
+    """Truncated responses (hit max_new_tokens): reward scaled by this coefficient in [0, 1],
+    or replaced by it when negative; None disables."""
 
     def num_sources(self) -> int:
         return len(self.model_name_or_path) + len(self.func) + len(self.address)
@@ -174,6 +185,8 @@ class PPOTrainGroup:
     """Iterations (rollout batches) to run."""
     seed: int = 42
     """Seed of data order, sampling and new heads."""
+    async_enable: bool = False
+    """Generate the next rollout batch while this one trains (one version stale)."""
 
     def __post_init__(self) -> None:
         check(self.batch_size % self.micro_batch_size == 0, "batch_size",
@@ -230,10 +243,26 @@ class AlgoGroup:
     loss_reduction: Literal["token_mean", "sequence_mean", "seq_mean_token_sum",
                             "seq_mean_token_sum_norm"] = "token_mean"
     """How the policy loss reduces over tokens and sequences."""
+    dynamic_filtering_enable: bool = False
+    """Drop prompt groups whose mean reward is outside the range (all right / all wrong) and
+    refill the batch with new prompts."""
+    dynamic_filtering_reward_range: tuple[float, float] = (0.0, 1.0)
+    """Exclusive range of a kept group's mean reward."""
+    dynamic_filtering_max_rounds: int = 4
+    """Generation rounds per iteration to fill the batch before training on what passed."""
+    is_correction_cap: float = 0.0
+    """Truncated importance sampling of sampler vs actor log-probs (for async rollouts);
+    weights capped at this value; 0 disables."""
 
     def __post_init__(self) -> None:
         check(self.dual_clip is None or self.dual_clip > 1, "dual_clip",
               f"must be > 1, got {self.dual_clip}")
+        lo, hi = self.dynamic_filtering_reward_range
+        check(lo < hi, "dynamic_filtering_reward_range", f"low must be < high, got {lo} {hi}")
+        check(self.dynamic_filtering_max_rounds >= 1, "dynamic_filtering_max_rounds",
+              f"must be >= 1, got {self.dynamic_filtering_max_rounds}")
+        check(self.is_correction_cap >= 0, "is_correction_cap",
+              f"must be >= 0, got {self.is_correction_cap}")
 
 
 @dataclass(frozen=True)
@@ -270,6 +299,17 @@ class PPOJobConfig:
         check(rows % self.train.batch_size == 0, "--train.batch_size",
               f"{self.train.batch_size} must divide --rollout.batch_size x "
               f"--rollout.n_samples_per_prompt = {rows}")
+        if self.algo.dynamic_filtering_enable:
+            check(self.rollout.n_samples_per_prompt > 1, "--algo.dynamic_filtering_enable",
+                  "needs --rollout.n_samples_per_prompt > 1 (it filters prompt groups)")
+        if self.reward.overlong_buffer_len:
+            check(0 < self.reward.overlong_buffer_len <= self.rollout.max_new_tokens,
+                  "--reward.overlong_buffer_len",
+                  f"must be in 1..--rollout.max_new_tokens ({self.rollout.max_new_tokens})")
+        if self.reward.stop_properly_penalty_coef is not None:
+            check(self.reward.stop_properly_penalty_coef <= 1,
+                  "--reward.stop_properly_penalty_coef",
+                  "must be <= 1 (a scale in [0, 1] or a negative fixed reward)")
         group = ("rloo", "group_norm", "dr_grpo", "reinforce_baseline")
         if self.algo.advantage.estimator in group:
             check(self.rollout.n_samples_per_prompt > 1, "--rollout.n_samples_per_prompt",

@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +24,6 @@ import torch
 from quartet.algos.kl import AdaptiveKLController, FixedKLController
 from quartet.algos.rewards import RunningMeanStd
 from quartet.codec.batches import TokenBatch
-from quartet.engines.generation.base import PromptOutput
 from quartet.engines.generation.sampling import SamplingConfig
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import (
@@ -33,8 +32,16 @@ from quartet.ppo.experience import (
     experience_stats,
     make_experience,
 )
-from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.v1 import common_pb2
+from services.coordinator.rollouts import (
+    FilterSettings,
+    Prompt,
+    RewardShaping,
+    RewardSource,
+    RolloutClient,
+    RolloutCollector,
+    Rollouts,
+)
 
 log = logging.getLogger("quartet.coordinator")
 
@@ -62,22 +69,12 @@ class ReferenceClient(Protocol):
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
 
 
-class RolloutClient(Protocol):
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
-                 header: common_pb2.RequestHeader | None = None) -> list[PromptOutput]: ...
-
-
-class RewardSource(Protocol):
-    def score(self, inputs: RewardInputs,
-              header: common_pb2.RequestHeader | None = None) -> RewardResult: ...
-
-
 @dataclass
 class PPORoles:
     actor: ActorClient
     rollouts: Sequence[RolloutClient]
     rewards: Sequence[RewardSource]
-    reward_weights: Sequence[float]
+    reward_weights: Sequence[float] = ()
     reference: ReferenceClient | None = None
     critic: CriticClient | None = None
     sync_weights: Callable[[int], dict[str, float]] | None = None
@@ -103,6 +100,11 @@ class PPOLoopSettings:
     kl_target: float | None = None
     kl_horizon: int = 10000
     normalize_reward: bool = False
+    shaping: RewardShaping = field(default_factory=RewardShaping)
+    filtering: FilterSettings = field(default_factory=FilterSettings)
+    async_generation: bool = False
+    """Generate iteration k+1 while iteration k trains (staleness 1); pair with
+    policy_loss.is_correction_cap for truncated importance sampling."""
     freeze_actor_steps: int = 0
     """Iterations at the start that train only the critic (value warm-up)."""
     save_steps: int = -1
@@ -110,13 +112,6 @@ class PPOLoopSettings:
     output_dir: str = "runs/ppo"
     seed: int = 42
     run_id: str = "ppo"
-
-
-@dataclass
-class Prompt:
-    text: str
-    tokens: list[int]
-    label: str = ""
 
 
 class PhaseTimer:
@@ -142,16 +137,20 @@ class PPOLoop:
         decode: Callable[[list[int]], str],
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        if not prompts:
-            raise ValueError("data: no prompts to train on")
         self.roles = roles
         self.s = settings
-        self.prompts = list(prompts)
-        self.decode = decode
         self.on_event = on_event or (lambda event: None)
         self.version = 0
         self.rng = random.Random(settings.seed)
-        self._order: list[int] = []
+        shaping = settings.shaping
+        if not shaping.weights and roles.reward_weights:
+            shaping = RewardShaping(**{**asdict(shaping), "weights": roles.reward_weights})
+        self.collector = RolloutCollector(
+            roles.rollouts, roles.rewards, prompts, settings.sampling,
+            settings.prompts_per_iteration, shaping, settings.filtering, settings.seed,
+            decode, settings.run_id)
+        self._pending: Future[Rollouts] | None = None
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-gen")
         self.kl_ctl = (
             AdaptiveKLController(settings.init_kl_coef, settings.kl_target, settings.kl_horizon)
             if settings.kl_target else FixedKLController(settings.init_kl_coef)
@@ -176,41 +175,21 @@ class PPOLoop:
                                         policy_version=self.version,
                                         request_id=f"{self.s.run_id}/{iteration}/{what}")
 
-    def next_prompts(self) -> list[Prompt]:
-        out = []
-        while len(out) < self.s.prompts_per_iteration:
-            if not self._order:
-                self._order = list(range(len(self.prompts)))
-                self.rng.shuffle(self._order)
-            out.append(self.prompts[self._order.pop()])
-        return out
-
     # ---------------------------------------------------------------- phases
-    def generate(self, prompts: list[Prompt], iteration: int) -> list[PromptOutput]:
-        """Split prompts across rollout replicas; each returns n samples per prompt."""
-        sampling = self.s.sampling
-        replicas = list(self.roles.rollouts)
-        shards = [list(range(i, len(prompts), len(replicas))) for i in range(len(replicas))]
-        futures = [
-            self.pool.submit(r.generate, [prompts[i].tokens for i in shard], sampling,
-                             self.header(iteration, f"generate{k}"))
-            for k, (r, shard) in enumerate(zip(replicas, shards, strict=True)) if shard
-        ]
-        outputs: list[PromptOutput | None] = [None] * len(prompts)
-        for fut, shard in zip(futures, [s for s in shards if s], strict=True):
-            for out in fut.result():
-                if out.weight_version != self.version:
-                    raise RuntimeError(
-                        f"rollout served weight version {out.weight_version}, but the actor "
-                        f"is at version {self.version}: weight sync did not take effect")
-                outputs[shard[out.prompt_index]] = out
-        missing = [i for i, o in enumerate(outputs) if o is None]
-        if missing:
-            raise RuntimeError(f"rollout returned no samples for prompts {missing[:5]}")
-        return outputs  # type: ignore[return-value]
+    def rollouts(self, it: int) -> Rollouts:
+        """This iteration's samples: collected now, or by the background thread (async)."""
+        if self._pending is not None:
+            rollouts, self._pending = self._pending.result(), None
+        else:
+            rollouts = self.collector.collect(it, self.version)
+        if self.s.async_generation and it + 1 < self.s.num_iterations:
+            # generated with the current weights while this batch trains: staleness 1
+            self._pending = self._background.submit(self.collector.collect, it + 1,
+                                                    self.version, 1)
+        return rollouts
 
-    def score(self, batch: TokenBatch, inputs: RewardInputs, iteration: int):
-        """Reference log-probs, actor log-probs, critic values and rewards, in parallel."""
+    def score(self, batch: TokenBatch, iteration: int):
+        """Actor log-probs, reference log-probs and critic values, in parallel."""
         temp = self.s.policy_loss.temperature
         actor = self.pool.submit(self.roles.actor.logprobs, batch, temp,
                                  self.header(iteration, "actor_logprobs"))
@@ -220,17 +199,18 @@ class PPOLoop:
         critic = (self.pool.submit(self.roles.critic.values, batch,
                                    self.header(iteration, "values"))
                   if self.roles.critic is not None else None)
-        rewards = [self.pool.submit(r.score, inputs, self.header(iteration, f"reward{k}"))
-                   for k, r in enumerate(self.roles.rewards)]
-        results = [f.result() for f in rewards]
-        combined = torch.zeros(len(batch))
-        extra: dict[str, float] = {}
-        for k, (res, w) in enumerate(zip(results, self.roles.reward_weights, strict=True)):
-            combined += w * torch.tensor(res.rewards, dtype=torch.float32)
-            for name, values in res.extra_logs.items():
-                extra[f"reward{k}/{name}"] = float(sum(values) / max(len(values), 1))
         return (actor.result(), ref.result() if ref else None,
-                critic.result() if critic else None, combined, extra)
+                critic.result() if critic else None)
+
+    def trim_to_minibatches(self, r: Rollouts) -> Rollouts | None:
+        """After filtering: the most whole prompt groups that fill whole mini-batches."""
+        n, size = self.s.n_samples_per_prompt, self.s.mini_batch_size
+        groups = r.groups(n)
+        while groups and (groups * n) % size:
+            groups -= 1
+        if groups == 0:
+            return None
+        return r if groups * n == len(r) else r.take_groups(list(range(groups)), n)
 
     def train(self, exp: Experience, iteration: int) -> dict[str, float]:
         """PPO epochs over shuffled mini-batches; actor and critic step in parallel."""
@@ -275,29 +255,21 @@ class PPOLoop:
     # ---------------------------------------------------------------- one iteration
     def iteration(self, it: int) -> dict[str, float]:
         timer = PhaseTimer()
-        prompts = self.next_prompts()
         self.on_event({"iteration": it, "phase": "generate"})
         with timer("generate"):
-            outputs = self.generate(prompts, it)
-        rows, plens, texts_in, texts_out, labels, rollout_lp = [], [], [], [], [], []
-        truncated = []
-        for prompt, out in zip(prompts, outputs, strict=True):
-            for sample in out.samples:
-                tokens = sample.token_ids or []
-                rows.append(torch.tensor(list(out.prompt_tokens) + list(tokens)))
-                plens.append(len(out.prompt_tokens))
-                texts_in.append(prompt.text)
-                texts_out.append(sample.text if sample.text is not None
-                                 else self.decode(tokens))
-                labels.append(prompt.label)
-                rollout_lp.append(torch.tensor(sample.logprobs or [0.0] * len(tokens)))
-                truncated.append(sample.finish_reason == "length")
-        batch = TokenBatch(rows, plens)
-        inputs = RewardInputs([a + b for a, b in zip(texts_in, texts_out, strict=True)],
-                              texts_in, texts_out, labels, batch)
+            collected = self.rollouts(it)
+        staleness = self.version - collected.weight_version
+        rollouts = self.trim_to_minibatches(collected)
+        if rollouts is None:
+            log.warning("iteration %d: too few prompt groups passed dynamic filtering to fill "
+                        "one mini-batch; no update this iteration", it + 1)
+            return {"iteration": float(it + 1), "reward": float(collected.rewards.mean()),
+                    "skipped": 1.0, "policy_version": float(self.version),
+                    **collected.extra, **{f"time/{k}": v for k, v in timer.seconds.items()}}
+        batch, rewards = rollouts.batch, rollouts.rewards
         self.on_event({"iteration": it, "phase": "score"})
         with timer("score"):
-            old_lp, ref_lp, values, rewards, extra = self.score(batch, inputs, it)
+            old_lp, ref_lp, values = self.score(batch, it)
         raw_reward = float(rewards.mean())
         self.on_event({"iteration": it, "phase": "advantage"})
         with timer("advantage"):
@@ -312,7 +284,7 @@ class PPOLoop:
             # Empty responses stay in the batch (fully masked rows reduce to 0 in every
             # loss), so each TrainStep gets exactly mini_batch_size rows.
             exp = make_experience(batch, old_lp, ref_lp, values, rewards, settings,
-                                  rollout_logprobs=rollout_lp)
+                                  rollout_logprobs=rollouts.rollout_logprobs)
         self.on_event({"iteration": it, "phase": "train"})
         with timer("train"):
             train_metrics = self.train(exp, it)
@@ -328,16 +300,22 @@ class PPOLoop:
             "iteration": float(it + 1),
             **stats,
             "reward_raw": raw_reward,
-            "truncated_fraction": sum(truncated) / max(len(truncated), 1),
+            "truncated_fraction": sum(rollouts.truncated) / max(len(rollouts.truncated), 1),
             "kl_coef": float(self.kl_ctl.value),
             "policy_version": float(self.version),
-            "rollout_weight_version": float(outputs[0].weight_version),
+            "rollout_weight_version": float(rollouts.weight_version),
+            "staleness": float(staleness),
             **train_metrics,
             **{f"sync/{k}": v for k, v in sync_metrics.items()},
-            **extra,
+            **rollouts.extra,
             **{f"time/{k}": v for k, v in timer.seconds.items()},
         }
         return metrics
+
+    def close(self) -> None:
+        self._background.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.collector.close()
 
     def save(self, tag: str) -> None:
         path = str((self.out / "checkpoints").resolve())
@@ -360,6 +338,6 @@ class PPOLoop:
             log.info("saved final checkpoint in %.1fs (run took %.1fs)",
                      time.perf_counter() - final, final - start)
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.close()
         return self.history
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from quartet.data.sources import DataError, get_key, load_rows
-from services.coordinator.ppo_loop import Prompt
+from services.coordinator.rollouts import Prompt
 
 log = logging.getLogger("quartet.coordinator")
 

@@ -136,3 +136,35 @@ def test_bad_flags_fail_fast_with_the_flag_named(tmp_path, tiny_model_path, tiny
         capture_output=True, text=True, timeout=120)
     assert missing_key.returncode == 1
     assert "'question' is not a key" in missing_key.stderr and "prompt" in missing_key.stderr
+
+
+def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_model_path,
+                                                             tiny_data):
+    """Generation of iteration k+1 overlaps training of k (one version stale), truncated IS
+    corrects for it, and groups whose samples all score the same are filtered out."""
+    out = tmp_path / "async"
+    cmd = [
+        sys.executable, "-m", "quartet.cli.main", "ppo",
+        "--actor.model_name_or_path", str(tiny_model_path),
+        "--data.dataset", str(tiny_data["prompts"]),
+        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+        "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+        "--rollout.max_new_tokens", "8", "--train.batch_size", "8",
+        "--train.micro_batch_size", "8", "--train.num_iterations", "4",
+        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0",
+        "--train.async_enable", "--algo.is_correction_cap", "2.0",
+        "--algo.dynamic_filtering_enable", "--algo.dynamic_filtering_reward_range", "0", "1",
+        "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+        "--actor.learning_rate", "1e-3",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [m for m in history if not m.get("skipped")]
+    assert trained, history
+    # iteration 1 samples come from v0 synchronously; later ones were generated one
+    # version behind while the previous batch trained
+    assert [m["staleness"] for m in history[1:]] == [1.0] * (len(history) - 1)
+    assert all(0 < m["filter/kept_fraction"] <= 1 for m in history)
+    # the sampler's policy lags the actor's by one update, so their log-probs now differ
+    assert max(m["rollout_logprob_diff"] for m in trained[1:]) > 1e-3
