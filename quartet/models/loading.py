@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +147,9 @@ def load_value_model(model: ModelConfig, ds: DeepSpeedConfig, seed: int = 42) ->
     """A base decoder plus a scalar head named ``--ds.value_head_prefix``.
 
     The head is loaded from the checkpoint when present (continuing an RM, or a critic
-    initialised from an RM), else initialised with std ``1/sqrt(hidden+1)`` from ``seed``.
+    initialised from an RM), else initialised with std ``1/(hidden+1)`` from ``seed`` (as
+    OpenRLHF does): a fresh critic then starts with values near 0 instead of values of order 1,
+    which would swamp the first advantages with value noise.
     """
     from transformers import AutoModel
 
@@ -166,5 +167,5 @@ def load_value_model(model: ModelConfig, ds: DeepSpeedConfig, seed: int = 42) ->
             value.head.weight.copy_(saved.reshape(1, hidden).float())
         else:
             gen = torch.Generator().manual_seed(seed)
-            value.head.weight.normal_(0.0, 1.0 / math.sqrt(hidden + 1), generator=gen)
+            value.head.weight.normal_(0.0, 1.0 / (hidden + 1), generator=gen)
     return value
