@@ -12,9 +12,9 @@ export OMP_NUM_THREADS ?= 2
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup redis test test-fast lint proto demo clean
+.PHONY: setup system-deps test test-fast lint proto demo clean
 
-setup: $(STAMP) redis
+setup: $(STAMP) system-deps
 
 $(STAMP): requirements/constraints.txt requirements/runtime.txt requirements/dev.txt pyproject.toml
 	@echo "==> creating $(VENV) and installing pinned dependencies (first run: several minutes)"
@@ -31,10 +31,16 @@ $(STAMP): requirements/constraints.txt requirements/runtime.txt requirements/dev
 	$(PY) -c "import torch, vllm, deepspeed, grpc; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
 	@touch $(STAMP)
 
-redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "==> installing redis-server (apt-get)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+# redis-server (cluster-mode discovery) and docker-compose (validates deploy/*.yaml; no
+# Docker engine is needed for that) from Debian's packages, as root.
+system-deps:
+	@missing=""; \
+	  command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	  command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "==> installing$$missing (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi
 
 proto: $(STAMP)
 	$(PY) tools/genproto.py

@@ -92,8 +92,20 @@ class RewardGroup:
     """Python file(s) defining reward_func(queries, prompts, labels)."""
     address: tuple[str, ...] = ()
     """host:port of running reward services (any implementation of quartet.v1.Reward)."""
+    remote_url: tuple[str, ...] = ()
+    """OpenRLHF-style HTTP reward servers (POST {query, prompts, labels} -> {rewards, ...});
+    each gets a local reward role proxying to it."""
+    remote_timeout_s: float = 30.0
+    """Timeout of one HTTP attempt."""
+    remote_retries: int = 3
+    """Retries after a failed HTTP attempt (connection errors, timeouts, 5xx, 429 only)."""
+    remote_batch_size: int = 0
+    """Samples per HTTP request; 0 sends each batch whole."""
+    remote_concurrency: int = 4
+    """HTTP requests in flight at once when batches are split."""
     weights: tuple[float, ...] = ()
-    """Weight of each source in the sum (order: models, funcs, addresses); default all 1."""
+    """Weight of each source in the sum (order: models, funcs, remote urls, addresses);
+    default all 1."""
     normalize_enable: bool = False
     """Normalise rewards with running mean/std."""
     clip_range: float | None = None
@@ -111,7 +123,8 @@ class RewardGroup:
     or replaced by it when negative; None disables."""
 
     def num_sources(self) -> int:
-        return len(self.model_name_or_path) + len(self.func) + len(self.address)
+        return (len(self.model_name_or_path) + len(self.func) + len(self.remote_url)
+                + len(self.address))
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,9 @@ class VllmGroup:
     gRPC-streamed fallback."""
     sync_bucket_mb: int = 256
     """Bucket size of the weight broadcast, MiB."""
+    sync_master_address: str | None = None
+    """Address the actor's weight-group store binds and the rollouts connect to; default: the
+    host of --actor.address, or 127.0.0.1 in embedded mode."""
 
     def __post_init__(self) -> None:
         check(self.num_engines >= 1, "num_engines", f"must be >= 1, got {self.num_engines}")
@@ -289,8 +305,8 @@ class PPOJobConfig:
               "--actor.model_name_or_path", "is required (or --actor.address)")
         check(bool(self.data.dataset), "--data.dataset", "is required (prompt dataset)")
         check(self.reward.num_sources() > 0, "--reward.model_name_or_path",
-              "no reward source: give --reward.model_name_or_path, --reward.func or "
-              "--reward.address")
+              "no reward source: give --reward.model_name_or_path, --reward.func, "
+              "--reward.remote_url or --reward.address")
         if self.reward.weights:
             check(len(self.reward.weights) == self.reward.num_sources(), "--reward.weights",
                   f"has {len(self.reward.weights)} values for {self.reward.num_sources()} "

@@ -102,6 +102,7 @@ class LocalWeightSync:
 def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
     from quartet.engines.frozen_model import FrozenCausalLM
     from quartet.engines.generation import RolloutEngine, build_generator
+    from quartet.rewards.http import RemoteHTTPReward
     from quartet.rewards.model import SequenceRegressionReward
     from quartet.rewards.rule import RuleReward
     from services.actor.actor import Actor
@@ -121,6 +122,10 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
                                    if ref_model == cfg.actor.model_name_or_path else None)
     rewards = [SequenceRegressionReward(m) for m in cfg.reward.model_name_or_path]
     rewards += [RuleReward(Path(f)) for f in cfg.reward.func]
+    r = cfg.reward
+    rewards += [RemoteHTTPReward(u, timeout_s=r.remote_timeout_s, max_retries=r.remote_retries,
+                                 batch_size=r.remote_batch_size,
+                                 concurrency=r.remote_concurrency) for u in r.remote_url]
     if cfg.reward.address:
         raise ValueError("--reward.address: in-process mode runs no remote reward services")
     engines = [

@@ -140,6 +140,16 @@ class PPOServices:
             name = f"reward{offset + i}"
             self.cluster.start("reward", ["--reward-func", str(Path(func).resolve())], name=name)
             names["reward"].append(name)
+        offset += len(cfg.reward.func)
+        r = cfg.reward
+        for i, url in enumerate(r.remote_url):
+            name = f"reward{offset + i}"
+            self.cluster.start("reward", [
+                "--remote-url", url, "--remote-timeout-s", repr(r.remote_timeout_s),
+                "--remote-retries", str(r.remote_retries),
+                "--remote-batch-size", str(r.remote_batch_size),
+                "--remote-concurrency", str(r.remote_concurrency)], name=name)
+            names["reward"].append(name)
         if not cfg.vllm.address:
             for i in range(cfg.vllm.num_engines):
                 name = f"rollout{i}"
@@ -191,8 +201,10 @@ class PPOServices:
                 import torch
 
                 backend = "nccl" if torch.cuda.is_available() else "gloo"
+            master = cfg.vllm.sync_master_address or (
+                cfg.actor.address.rsplit(":", 1)[0] if cfg.actor.address else "127.0.0.1")
             sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
-                                   cfg.vllm.sync_bucket_mb << 20)
+                                   cfg.vllm.sync_bucket_mb << 20, master_address=master)
         sync.setup()
         return PPORoles(
             actor=actor,

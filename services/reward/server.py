@@ -1,4 +1,5 @@
-"""`quartet serve reward`: a reward model or a rule-based reward function file."""
+"""`quartet serve reward`: a reward model, a rule-based reward function file, or a proxy to an
+OpenRLHF-style HTTP reward server (`--remote-url`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", help="sequence-regression reward model directory (HF)")
     source.add_argument("--reward-func", metavar="FILE.py",
                         help="Python file defining reward_func(queries, prompts, labels)")
+    source.add_argument("--remote-url", metavar="URL",
+                        help="proxy to an OpenRLHF-style HTTP reward server: POST "
+                             "{query, prompts, labels} -> {rewards, scores?, extra_logs?}")
+    remote = parser.add_argument_group("remote HTTP reward (--remote-url)")
+    remote.add_argument("--remote-timeout-s", type=float, default=30.0,
+                        help="per-attempt timeout in seconds (default 30)")
+    remote.add_argument("--remote-retries", type=int, default=3,
+                        help="retries after the first attempt on connection errors, "
+                             "timeouts, 5xx and 429; never on other 4xx (default 3)")
+    remote.add_argument("--remote-batch-size", type=int, default=0,
+                        help="rows per HTTP request; 0 sends each scored slice whole (default)")
+    remote.add_argument("--remote-concurrency", type=int, default=4,
+                        help="HTTP requests in flight at once when a slice is split (default 4)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None)
     parser.add_argument("--micro-batch-size", type=int, default=8)
@@ -21,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_reward(args: argparse.Namespace):
+    if getattr(args, "remote_url", None):
+        from quartet.rewards.http import RemoteHTTPReward
+
+        return (RemoteHTTPReward(args.remote_url, timeout_s=args.remote_timeout_s,
+                                 max_retries=args.remote_retries,
+                                 batch_size=args.remote_batch_size,
+                                 concurrency=args.remote_concurrency), "http")
     if args.reward_func:
         from quartet.rewards.rule import RuleReward
 

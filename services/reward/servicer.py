@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from quartet.codec import decode_token_batch
 from quartet.rewards.base import RewardFunction, RewardInputs, check_inputs, pad_list
-from quartet.serving.errors import Internal, InvalidArgument
+from quartet.rewards.http import RemoteRewardError, RemoteRewardUnavailable
+from quartet.serving.errors import Internal, InvalidArgument, Unavailable
 from quartet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
 
 
@@ -37,6 +38,10 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
             inputs = decode_score_request(req)
             try:
                 result = self.reward(inputs)
+            except RemoteRewardUnavailable as exc:  # unreachable/timeouts after retries
+                raise Unavailable(str(exc)) from None
+            except RemoteRewardError as exc:  # the remote refused or answered garbage
+                raise Internal(str(exc)) from None
             except ValueError as exc:  # the reward source broke its contract
                 raise Internal(f"reward {self.reward.name}: {exc}") from None
             yield reward_pb2.ScoreResponse(

@@ -170,3 +170,42 @@ def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_mode
     assert all(0 < m["filter/kept_fraction"] <= 1 for m in history)
     # the sampler's policy lags the actor's by one update, so their log-probs now differ
     assert max(m["rollout_logprob_diff"] for m in trained[1:]) > 1e-3
+
+
+def test_ppo_with_an_external_http_reward_server(tmp_path, tiny_model_path, tiny_data):
+    """The stdlib-only OpenRLHF-style verifier from examples/ plugs in with one flag."""
+    import time
+
+    root = HERE.parents[1]
+    port_file = tmp_path / "verifier.port"
+    server = subprocess.Popen([sys.executable, str(root / "examples" / "reward_servers" /
+                                                   "math_verifier_http.py"),
+                               "--port", "0", "--port-file", str(port_file)])
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{int(port_file.read_text())}/get_reward"
+        out = tmp_path / "http"
+        result = subprocess.run([
+            sys.executable, "-m", "quartet.cli.main", "ppo",
+            "--actor.model_name_or_path", str(tiny_model_path),
+            "--data.dataset", str(tiny_data["prompts"]), "--data.label_key", "label",
+            "--reward.remote_url", url, "--rollout.batch_size", "4",
+            "--rollout.n_samples_per_prompt", "2", "--rollout.max_new_tokens", "4",
+            "--train.batch_size", "8", "--train.micro_batch_size", "8",
+            "--train.num_iterations", "2", "--algo.advantage.estimator", "rloo",
+            "--algo.kl.init_coef", "0", "--ckpt.output_dir", str(out),
+            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+        ], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert len(history) == 2
+        # a random tiny policy rarely states the right sum: rewards are 0/1 and mostly 0
+        assert all(0.0 <= m["reward"] <= 1.0 for m in history)
+        # the verifier's own extra log came back through the proxy
+        assert all("reward0/answer_found" in m for m in history)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
