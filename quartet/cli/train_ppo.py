@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -121,7 +122,13 @@ class ProgressPrinter:
         self.stream.flush()
 
 
-def run(cfg: PPOJobConfig, run_id: str = "ppo") -> list[dict[str, float]]:
+def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
+        stop: threading.Event | None = None) -> list[dict[str, float]]:
+    """Start (or connect to) the roles, run the loop, stop what was started.
+
+    `on_event` receives the loop's phase events (after the progress printer); setting `stop`
+    ends the run after the current iteration, with a final checkpoint.
+    """
     from quartet.config.model import ModelConfig
     from quartet.models.loading import load_tokenizer
     from services.coordinator.launch import PPOServices
@@ -147,21 +154,55 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo") -> list[dict[str, float]]:
         roles = services.roles()
         print(f"quartet ppo: services ready in {time.perf_counter() - started:.0f}s; "
               f"training {cfg.train.num_iterations} iterations", flush=True)
+        printer = ProgressPrinter(cfg.train.num_iterations)
+
+        def events(event: dict) -> None:
+            printer(event)
+            if on_event is not None:
+                on_event(event)
+
         loop = PPOLoop(roles, settings, prompts,
                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                       on_event=ProgressPrinter(cfg.train.num_iterations))
-        history = loop.run()
+                       on_event=events)
+        history = loop.run(stop)
     print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
           f"{out / 'metrics.jsonl'}, policy in {out / 'checkpoints' / 'hf' / 'final'}",
           flush=True)
     return history
 
 
+def with_yaml_config(argv: list[str]) -> list[str]:
+    """`--config FILE.yaml` (nested groups or dotted keys) becomes flags placed before the
+    command line's, so flags given explicitly override the file."""
+    if "--config" not in argv:
+        return argv
+    i = argv.index("--config")
+    if i + 1 >= len(argv):
+        raise SystemExit("quartet ppo: error: --config needs a YAML file")
+    import yaml
+
+    from quartet.config.base import ConfigError, dict_to_argv, flatten_mapping
+
+    path = Path(argv[i + 1])
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"quartet ppo: error: --config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"quartet ppo: error: --config {path}: expected a mapping of flags")
+    try:
+        from_file = dict_to_argv(PPOJobConfig, flatten_mapping(values))
+    except ConfigError as exc:
+        raise SystemExit(f"quartet ppo: error: --config {path}: {exc}") from None
+    return from_file + argv[:i] + argv[i + 2:]
+
+
 def main(argv: list[str] | None = None) -> int:
     from quartet.clients.base import RoleCallError
     from quartet.data.sources import DataError
 
-    cfg = parse_config(PPOJobConfig, argv, prog="quartet ppo")
+    cfg = parse_config(PPOJobConfig, with_yaml_config(list(sys.argv[1:] if argv is None
+                                                          else argv)), prog="quartet ppo")
     setup_logging("coordinator", "WARNING")
     try:
         run(cfg)

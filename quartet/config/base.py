@@ -35,12 +35,16 @@ __all__ = [
     "ConfigError",
     "build_parser",
     "check",
+    "config_to_argv",
     "config_to_dict",
+    "dict_to_argv",
     "field_docs",
     "flat_group",
+    "flatten_mapping",
     "from_dict",
     "group_under",
     "parse_config",
+    "parse_config_or_raise",
 ]
 
 T = TypeVar("T")
@@ -286,6 +290,66 @@ def from_dict(job_cls: type[T], values: dict[str, Any]) -> T:
     if unknown:
         raise ConfigError(f"--{unknown[0]}", "unknown option")
     return _build(job_cls, dict(values), "")
+
+
+def flatten_mapping(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"actor": {"learning_rate": 1e-6}}`` -> ``{"actor.learning_rate": 1e-6}`` (YAML files
+    may nest groups or use dotted keys; both mean the same flag)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{str(key).removeprefix('--')}"
+        if isinstance(value, dict):
+            out.update(flatten_mapping(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def dict_to_argv(job_cls: type, values: dict[str, Any]) -> list[str]:
+    """Flags equivalent to ``{"ds.zero_stage": 2, "ds.packing_samples": True, ...}``.
+
+    Going through the parser (rather than building dataclasses directly) gives YAML configs
+    and service requests exactly the CLI's parsing and validation.
+    """
+    actions = {a.dest: a for a in build_parser(job_cls)._actions}
+    argv: list[str] = []
+    for key, value in values.items():
+        if key not in actions:
+            raise ConfigError(f"--{key}", "unknown option")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if isinstance(actions[key], argparse.BooleanOptionalAction):
+                argv.append(f"--{key}" if value else f"--no-{key}")
+            elif value:
+                argv.append(f"--{key}")
+        elif isinstance(value, list | tuple):
+            if value:
+                argv += [f"--{key}", *[str(v) for v in value]]
+        else:
+            argv += [f"--{key}", repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def parse_config_or_raise(job_cls: type[T], argv: Sequence[str]) -> T:
+    """Like :func:`parse_config`, but raises :class:`ConfigError` instead of exiting (for
+    servers that receive a configuration in a request)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse_config(job_cls, list(argv), prog="config")
+    except SystemExit:
+        message = err.getvalue().strip().splitlines()
+        text = message[-1].removeprefix("config: error: ") if message else "invalid config"
+        raise ConfigError("config", text) from None
+
+
+def config_to_argv(cfg: Any) -> list[str]:
+    """Flags that parse back into ``cfg`` (used to start a service with its own config)."""
+    return dict_to_argv(type(cfg), config_to_dict(cfg))
 
 
 def config_to_dict(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from quartet.clients.health import wait_for_serving
 from quartet.clients.reference import GrpcReferenceClient
 from quartet.clients.reward import GrpcRewardClient
 from quartet.clients.rollout import GrpcRolloutClient
-from quartet.config.base import build_parser, config_to_dict
+from quartet.config.base import config_to_argv
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig
 from quartet.engines.generation.base import PromptOutput
@@ -64,28 +64,6 @@ def training_role_config(cfg: PPOJobConfig, model: str, lr: float,
                               micro_batch_size=cfg.train.micro_batch_size,
                               total_steps=max(total, 1), seed=cfg.train.seed),
     )
-
-
-def config_to_argv(config) -> list[str]:
-    """Flags that parse back into `config` (the inverse of quartet.config's parser)."""
-    import argparse
-
-    actions = {a.dest: a for a in build_parser(type(config))._actions}
-    argv: list[str] = []
-    for key, value in config_to_dict(config).items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            if isinstance(actions[key], argparse.BooleanOptionalAction):
-                argv.append(f"--{key}" if value else f"--no-{key}")
-            elif value:
-                argv.append(f"--{key}")
-        elif isinstance(value, list):
-            if value:
-                argv += [f"--{key}", *[str(v) for v in value]]
-        else:
-            argv += [f"--{key}", repr(value) if isinstance(value, float) else str(value)]
-    return argv
 
 
 def critic_model(cfg: PPOJobConfig) -> tuple[str, str | None]:

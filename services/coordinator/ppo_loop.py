@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -321,10 +322,14 @@ class PPOLoop:
         path = str((self.out / "checkpoints").resolve())
         self.roles.actor.save(path, hf_export=True, tag=tag)
 
-    def run(self) -> list[dict[str, float]]:
+    def run(self, stop: threading.Event | None = None) -> list[dict[str, float]]:
+        """All iterations (or until `stop` is set), then the final checkpoint."""
         start = time.perf_counter()
         try:
             for it in range(self.s.num_iterations):
+                if stop is not None and stop.is_set():
+                    log.info("stop requested; ending after %d iterations", it)
+                    break
                 metrics = self.iteration(it)
                 if not all(math.isfinite(v) for v in metrics.values()):
                     bad = [k for k, v in metrics.items() if not math.isfinite(v)]

@@ -1,7 +1,6 @@
-"""`quartet serve coordinator`: contract only for now; the engine arrives with the PPO issue.
-
-Every RPC answers UNIMPLEMENTED (never a fake result) until then.
-"""
+"""`quartet serve coordinator`: PPO runs as a service. StartRun takes the run's config as
+YAML (the `quartet ppo` flags, nested or dotted); GetRun/WatchRun report progress; StopRun
+ends a run after its current iteration with a final checkpoint."""
 
 from __future__ import annotations
 
@@ -11,12 +10,14 @@ from quartet.serving import RoleServer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF model directory")
+    """No engine flags: each run brings its own configuration."""
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from quartet.v1 import coordinator_pb2_grpc
+    from services.coordinator.runs import RunManager
+    from services.coordinator.servicer import CoordinatorServicer
 
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(coordinator_pb2_grpc.CoordinatorServicer(),
-                                                 server.grpc_server)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(RunManager()), server.grpc_server)
     server.set_serving(True)
