@@ -6,7 +6,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient
 from quartet.clients.scoring import call_logprobs
-from quartet.codec import TokenBatch
+from quartet.codec import RowBatch
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.wire import encode_policy_minibatch
 from quartet.v1 import actor_pb2, actor_pb2_grpc, common_pb2
@@ -19,7 +19,7 @@ class GrpcActorClient(GrpcRoleClient):
         super().__init__(address, **kwargs)
         self.stub = actor_pb2_grpc.ActorStub(self.channel)
 
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:
         return call_logprobs(lambda reqs: self._stream("LogProbs", self.stub.LogProbs, reqs),
                              batch, temperature, header or common_pb2.RequestHeader(),

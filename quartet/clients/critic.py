@@ -6,7 +6,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient
 from quartet.clients.scoring import merge_by_offset
-from quartet.codec import TokenBatch, encode_token_batch, ragged_from_proto, token_batch_slices
+from quartet.codec import RowBatch, encode_token_batch, ragged_from_proto, token_batch_slices
 from quartet.ppo.batch import ValueLossSettings, ValueMiniBatch
 from quartet.ppo.wire import encode_value_minibatch
 from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
@@ -19,7 +19,7 @@ class GrpcCriticClient(GrpcRoleClient):
         super().__init__(address, **kwargs)
         self.stub = critic_pb2_grpc.CriticStub(self.channel)
 
-    def values(self, batch: TokenBatch, header: common_pb2.RequestHeader | None = None
+    def values(self, batch: RowBatch, header: common_pb2.RequestHeader | None = None
                ) -> list[torch.Tensor]:
         header = header or common_pb2.RequestHeader()
         reqs = (critic_pb2.ValuesRequest(header=header, batch=encode_token_batch(part))

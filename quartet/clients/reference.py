@@ -6,7 +6,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient
 from quartet.clients.scoring import call_logprobs
-from quartet.codec import TokenBatch
+from quartet.codec import RowBatch
 from quartet.v1 import common_pb2, reference_pb2_grpc
 
 
@@ -17,7 +17,7 @@ class GrpcReferenceClient(GrpcRoleClient):
         super().__init__(address, **kwargs)
         self.stub = reference_pb2_grpc.ReferenceStub(self.channel)
 
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:
         return call_logprobs(lambda reqs: self._stream("LogProbs", self.stub.LogProbs, reqs),
                              batch, temperature, header or common_pb2.RequestHeader(),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from quartet.codec import TokenBatch, encode_token_batch, ragged_from_proto, token_batch_slices
+from quartet.codec import RowBatch, encode_token_batch, ragged_from_proto, token_batch_slices
 from quartet.codec.chunks import DEFAULT_CHUNK_BYTES
 from quartet.v1 import common_pb2
 
@@ -25,14 +25,14 @@ def merge_by_offset(num_rows: int, parts: Iterable[tuple[int, list[torch.Tensor]
     return out  # type: ignore[return-value]
 
 
-def logprobs_requests(batch: TokenBatch, temperature: float, header: common_pb2.RequestHeader,
+def logprobs_requests(batch: RowBatch, temperature: float, header: common_pb2.RequestHeader,
                       max_bytes: int = DEFAULT_CHUNK_BYTES):
     for part in token_batch_slices(batch, max_bytes):
         yield common_pb2.LogProbsRequest(header=header, batch=encode_token_batch(part),
                                          temperature=temperature)
 
 
-def call_logprobs(stream: Callable[..., list[common_pb2.LogProbsResponse]], batch: TokenBatch,
+def call_logprobs(stream: Callable[..., list[common_pb2.LogProbsResponse]], batch: RowBatch,
                   temperature: float, header: common_pb2.RequestHeader, what: str
                   ) -> list[torch.Tensor]:
     responses = stream(logprobs_requests(batch, temperature, header))

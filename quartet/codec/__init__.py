@@ -4,7 +4,7 @@ Every decoder validates what a peer controls and raises `CodecError` naming the 
 """
 
 from quartet.codec.batches import (
-    TokenBatch,
+    RowBatch,
     check_per_token,
     decode_token_batch,
     encode_token_batch,
@@ -22,7 +22,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "CodecError",
     "TensorAssembler",
-    "TokenBatch",
+    "RowBatch",
     "check_per_token",
     "decode_token_batch",
     "encode_token_batch",

@@ -19,8 +19,12 @@ from quartet.v1 import common_pb2
 
 
 @dataclass
-class TokenBatch:
-    """Decoded SequenceBatch: rows of token ids (int64) and each row's prompt length."""
+class RowBatch:
+    """Decoded SequenceBatch: rows of token ids (int64) and each row's prompt length.
+
+    The wire-level, ragged form of a batch; `quartet.data.batch.TokenBatch` is the padded or
+    packed tensor form a model consumes (`quartet.engines.scoring.to_model_batch` converts).
+    """
 
     rows: list[torch.Tensor]
     prompt_lengths: list[int]
@@ -32,12 +36,12 @@ class TokenBatch:
     def response_lengths(self) -> list[int]:
         return [r.numel() - p for r, p in zip(self.rows, self.prompt_lengths, strict=True)]
 
-    def slice(self, start: int, end: int) -> TokenBatch:
-        return TokenBatch(self.rows[start:end], self.prompt_lengths[start:end],
+    def slice(self, start: int, end: int) -> RowBatch:
+        return RowBatch(self.rows[start:end], self.prompt_lengths[start:end],
                           self.row_offset + start)
 
 
-def encode_token_batch(batch: TokenBatch) -> common_pb2.SequenceBatch:
+def encode_token_batch(batch: RowBatch) -> common_pb2.SequenceBatch:
     return common_pb2.SequenceBatch(
         tokens=ragged_to_proto(batch.rows, dtype=torch.int64),
         prompt_lengths=batch.prompt_lengths,
@@ -51,7 +55,7 @@ def decode_token_batch(
     vocab_size: int | None = None,
     max_len: int | None = None,
     max_bytes: int | None = None,
-) -> TokenBatch:
+) -> RowBatch:
     """Decodes and validates: integer tokens in [0, vocab), one prompt length per row,
     1 <= prompt_length <= row length, rows no longer than max_len."""
     rows = ragged_from_proto(msg.tokens, f"{field}.tokens", max_bytes)
@@ -78,12 +82,12 @@ def decode_token_batch(
                              f"row {i} has token ids outside [0, {vocab_size})")
     if msg.row_offset < 0:
         raise CodecError(f"{field}.row_offset", f"must be >= 0, got {msg.row_offset}")
-    return TokenBatch(rows, prompt_lengths, msg.row_offset)
+    return RowBatch(rows, prompt_lengths, msg.row_offset)
 
 
 def token_batch_slices(
-    batch: TokenBatch, max_bytes: int = DEFAULT_CHUNK_BYTES, extra_bytes_per_token: int = 0
-) -> Iterator[TokenBatch]:
+    batch: RowBatch, max_bytes: int = DEFAULT_CHUNK_BYTES, extra_bytes_per_token: int = 0
+) -> Iterator[RowBatch]:
     """Consecutive row slices whose payload (8 bytes per token id plus any per-token extras
     such as advantages) stays under max_bytes."""
     sizes = [r.numel() * (8 + extra_bytes_per_token) for r in batch.rows]

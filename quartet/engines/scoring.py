@@ -1,63 +1,23 @@
-"""Forward passes over token batches: per-response-token log-probs and values.
+"""Forward passes over prompt+response rows: which positions score which response tokens.
 
-Shared by the actor (old log-probs), the reference (KL anchor), the critic (values) and the
-in-process mode, so every role aligns tokens and responses the same way: row = prompt +
-response; the logit at position t predicts token t+1; outputs cover response tokens only.
+Shared by the actor (old log-probs and PPO steps), the reference (KL anchor), the critic
+(values) and the in-process mode, so every role aligns tokens the same way — a KL between
+two roles that disagreed by one position would be silently wrong. A row is prompt +
+response; the output at position t predicts token t+1; results cover response tokens only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from quartet.algos.losses import entropy_from_logits, token_logprobs
-from quartet.codec.batches import TokenBatch
-
-
-@dataclass
-class PaddedBatch:
-    """A right-padded view of a TokenBatch plus the mask of response-token targets.
-
-    `targets_mask[i, t]` is True when input position t predicts a response token of row i
-    (t in [prompt_len - 1, row_len - 2]).
-    """
-
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    targets_mask: torch.Tensor  # [B, L-1] bool
-    response_lengths: list[int]
-
-
-def pad_token_batch(batch: TokenBatch, pad_id: int, device: torch.device | str = "cpu"
-                    ) -> PaddedBatch:
-    lengths = [r.numel() for r in batch.rows]
-    width = max(lengths)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    targets_mask = torch.zeros((len(batch), max(width - 1, 1)), dtype=torch.bool)
-    for i, (row, p) in enumerate(zip(batch.rows, batch.prompt_lengths, strict=True)):
-        n = row.numel()
-        input_ids[i, :n] = row
-        attention_mask[i, :n] = 1
-        targets_mask[i, p - 1 : n - 1] = True
-    return PaddedBatch(
-        input_ids.to(device), attention_mask.to(device), targets_mask.to(device),
-        batch.response_lengths(),
-    )
-
-
-def _split_rows(values: torch.Tensor, padded: PaddedBatch) -> list[torch.Tensor]:
-    """[B, L-1] per-position values → one 1-D tensor of response-token values per row."""
-    out = []
-    for i in range(values.shape[0]):
-        out.append(values[i][padded.targets_mask[i]].float().cpu())
-    return out
-
-
-def micro_batches(batch: TokenBatch, micro_batch_size: int) -> list[TokenBatch]:
-    return [batch.slice(s, s + micro_batch_size) for s in range(0, len(batch), micro_batch_size)]
+from quartet.codec.batches import RowBatch
+from quartet.data.batch import TokenBatch, collate
+from quartet.data.tokenize import TokenizedSample
 
 
 @dataclass
@@ -66,45 +26,68 @@ class LogProbsResult:
     entropy: list[torch.Tensor] | None
 
 
+def to_model_batch(rows: RowBatch, pad_id: int, packed: bool = False) -> TokenBatch:
+    """Prompt+response rows → the trainers' padded/packed batch, targets on response tokens."""
+    samples = [
+        TokenizedSample(r.tolist(), [0] * p + [1] * (r.numel() - p))
+        for r, p in zip(rows.rows, rows.prompt_lengths, strict=True)
+    ]
+    return collate(samples, pad_id, packed)
+
+
+def response_positions(batch: TokenBatch) -> list[torch.Tensor]:
+    """For each sample, the flat indices into `[R, T-1]` of the positions that predict its
+    response tokens, in order (works for padded and packed layouts)."""
+    _, target, owner = batch.shifted()
+    flat_owner = owner.reshape(-1)
+    flat_target = target.reshape(-1)
+    return [torch.nonzero(flat_target & (flat_owner == i), as_tuple=False).squeeze(-1)
+            for i in range(batch.num_samples)]
+
+
+def gather_rows(per_position: torch.Tensor, positions: Sequence[torch.Tensor]
+                ) -> list[torch.Tensor]:
+    flat = per_position.reshape(-1)
+    return [flat[p.to(flat.device)] for p in positions]
+
+
+def pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged rows (may carry grad) → right-padded [B, T] and bool mask."""
+    lengths = torch.tensor([r.numel() for r in rows])
+    width = max(int(lengths.max()) if len(rows) else 0, 1)
+    padded = pad_sequence([r.float() for r in rows], batch_first=True)
+    if padded.shape[1] < width:
+        padded = torch.nn.functional.pad(padded, (0, width - padded.shape[1]))
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    return padded, mask.to(padded.device)
+
+
+def split_micro(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + micro_batch_size, n)) for s in range(0, n, micro_batch_size)]
+
+
 @torch.no_grad()
 def response_logprobs(
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: TokenBatch,
+    logits_of: Callable[[TokenBatch], torch.Tensor],
+    rows: RowBatch,
     pad_id: int,
     temperature: float = 1.0,
     micro_batch_size: int = 8,
     with_entropy: bool = False,
-    device: torch.device | str = "cpu",
+    packed: bool = False,
 ) -> LogProbsResult:
-    """Log-probs of each response token; `forward(input_ids, attention_mask)` returns logits."""
-    logprobs: list[torch.Tensor] = []
-    entropy: list[torch.Tensor] = []
-    for mb in micro_batches(batch, micro_batch_size):
-        padded = pad_token_batch(mb, pad_id, device)
-        logits = forward(padded.input_ids, padded.attention_mask)[:, :-1]
-        labels = padded.input_ids[:, 1:]
-        logprobs.extend(_split_rows(token_logprobs(logits, labels, temperature), padded))
+    """Log-prob (and optionally entropy) of each response token; `logits_of(batch)` runs the
+    model on a padded/packed batch and returns `[R, T, V]` logits."""
+    lps: list[torch.Tensor] = []
+    ents: list[torch.Tensor] = []
+    for s, e in split_micro(len(rows), micro_batch_size):
+        batch = to_model_batch(rows.slice(s, e), pad_id, packed)
+        logits = logits_of(batch)[:, :-1]
+        labels = batch.input_ids[:, 1:].to(logits.device)
+        pos = response_positions(batch)
+        lps += [t.float().cpu() for t in gather_rows(
+            token_logprobs(logits, labels, temperature), pos)]
         if with_entropy:
-            entropy.extend(_split_rows(entropy_from_logits(logits, temperature), padded))
-    return LogProbsResult(logprobs, entropy if with_entropy else None)
-
-
-@torch.no_grad()
-def response_values(
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: TokenBatch,
-    pad_id: int,
-    micro_batch_size: int = 8,
-    device: torch.device | str = "cpu",
-) -> list[torch.Tensor]:
-    """Value of each response token; `forward` returns per-position values [B, L].
-
-    The value of response token t is read at the position that predicts it (t-1), i.e. the
-    state before the action, matching the log-prob alignment.
-    """
-    out: list[torch.Tensor] = []
-    for mb in micro_batches(batch, micro_batch_size):
-        padded = pad_token_batch(mb, pad_id, device)
-        values = forward(padded.input_ids, padded.attention_mask)[:, :-1]
-        out.extend(_split_rows(values, padded))
-    return out
+            ents += [t.float().cpu() for t in gather_rows(
+                entropy_from_logits(logits, temperature), pos)]
+    return LogProbsResult(lps, ents if with_entropy else None)

@@ -20,6 +20,12 @@ from quartet.clients.health import wait_for_serving
 
 log = logging.getLogger("quartet.launch")
 
+# Each role forms its own torch.distributed world (and the weight group its own store): a
+# launcher's rendezvous variables inherited from this process would make every role bind
+# the same MASTER_PORT.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+            "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK")
+
 
 @dataclass
 class LocalService:
@@ -47,7 +53,8 @@ class LocalCluster:
     def __init__(self, log_dir: str | os.PathLike, env: dict[str, str] | None = None) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, **(env or {})}
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items()
+                    if k not in DIST_ENV and not k.startswith("TORCHELASTIC_")}
         self.services: dict[str, LocalService] = {}
 
     def start(self, role: str, args: list[str], name: str | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 
 
 @dataclass
@@ -37,7 +37,7 @@ class ValueLossSettings:
 
 @dataclass
 class PolicyMiniBatch:
-    batch: TokenBatch
+    batch: RowBatch
     old_logprobs: list[torch.Tensor]
     advantages: list[torch.Tensor]
     ref_logprobs: list[torch.Tensor] | None = None
@@ -61,7 +61,7 @@ class PolicyMiniBatch:
             return [t for v in lists for t in v]
 
         return PolicyMiniBatch(
-            TokenBatch([r for p in parts for r in p.batch.rows],
+            RowBatch([r for p in parts for r in p.batch.rows],
                        [n for p in parts for n in p.batch.prompt_lengths]),
             cat("old_logprobs") or [], cat("advantages") or [], cat("ref_logprobs"),
             cat("rollout_logprobs"),
@@ -70,7 +70,7 @@ class PolicyMiniBatch:
 
 @dataclass
 class ValueMiniBatch:
-    batch: TokenBatch
+    batch: RowBatch
     old_values: list[torch.Tensor]
     returns: list[torch.Tensor]
 
@@ -81,7 +81,7 @@ class ValueMiniBatch:
     @staticmethod
     def concat(parts: Sequence[ValueMiniBatch]) -> ValueMiniBatch:
         return ValueMiniBatch(
-            TokenBatch([r for p in parts for r in p.batch.rows],
+            RowBatch([r for p in parts for r in p.batch.rows],
                        [n for p in parts for n in p.batch.prompt_lengths]),
             [t for p in parts for t in p.old_values], [t for p in parts for t in p.returns],
         )

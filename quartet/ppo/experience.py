@@ -14,7 +14,7 @@ import torch
 from quartet.algos.advantages import WHITENED_ESTIMATORS, compute_advantages
 from quartet.algos.kl import approx_kl
 from quartet.algos.masked import masked_mean, masked_whiten
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 from quartet.ppo.batch import PolicyMiniBatch, ValueMiniBatch, pad_response_values
 
 
@@ -35,7 +35,7 @@ class AdvantageSettings:
 class Experience:
     """One rollout batch, scored: everything the actor and critic updates need."""
 
-    batch: TokenBatch
+    batch: RowBatch
     rollout_logprobs: list[torch.Tensor] | None
     old_logprobs: list[torch.Tensor]
     ref_logprobs: list[torch.Tensor] | None
@@ -50,7 +50,7 @@ class Experience:
 
     def policy_minibatch(self, index: list[int]) -> PolicyMiniBatch:
         return PolicyMiniBatch(
-            TokenBatch([self.batch.rows[i] for i in index],
+            RowBatch([self.batch.rows[i] for i in index],
                        [self.batch.prompt_lengths[i] for i in index]),
             [self.old_logprobs[i] for i in index], [self.advantages[i] for i in index],
             [self.ref_logprobs[i] for i in index] if self.ref_logprobs is not None else None,
@@ -61,14 +61,14 @@ class Experience:
     def value_minibatch(self, index: list[int]) -> ValueMiniBatch:
         assert self.values is not None, "no critic values in this experience"
         return ValueMiniBatch(
-            TokenBatch([self.batch.rows[i] for i in index],
+            RowBatch([self.batch.rows[i] for i in index],
                        [self.batch.prompt_lengths[i] for i in index]),
             [self.values[i] for i in index], [self.returns[i] for i in index],
         )
 
 
 def make_experience(
-    batch: TokenBatch,
+    batch: RowBatch,
     old_logprobs: list[torch.Tensor],
     ref_logprobs: list[torch.Tensor] | None,
     values: list[torch.Tensor] | None,

@@ -7,10 +7,7 @@ engine's gradient accumulation, so DeepSpeed steps the optimizer once per call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 from quartet.algos.losses import (
     entropy_from_logits,
@@ -21,10 +18,16 @@ from quartet.algos.losses import (
     value_loss,
 )
 from quartet.algos.masked import masked_mean
-from quartet.codec.batches import TokenBatch as RowBatch
-from quartet.data.batch import TokenBatch, collate
-from quartet.data.tokenize import TokenizedSample
-from quartet.engines.scoring import LogProbsResult
+from quartet.codec.batches import RowBatch
+from quartet.engines.scoring import (
+    LogProbsResult,
+    gather_rows,
+    pad_rows,
+    response_logprobs,
+    response_positions,
+    split_micro,
+    to_model_batch,
+)
 from quartet.ppo.batch import (
     PolicyLossSettings,
     PolicyMiniBatch,
@@ -35,55 +38,9 @@ from quartet.ppo.batch import (
 from quartet.serving.errors import InvalidArgument
 
 
-def to_model_batch(rows: RowBatch, pad_id: int, packed: bool = False) -> TokenBatch:
-    """Prompt+response rows → the trainers' padded/packed batch, targets on response tokens."""
-    samples = [
-        TokenizedSample(r.tolist(), [0] * p + [1] * (r.numel() - p))
-        for r, p in zip(rows.rows, rows.prompt_lengths, strict=True)
-    ]
-    return collate(samples, pad_id, packed)
-
-
-def response_positions(batch: TokenBatch) -> list[torch.Tensor]:
-    """For each sample, the flat indices into `[R, T-1]` of the positions that predict its
-    response tokens, in order (works for padded and packed layouts)."""
-    _, target, owner = batch.shifted()
-    flat_owner = owner.reshape(-1)
-    flat_target = target.reshape(-1)
-    out = []
-    for i in range(batch.num_samples):
-        out.append(torch.nonzero(flat_target & (flat_owner == i), as_tuple=False).squeeze(-1))
-    return out
-
-
-def gather_rows(per_position: torch.Tensor, positions: Sequence[torch.Tensor]
-                ) -> list[torch.Tensor]:
-    flat = per_position.reshape(-1)
-    return [flat[p] for p in positions]
-
-
-def pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged rows (may carry grad) → right-padded [B, T] and bool mask."""
-    lengths = torch.tensor([r.numel() for r in rows])
-    width = max(int(lengths.max()) if len(rows) else 0, 1)
-    padded = pad_sequence([r.float() for r in rows], batch_first=True)
-    if padded.shape[1] < width:
-        padded = torch.nn.functional.pad(padded, (0, width - padded.shape[1]))
-    mask = torch.arange(width)[None, :] < lengths[:, None]
-    return padded, mask.to(padded.device)
-
-
-def split_micro(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + micro_batch_size, n)) for s in range(0, n, micro_batch_size)]
-
-
-def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for m in metrics for k in m}
-    return {k: sum(m.get(k, 0.0) for m in metrics) / len(metrics) for k in sorted(keys)}
-
-
-class PolicyUpdater:
-    """The actor's compute: log-probs for scoring and PPO steps, over a TrainEngine."""
+class _Updater:
+    """What the actor's and critic's steps share: the engine, batching, and the contract that
+    one TrainStep (exactly `mini_batch_size` rows) is one optimizer step."""
 
     def __init__(self, engine, pad_id: int, micro_batch_size: int, mini_batch_size: int,
                  packed: bool = False) -> None:
@@ -93,38 +50,46 @@ class PolicyUpdater:
         self.mini_batch_size = mini_batch_size
         self.packed = packed
 
-    @torch.no_grad()
-    def logprobs(self, rows: RowBatch, temperature: float = 1.0,
-                 with_entropy: bool = False) -> LogProbsResult:
-        self.engine.eval()
-        lps: list[torch.Tensor] = []
-        ents: list[torch.Tensor] = []
-        for s, e in split_micro(len(rows), self.micro_batch_size):
-            batch = to_model_batch(rows.slice(s, e), self.pad_id, self.packed)
-            logits = self.engine.forward(batch).logits[:, :-1]
-            labels = batch.input_ids[:, 1:].to(logits.device)
-            pos = response_positions(batch)
-            lps += [t.float().cpu() for t in gather_rows(
-                token_logprobs(logits, labels, temperature), pos)]
-            if with_entropy:
-                ents += [t.float().cpu() for t in gather_rows(
-                    entropy_from_logits(logits, temperature), pos)]
-        return LogProbsResult(lps, ents if with_entropy else None)
-
-    def _check_rows(self, n: int) -> None:
+    def _micro_batches(self, mb):
+        """Checks the row count, switches to train mode, yields micro-batches and the model
+        batch of each."""
+        n = len(mb.batch)
         if n != self.mini_batch_size:
             raise InvalidArgument(
                 f"batch: TrainStep needs exactly {self.mini_batch_size} rows (train.batch_size "
                 f"of this service), got {n}")
+        self.engine.train()
+        for s, e in split_micro(n, self.micro_batch_size):
+            micro = mb.slice(s, e)
+            yield micro, to_model_batch(micro.batch, self.pad_id, self.packed)
+
+    def _step(self, loss: torch.Tensor):
+        self.engine.backward(loss)
+        return self.engine.step()
+
+    @staticmethod
+    def _summary(metrics: list[dict[str, float]], info) -> dict[str, float]:
+        """Micro-batch metrics averaged, plus what the optimizer step reported."""
+        keys = {k for m in metrics for k in m}
+        out = {k: sum(m.get(k, 0.0) for m in metrics) / len(metrics) for k in sorted(keys)}
+        if info is not None:
+            out.update(lr=info.lr, grad_norm=info.grad_norm, global_step=float(info.step))
+        return out
+
+
+class PolicyUpdater(_Updater):
+    """The actor's compute: log-probs for scoring and PPO steps, over a TrainEngine."""
+
+    def logprobs(self, rows: RowBatch, temperature: float = 1.0,
+                 with_entropy: bool = False) -> LogProbsResult:
+        self.engine.eval()
+        return response_logprobs(lambda b: self.engine.forward(b).logits, rows, self.pad_id,
+                                 temperature, self.micro_batch_size, with_entropy, self.packed)
 
     def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings) -> dict[str, float]:
-        self._check_rows(len(mb.batch))
-        self.engine.train()
         metrics: list[dict[str, float]] = []
         info = None
-        for s, e in split_micro(len(mb.batch), self.micro_batch_size):
-            micro = mb.slice(s, e)
-            batch = to_model_batch(micro.batch, self.pad_id, self.packed)
+        for micro, batch in self._micro_batches(mb):
             out = self.engine.forward(batch)
             logits = out.logits[:, :-1]
             labels = batch.input_ids[:, 1:].to(logits.device)
@@ -161,28 +126,15 @@ class PolicyUpdater:
                 m["kl_loss"] = float(kl)
             if out.aux_loss is not None:
                 m["aux_loss"] = float(out.aux_loss)
-            self.engine.backward(loss)
-            info = self.engine.step() or info
+            info = self._step(loss) or info
             metrics.append(m)
-        result = _mean(metrics)
-        if info is not None:
-            result.update(lr=info.lr, grad_norm=info.grad_norm, global_step=float(info.step))
-        return result
+        return self._summary(metrics, info)
 
 
-class ValueUpdater:
+class ValueUpdater(_Updater):
     """The critic's compute: per-token values and clipped value-loss steps."""
 
-    def __init__(self, engine, pad_id: int, micro_batch_size: int, mini_batch_size: int,
-                 packed: bool = False) -> None:
-        self.engine = engine
-        self.pad_id = pad_id
-        self.micro_batch_size = micro_batch_size
-        self.mini_batch_size = mini_batch_size
-        self.packed = packed
-
-    def _values(self, rows: RowBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        batch = to_model_batch(rows, self.pad_id, self.packed)
+    def _values(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
         values = self.engine.forward(batch).values[:, :-1]
         return gather_rows(values, response_positions(batch)), values
 
@@ -191,32 +143,22 @@ class ValueUpdater:
         self.engine.eval()
         out: list[torch.Tensor] = []
         for s, e in split_micro(len(rows), self.micro_batch_size):
-            out += [t.float().cpu() for t in self._values(rows.slice(s, e))[0]]
+            batch = to_model_batch(rows.slice(s, e), self.pad_id, self.packed)
+            out += [t.float().cpu() for t in self._values(batch)[0]]
         return out
 
     def train_step(self, mb: ValueMiniBatch, loss_cfg: ValueLossSettings) -> dict[str, float]:
-        if len(mb.batch) != self.mini_batch_size:
-            raise InvalidArgument(
-                f"batch: TrainStep needs exactly {self.mini_batch_size} rows (train.batch_size "
-                f"of this service), got {len(mb.batch)}")
-        self.engine.train()
         metrics: list[dict[str, float]] = []
         info = None
-        for s, e in split_micro(len(mb.batch), self.micro_batch_size):
-            micro = mb.slice(s, e)
-            rows, raw = self._values(micro.batch)
+        for micro, batch in self._micro_batches(mb):
+            rows, raw = self._values(batch)
             values, mask = pad_rows(rows)
             width, dev = values.shape[1], values.device
             old = pad_response_values(micro.old_values, width)[0].to(dev)
             returns = pad_response_values(micro.returns, width)[0].to(dev)
             vl = value_loss(values, old, returns, mask, loss_cfg.clip_eps)
-            loss = vl.loss + 0.0 * raw.sum()
-            self.engine.backward(loss)
-            info = self.engine.step() or info
+            info = self._step(vl.loss + 0.0 * raw.sum()) or info
             metrics.append({"value_loss": vl.loss.item(),
                             "value_clip_fraction": float(vl.clip_fraction),
                             "values": float(masked_mean(values.detach(), mask))})
-        result = _mean(metrics)
-        if info is not None:
-            result.update(lr=info.lr, grad_norm=info.grad_norm, global_step=float(info.step))
-        return result
+        return self._summary(metrics, info)

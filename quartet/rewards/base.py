@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 
 
 @dataclass
@@ -17,7 +17,7 @@ class RewardInputs:
     prompts: list[str]
     responses: list[str]
     labels: list[str]
-    batch: TokenBatch | None = None
+    batch: RowBatch | None = None
 
     def __len__(self) -> int:
         return len(self.queries)

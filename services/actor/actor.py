@@ -1,22 +1,17 @@
-"""The actor role's domain object: policy engine, PPO steps, checkpoints, weight sending.
-
-One lock serialises engine use: gRPC serves requests on a thread pool, and a LogProbs call
-must not interleave with a TrainStep's forward/backward.
-"""
+"""The actor role's domain object: policy engine, PPO steps, checkpoints, weight sending."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 from quartet.engines.scoring import LogProbsResult
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.role_config import TrainingRoleConfig
+from quartet.ppo.training_role import TrainingRole
 from quartet.ppo.updates import PolicyUpdater
 from quartet.serving.errors import FailedPrecondition
 from quartet.weightsync import (
@@ -30,36 +25,17 @@ from quartet.weightsync import (
 log = logging.getLogger("quartet.actor")
 
 
-class Actor:
-    def __init__(self, cfg: TrainingRoleConfig) -> None:
-        from quartet.engines.distributed import init_distributed
-        from quartet.engines.train_engine import TrainEngine
-        from quartet.models.loading import load_tokenizer
+class Actor(TrainingRole):
+    kind = "causal_lm"
 
-        torch.manual_seed(cfg.train.seed)
-        self.cfg = cfg
-        self.world = init_distributed()
-        self.engine = TrainEngine.causal_lm(
-            cfg.model, cfg.ds, cfg.optim, cfg.adam, cfg.muon,
-            global_batch=cfg.train.batch_size, micro_batch=cfg.train.micro_batch_size,
-            total_steps=cfg.train.total_steps, world=self.world,
-        )
-        self.tokenizer = load_tokenizer(cfg.model)
-        hf_config = self.engine.module.config
-        self.vocab_size = int(hf_config.vocab_size)
-        self.max_len = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
-        self.updater = PolicyUpdater(self.engine, int(self.tokenizer.pad_token_id),
-                                     cfg.train.micro_batch_size, cfg.train.batch_size,
-                                     packed=cfg.ds.packing_samples)
-        self.lock = threading.Lock()
+    def __init__(self, cfg: TrainingRoleConfig) -> None:
+        super().__init__(cfg)
+        self.updater = PolicyUpdater(self.engine, self.pad_id, cfg.train.micro_batch_size,
+                                     cfg.train.batch_size, packed=cfg.ds.packing_samples)
         self.sender: WeightSender | None = None
         self.weight_version = 0
 
-    @property
-    def global_step(self) -> int:
-        return self.engine.global_step
-
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
         with self.lock:
             return self.updater.logprobs(batch, temperature, with_entropy)
@@ -67,17 +43,6 @@ class Actor:
     def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings) -> dict[str, float]:
         with self.lock:
             return self.updater.train_step(mb, loss)
-
-    def save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
-        tag = tag or f"global_step{self.global_step}"
-        out = Path(output_dir)
-        with self.lock:
-            self.engine.save_checkpoint(out / "deepspeed", tag)
-            hf_dir = ""
-            if hf_export:
-                hf_dir = str(out / "hf" / tag)
-                self.engine.save_hf(hf_dir, tokenizer=self.tokenizer)
-        return hf_dir, str(out / "deepspeed" / tag)
 
     # ---------------------------------------------------------------- weights
     def named_weights(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quartet.codec import chunk_tensor
 from quartet.codec.dtypes import torch_dtype
+from quartet.ppo.training_role import save_response
 from quartet.ppo.wire import decode_policy_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.serving.scoring import stream_logprobs
@@ -43,10 +44,7 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
         )
 
     def Save(self, request, context):
-        if not request.output_dir:
-            raise InvalidArgument("output_dir: must not be empty")
-        hf_dir, ckpt = self.actor.save(request.output_dir, request.tag, request.hf_export)
-        return common_pb2.SaveResponse(hf_dir=hf_dir, checkpoint_dir=ckpt)
+        return save_response(self.actor, request)
 
     def InitWeightGroup(self, request, context):
         cfg = weight_group_config(request)

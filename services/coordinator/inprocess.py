@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 from quartet.engines.generation.base import PromptOutput
 from quartet.engines.generation.sampling import SamplingConfig
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch, ValueLossSettings
@@ -29,7 +29,7 @@ class LocalActor:
     def __init__(self, actor) -> None:
         self.actor = actor
 
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0, header=None):
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0, header=None):
         return self.actor.logprobs(batch, temperature).logprobs
 
     def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings, header=None):
@@ -45,7 +45,7 @@ class LocalCritic:
     def __init__(self, critic) -> None:
         self.critic = critic
 
-    def values(self, batch: TokenBatch, header=None):
+    def values(self, batch: RowBatch, header=None):
         return self.critic.values(batch)
 
     def train_step(self, mb, loss: ValueLossSettings, header=None):
@@ -56,7 +56,7 @@ class LocalReference:
     def __init__(self, model) -> None:
         self.model = model
 
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0, header=None):
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0, header=None):
         return self.model.logprobs(batch, temperature).logprobs
 
 

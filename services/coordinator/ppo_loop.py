@@ -24,7 +24,7 @@ import torch
 
 from quartet.algos.kl import AdaptiveKLController, FixedKLController
 from quartet.algos.rewards import RunningMeanStd
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 from quartet.engines.generation.sampling import SamplingConfig
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import (
@@ -51,7 +51,7 @@ PHASES = ("generate", "score", "advantage", "train", "sync", "checkpoint")
 
 # --------------------------------------------------------------------------- role interfaces
 class ActorClient(Protocol):
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
     def train_step(self, mb, loss: PolicyLossSettings,
                    header: common_pb2.RequestHeader | None = None) -> dict[str, float]: ...
@@ -59,14 +59,14 @@ class ActorClient(Protocol):
 
 
 class CriticClient(Protocol):
-    def values(self, batch: TokenBatch,
+    def values(self, batch: RowBatch,
                header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
     def train_step(self, mb, loss: ValueLossSettings,
                    header: common_pb2.RequestHeader | None = None) -> dict[str, float]: ...
 
 
 class ReferenceClient(Protocol):
-    def logprobs(self, batch: TokenBatch, temperature: float = 1.0,
+    def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
 
 
@@ -189,7 +189,7 @@ class PPOLoop:
                                                     self.version, 1)
         return rollouts
 
-    def score(self, batch: TokenBatch, iteration: int):
+    def score(self, batch: RowBatch, iteration: int):
         """Actor log-probs, reference log-probs and critic values, in parallel."""
         temp = self.s.policy_loss.temperature
         actor = self.pool.submit(self.roles.actor.logprobs, batch, temp,

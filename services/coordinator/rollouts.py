@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 
 from quartet.algos.rewards import combine_rewards, overlong_penalty, stop_properly_penalty
-from quartet.codec.batches import TokenBatch
+from quartet.codec.batches import RowBatch
 from quartet.engines.generation.base import PromptOutput
 from quartet.engines.generation.sampling import SamplingConfig
 from quartet.rewards.base import RewardInputs, RewardResult
@@ -67,7 +67,7 @@ class FilterSettings:
 class Rollouts:
     """One iteration's samples, scored by the reward sources (prompt-major, n per prompt)."""
 
-    batch: TokenBatch
+    batch: RowBatch
     inputs: RewardInputs
     rewards: torch.Tensor
     rollout_logprobs: list[torch.Tensor]
@@ -90,7 +90,7 @@ class Rollouts:
 
         inp = self.inputs
         return Rollouts(
-            TokenBatch(pick(self.batch.rows), pick(self.batch.prompt_lengths)),
+            RowBatch(pick(self.batch.rows), pick(self.batch.prompt_lengths)),
             RewardInputs(pick(inp.queries), pick(inp.prompts), pick(inp.responses),
                          pick(inp.labels), None),
             self.rewards[rows], pick(self.rollout_logprobs), pick(self.truncated),
@@ -102,7 +102,7 @@ class Rollouts:
             return [x for p in parts for x in get(p)]
 
         return Rollouts(
-            TokenBatch(cat(lambda p: p.batch.rows), cat(lambda p: p.batch.prompt_lengths)),
+            RowBatch(cat(lambda p: p.batch.rows), cat(lambda p: p.batch.prompt_lengths)),
             RewardInputs(cat(lambda p: p.inputs.queries), cat(lambda p: p.inputs.prompts),
                          cat(lambda p: p.inputs.responses), cat(lambda p: p.inputs.labels)),
             torch.cat([p.rewards for p in parts]), cat(lambda p: p.rollout_logprobs),
@@ -217,7 +217,7 @@ class RolloutCollector:
                 labels.append(prompt.label)
                 rollout_lp.append(torch.tensor(sample.logprobs or [0.0] * len(tokens)))
                 truncated.append(sample.finish_reason == "length")
-        batch = TokenBatch(rows, plens)
+        batch = RowBatch(rows, plens)
         inputs = RewardInputs([a + b for a, b in zip(texts_in, texts_out, strict=True)],
                               texts_in, texts_out, labels, batch)
         rewards, extra = self.score(inputs, truncated, batch.response_lengths(), iteration,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from quartet.codec import decode_token_batch, ragged_to_proto
+from quartet.ppo.training_role import save_response
 from quartet.ppo.wire import decode_value_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
@@ -35,10 +36,7 @@ class CriticServicer(critic_pb2_grpc.CriticServicer):
         )
 
     def Save(self, request, context):
-        if not request.output_dir:
-            raise InvalidArgument("output_dir: must not be empty")
-        hf_dir, ckpt = self.critic.save(request.output_dir, request.tag, request.hf_export)
-        return common_pb2.SaveResponse(hf_dir=hf_dir, checkpoint_dir=ckpt)
+        return save_response(self.critic, request)
 
     def GetInfo(self, request, context):
         return common_pb2.ServiceInfo(role="critic",
