@@ -6,7 +6,7 @@ import torch
 
 from quartet.clients.base import RoleCallError
 from quartet.clients.reference import GrpcReferenceClient
-from quartet.codec import TokenBatch
+from quartet.codec import RowBatch
 from quartet.weightsync import free_port
 
 
@@ -14,7 +14,7 @@ def test_unreachable_service_names_role_address_and_rpc():
     address = f"127.0.0.1:{free_port()}"
     client = GrpcReferenceClient(address, timeout_s=3)
     with pytest.raises(RoleCallError) as info:
-        client.logprobs(TokenBatch([torch.tensor([1, 2, 3])], [1]))
+        client.logprobs(RowBatch([torch.tensor([1, 2, 3])], [1]))
     err = info.value
     assert err.code == grpc.StatusCode.UNAVAILABLE
     assert f"reference at {address}: LogProbs failed with UNAVAILABLE" in str(err)

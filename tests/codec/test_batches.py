@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from quartet.codec import (
     CodecError,
-    TokenBatch,
+    RowBatch,
     decode_token_batch,
     encode_token_batch,
     ragged_from_proto,
@@ -42,7 +42,7 @@ def test_bad_offsets(offsets, match):
 
 
 def _batch():
-    return TokenBatch([torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6])], [2, 1])
+    return RowBatch([torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6])], [2, 1])
 
 
 def test_token_batch_validation():
@@ -78,7 +78,7 @@ def test_row_slices_cover_rows_in_order_within_limit(sizes, limit):
 
 
 def test_token_batch_slices_keep_offsets():
-    batch = TokenBatch([torch.arange(10) for _ in range(5)], [1] * 5)
+    batch = RowBatch([torch.arange(10) for _ in range(5)], [1] * 5)
     pieces = list(token_batch_slices(batch, max_bytes=200))
     assert [p.row_offset for p in pieces] == [0, 2, 4]
     assert sum(len(p) for p in pieces) == 5

@@ -3,13 +3,13 @@
 import torch
 
 from quartet.algos.advantages import gae
-from quartet.codec import TokenBatch
+from quartet.codec import RowBatch
 from quartet.ppo.experience import AdvantageSettings, experience_stats, make_experience
 
 
 def test_gae_experience_matches_hand_computation():
     # two samples: responses of 2 and 1 tokens
-    batch = TokenBatch([torch.tensor([5, 6, 7]), torch.tensor([5, 8])], [1, 1])
+    batch = RowBatch([torch.tensor([5, 6, 7]), torch.tensor([5, 8])], [1, 1])
     old = [torch.tensor([-1.0, -2.0]), torch.tensor([-0.5])]
     ref = [torch.tensor([-1.5, -2.0]), torch.tensor([-0.5])]
     values = [torch.tensor([0.2, 0.4]), torch.tensor([0.1])]
@@ -32,7 +32,7 @@ def test_gae_experience_matches_hand_computation():
 
 
 def test_group_estimator_whitening_and_minibatch_views():
-    batch = TokenBatch([torch.tensor([1, 2, 3])] * 4, [1] * 4)
+    batch = RowBatch([torch.tensor([1, 2, 3])] * 4, [1] * 4)
     lp = [torch.tensor([-1.0, -1.0])] * 4
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])  # two prompts x two samples
     s = AdvantageSettings(estimator="group_norm", n_samples_per_prompt=2)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quartet.codec import CodecError, TokenBatch
+from quartet.codec import CodecError, RowBatch
 from quartet.ppo.batch import (
     PolicyLossSettings,
     PolicyMiniBatch,
@@ -26,7 +26,7 @@ def _policy_mb(n=6, with_ref=True):
     resp = [r.numel() - 2 for r in rows]
     def f(k):
         return [torch.randn(k, generator=g) for k in resp]
-    return PolicyMiniBatch(TokenBatch(rows, plens), f(0), f(0), f(0) if with_ref else None,
+    return PolicyMiniBatch(RowBatch(rows, plens), f(0), f(0), f(0) if with_ref else None,
                            None)
 
 
@@ -78,7 +78,7 @@ def test_bad_loss_settings_and_out_of_order_slices():
 def test_value_minibatch_round_trip():
     g = torch.Generator().manual_seed(1)
     rows = [torch.randint(0, 50, (4,), generator=g) for _ in range(3)]
-    mb = ValueMiniBatch(TokenBatch(rows, [1, 2, 3]), [torch.randn(k) for k in (3, 2, 1)],
+    mb = ValueMiniBatch(RowBatch(rows, [1, 2, 3]), [torch.randn(k) for k in (3, 2, 1)],
                         [torch.randn(k) for k in (3, 2, 1)])
     out, loss, _ = decode_value_minibatch(
         encode_value_minibatch(mb, ValueLossSettings(clip_eps=0.3), common_pb2.RequestHeader()))

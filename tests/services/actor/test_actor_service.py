@@ -6,7 +6,7 @@ import torch
 
 from quartet.clients.actor import GrpcActorClient
 from quartet.clients.base import RoleCallError
-from quartet.codec import TensorAssembler, TokenBatch
+from quartet.codec import RowBatch, TensorAssembler
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, OptimConfig
@@ -39,7 +39,7 @@ def actor_service(tiny_model_path):
 def _batch():
     rows = [torch.tensor([1, 50, 60, 70, 80]), torch.tensor([1, 9, 10]),
             torch.tensor([1, 5, 6, 7]), torch.tensor([1, 30, 31, 32, 33, 34])]
-    return TokenBatch(rows, [2, 1, 3, 2])
+    return RowBatch(rows, [2, 1, 3, 2])
 
 
 def test_logprobs_equal_a_teacher_forced_forward(actor_service, tiny_model_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from quartet.clients.critic import GrpcCriticClient
-from quartet.codec import TokenBatch
+from quartet.codec import RowBatch
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, OptimConfig
@@ -34,7 +34,7 @@ def critic_client(tiny_model_path):
 
 
 def test_values_have_one_per_response_token_and_training_fits_returns(critic_client):
-    batch = TokenBatch([torch.tensor([1, 20, 21, 22]), torch.tensor([1, 40, 41])], [2, 1])
+    batch = RowBatch([torch.tensor([1, 20, 21, 22]), torch.tensor([1, 40, 41])], [2, 1])
     values = critic_client.values(batch)
     assert [v.numel() for v in values] == [2, 2]
     returns = [torch.full((2,), 0.5), torch.full((2,), -0.5)]
