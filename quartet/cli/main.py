@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import threading
 
@@ -88,7 +89,13 @@ def serve(argv: list[str]) -> int:
     loader = threading.Thread(target=_load, name=f"{role}-load", daemon=True)
     loader.start()
     server.wait_for_termination()
-    return 1 if failure else 0
+    code = 1 if failure else 0
+    # The server has drained; skip interpreter teardown, where native extensions loaded by
+    # the engines (vLLM's triton) print leak reports and take seconds to unload.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
