@@ -33,6 +33,23 @@ def run_ppo(out: Path, model: Path, prompts: Path, *extra: str) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def run_grpo(out: Path, model: Path, prompts: Path, *extra: str) -> list[dict]:
+    """A short critic-free run on the digit reward: group_norm, 4 samples per prompt, no KL."""
+    cmd = [
+        sys.executable, "-m", "quartet.cli.main", "ppo",
+        "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
+        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+        "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+        "--rollout.max_new_tokens", "8", "--train.micro_batch_size", "8",
+        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0",
+        "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+        "--actor.learning_rate", "1e-3", *extra,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def gae_run(tmp_path_factory, tiny_model_path, tiny_data):
     out = tmp_path_factory.mktemp("ppo-gae")
@@ -101,23 +118,10 @@ def test_critic_free_run_with_streamed_weight_sync(tmp_path, tiny_model_path, ti
     """group_norm with no KL starts neither critic nor reference; weights travel over the
     gRPC fallback (actor.StreamWeights relayed into rollout.PushWeights)."""
     out = tmp_path / "grpo"
-    cmd = [
-        sys.executable, "-m", "quartet.cli.main", "ppo",
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
-        "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
-        "--rollout.max_new_tokens", "8", "--train.batch_size", "16",
-        "--train.micro_batch_size", "8", "--train.num_iterations", "3",
-        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0",
-        "--vllm.sync_backend", "grpc", "--ckpt.output_dir", str(out),
-        "--ds.param_dtype", "fp32", "--ds.zero_stage", "0", "--actor.learning_rate", "1e-3",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    history = run_grpo(out, tiny_model_path, tiny_data["prompts"], "--train.batch_size", "16",
+                       "--train.num_iterations", "3", "--vllm.sync_backend", "grpc")
     started = {p.stem for p in (out / "logs").glob("*.log")}
     assert started == {"actor", "reward0", "rollout0"}, started
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["rollout_weight_version"] for m in history] == [0, 1, 2]
     assert all(m["rollout_logprob_diff"] < 1e-3 for m in history)
     assert "critic/value_loss" not in history[-1]
@@ -144,24 +148,11 @@ def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_mode
                                                              tiny_data):
     """Generation of iteration k+1 overlaps training of k (one version stale), truncated IS
     corrects for it, and groups whose samples all score the same are filtered out."""
-    out = tmp_path / "async"
-    cmd = [
-        sys.executable, "-m", "quartet.cli.main", "ppo",
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
-        "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
-        "--rollout.max_new_tokens", "8", "--train.batch_size", "8",
-        "--train.micro_batch_size", "8", "--train.num_iterations", "4",
-        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0",
-        "--train.async_enable", "--algo.is_correction_cap", "2.0",
-        "--algo.dynamic_filtering_enable", "--algo.dynamic_filtering_reward_range", "0", "1",
-        "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
-        "--actor.learning_rate", "1e-3",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    history = run_grpo(tmp_path / "async", tiny_model_path, tiny_data["prompts"],
+                       "--train.batch_size", "8", "--train.num_iterations", "4",
+                       "--train.async_enable", "--algo.is_correction_cap", "2.0",
+                       "--algo.dynamic_filtering_enable",
+                       "--algo.dynamic_filtering_reward_range", "0", "1")
     trained = [m for m in history if not m.get("skipped")]
     assert trained, history
     # iteration 1 samples come from v0 synchronously; later ones were generated one
