@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from quartet.config.base import check
 
 
+def check_batch_sizes(batch_size: int, micro_batch_size: int) -> None:
+    """``--train.batch_size`` rows per optimizer step, split into whole micro-batches."""
+    check(batch_size > 0, "batch_size", f"must be > 0, got {batch_size}")
+    check(micro_batch_size > 0, "micro_batch_size", f"must be > 0, got {micro_batch_size}")
+    check(batch_size % micro_batch_size == 0, "batch_size",
+          f"{batch_size} is not a multiple of --train.micro_batch_size {micro_batch_size}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How much data per optimizer step and for how long."""
@@ -24,10 +32,5 @@ class TrainConfig:
     Simulates preemption; resume with --ckpt.load_enable."""
 
     def __post_init__(self) -> None:
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(self.micro_batch_size > 0, "micro_batch_size",
-              f"must be > 0, got {self.micro_batch_size}")
-        check(self.batch_size % self.micro_batch_size == 0, "batch_size",
-              f"{self.batch_size} is not a multiple of --train.micro_batch_size "
-              f"{self.micro_batch_size}")
+        check_batch_sizes(self.batch_size, self.micro_batch_size)
         check(self.max_epochs > 0, "max_epochs", f"must be > 0, got {self.max_epochs}")

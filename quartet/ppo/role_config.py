@@ -12,6 +12,7 @@ from quartet.config.base import check, flat_group
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, MuonConfig, OptimConfig
+from quartet.config.train import check_batch_sizes
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,7 @@ class RoleTrainConfig:
     """Seed for new heads and dropout."""
 
     def __post_init__(self) -> None:
-        check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        check(self.micro_batch_size > 0, "micro_batch_size",
-              f"must be > 0, got {self.micro_batch_size}")
-        check(self.batch_size % self.micro_batch_size == 0, "batch_size",
-              f"{self.batch_size} is not a multiple of --train.micro_batch_size "
-              f"{self.micro_batch_size}")
+        check_batch_sizes(self.batch_size, self.micro_batch_size)
         check(self.total_steps > 0, "total_steps", f"must be > 0, got {self.total_steps}")
 
 

@@ -18,6 +18,7 @@ from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.eval import EvalConfig
 from quartet.config.logger import LoggerConfig
 from quartet.config.optim import OptimConfig
+from quartet.config.train import check_batch_sizes
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,7 @@ class PPOTrainGroup:
     """Generate the next rollout batch while this one trains (one version stale)."""
 
     def __post_init__(self) -> None:
-        check(self.batch_size % self.micro_batch_size == 0, "batch_size",
-              f"{self.batch_size} is not a multiple of --train.micro_batch_size "
-              f"{self.micro_batch_size}")
+        check_batch_sizes(self.batch_size, self.micro_batch_size)
         check(self.num_iterations > 0, "num_iterations", f"must be > 0, got {self.num_iterations}")
 
 
