@@ -89,12 +89,14 @@ class LocalWeightSync:
         self.dtype = DTYPES[dtype]
 
     def __call__(self, version: int) -> dict[str, float]:
+        # One snapshot for every engine: under ZeRO-3 a gathered parameter is only valid
+        # while it is yielded, so it is copied, and gathered once rather than per engine.
+        with self.actor.lock:
+            named = [(n, t.detach().clone()) for n, t in self.actor.named_weights(self.dtype)]
+        specs = [TensorSpec.of(n, t) for n, t in named]
         seconds = 0.0
         for engine in self.engines:
-            with self.actor.lock:
-                named = list(self.actor.named_weights(self.dtype))
-                specs = [TensorSpec.of(n, t) for n, t in named]
-                result = engine.push_weights(version, specs, iter(named))
+            result = engine.push_weights(version, specs, iter(named))
             seconds = max(seconds, result.load_seconds)
         return {"load_seconds": seconds}
 

@@ -43,6 +43,7 @@ class GroupWeightSync:
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
         self.timeout_s = timeout_s
+        self._specs: list[TensorSpec] | None = None
 
     def setup(self) -> None:
         """Every member joins the group concurrently (rendezvous through the actor's store)."""
@@ -62,9 +63,14 @@ class GroupWeightSync:
                  len(self.rollouts), self.backend)
 
     def manifest(self) -> list[TensorSpec]:
-        msg = self.actor._call("GetWeightManifest", self.actor.stub.GetWeightManifest,
-                               actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
-        return [TensorSpec.from_proto(t, f"tensors[{i}]") for i, t in enumerate(msg.tensors)]
+        """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once
+        (under ZeRO-3 answering it gathers every parameter)."""
+        if self._specs is None:
+            msg = self.actor._call("GetWeightManifest", self.actor.stub.GetWeightManifest,
+                                   actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
+            self._specs = [TensorSpec.from_proto(t, f"tensors[{i}]")
+                           for i, t in enumerate(msg.tensors)]
+        return self._specs
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
@@ -103,9 +109,18 @@ class StreamedWeightSync:
         self.rollouts = list(rollouts)
         self.dtype = WIRE_DTYPES[dtype]
         self.chunk_bytes = chunk_bytes
+        self._manifest: actor_pb2.WeightManifest | None = None
 
     def setup(self) -> None:
         return None
+
+    def manifest(self) -> actor_pb2.WeightManifest:
+        """Asked once per run, as in GroupWeightSync."""
+        if self._manifest is None:
+            self._manifest = self.actor._call(
+                "GetWeightManifest", self.actor.stub.GetWeightManifest,
+                actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
+        return self._manifest
 
     def _push_one(self, rollout: GrpcRolloutClient, version: int,
                   manifest: actor_pb2.WeightManifest) -> float:
@@ -123,8 +138,7 @@ class StreamedWeightSync:
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
-        manifest = self.actor._call("GetWeightManifest", self.actor.stub.GetWeightManifest,
-                                    actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
+        manifest = self.manifest()
         with ThreadPoolExecutor(len(self.rollouts)) as pool:
             loads = list(pool.map(lambda r: self._push_one(r, version, manifest), self.rollouts))
         return {"seconds": time.perf_counter() - start, "load_seconds": max(loads)}
