@@ -32,9 +32,11 @@ __all__ = [
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
-# OpenRLHF clamps every per-token estimate to [-10, 10]; so does quartet. The log-ratio is also
-# clamped to [-10, 10] before k3's exp: exp(10) ~ 2.2e4 is finite even in fp16, so a token on
-# which the models disagree wildly cannot give inf forward or 0 * inf = NaN backward.
+# OpenRLHF 0.11 clamps every per-token estimate to [-10, 10]; so does quartet. For k3 it also
+# bounds the exponent from above before exp (log r <= 10; OpenRLHF writes it as a lower clamp of
+# its log pi - log p_ref): exp(10) ~ 2.2e4 is finite even in fp16, so a token on which the models
+# disagree wildly cannot give inf forward or 0 * inf = NaN backward. The other side is left
+# alone: at log r = -40, k3 = 39 and the output clamp makes it 10, as in OpenRLHF.
 KL_CLAMP = 10.0
 
 
@@ -46,10 +48,11 @@ def approx_kl(
 ) -> Tensor:
     """Per-token estimate of ``KL(policy || reference)``, shaped like ``logprobs``.
 
-    Each estimate is clamped to ``[-10, 10]`` (as OpenRLHF does), bounding what one token can
-    contribute; for ``k3`` the log-ratio is also clamped to ``[-10, 10]`` *before* ``exp`` so
-    the exponential can never overflow to ``inf`` (and give NaN gradients). Neither clamp binds
-    in normal training. Masked positions are 0, and are zeroed before ``exp`` too.
+    Each estimate is clamped to ``[-10, 10]`` (as OpenRLHF 0.11 does), bounding what one token
+    can contribute; for ``k3`` the exponent ``log r`` is also capped at 10 *before* ``exp`` (as
+    OpenRLHF 0.11 does) so the exponential can never overflow to ``inf`` (and give NaN
+    gradients). Neither clamp binds in normal training. Masked positions are 0, and are zeroed
+    before ``exp`` too.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {estimator!r}; allowed: {', '.join(KL_ESTIMATORS)}")
@@ -62,7 +65,7 @@ def approx_kl(
     elif estimator == "k2":
         kl = 0.5 * log_ratio.square()
     else:
-        log_ratio = log_ratio.clamp(-KL_CLAMP, KL_CLAMP)
+        log_ratio = log_ratio.clamp(max=KL_CLAMP)
         kl = torch.expm1(log_ratio) - log_ratio
     kl = kl.clamp(-KL_CLAMP, KL_CLAMP)
     if mask is not None:

@@ -35,6 +35,9 @@ __all__ = [
     "value_loss",
 ]
 
+# Bound of the PPO log-ratio before exp, as OpenRLHF 0.11's PolicyLoss.
+LOG_RATIO_CLAMP = 20.0
+
 REDUCTIONS = ("token_mean", "sequence_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 RM_LOSS_TYPES = ("sigmoid", "logexp")
 
@@ -257,7 +260,7 @@ def policy_loss(
 ) -> PolicyLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
 
-    Per token, ``rho = exp(logprobs - old_logprobs)`` and
+    Per token, ``rho = exp(clamp(logprobs - old_logprobs, -20, 20))`` and
     ``L = -min(rho * A, clip(rho, 1 - clip_eps_low, 1 + clip_eps_high) * A)``.
     ``clip_eps_high > clip_eps_low`` is DAPO's clip-higher (Yu et al. 2025). ``dual_clip = c``
     (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"), ``c > 1``: for
@@ -273,7 +276,9 @@ def policy_loss(
     zeros = torch.zeros_like(logprobs)
     # Zero the log-ratio at padding before exp: garbage there must not overflow into NaN grads.
     log_ratio = torch.where(m, logprobs - old_logprobs, zeros)
-    ratio = log_ratio.exp()
+    # OpenRLHF 0.11 clamps the exponent to [-20, 20] (exp(20) ~ 4.9e8): a token whose policy
+    # moved absurdly far gives a bounded loss and a zero gradient instead of 1e16 or inf.
+    ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
     adv = torch.where(m, advantages, torch.zeros_like(advantages))
     surr_unclipped = ratio * adv
     surr_clipped = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high) * adv

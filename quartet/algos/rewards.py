@@ -60,8 +60,10 @@ def shape_rewards(
     """Per-token rewards ``[B, T]``: ``-kl_coef * kl`` on every valid token, plus the scalar
     reward (clipped first when ``reward_clip`` is given) on the last valid token of each row.
 
-    ``kl`` may be None (KL in the loss instead, or no KL at all). Masked positions are 0. A row
-    with no valid token gets all zeros: its scalar reward has nowhere to go and is dropped.
+    ``kl`` may be None (KL in the loss instead, or no KL at all). A ``kl_coef <= 0`` means no
+    penalty (as in OpenRLHF): a negative coefficient never turns the penalty into a bonus.
+    Masked positions are 0. A row with no valid token gets all zeros: its scalar reward has
+    nowhere to go and is dropped.
     """
     m = as_bool_mask(action_mask)
     if scalar_reward.dim() != 1 or scalar_reward.shape[0] != m.shape[0]:
@@ -78,7 +80,7 @@ def shape_rewards(
     token_rewards = torch.where(
         at_eos, reward.to(dtype).unsqueeze(-1), torch.zeros(m.shape, dtype=dtype, device=m.device)
     )
-    if kl is not None and kl_coef != 0:
+    if kl is not None and kl_coef > 0:
         token_rewards = token_rewards - kl_coef * torch.where(m, kl.to(dtype), 0.0)
     return token_rewards
 

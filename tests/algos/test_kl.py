@@ -39,13 +39,14 @@ def test_estimates_are_clamped_and_grads_finite():
     logp = torch.tensor([[0.0, -1000.0, -3.0]], requires_grad=True)
     ref = torch.tensor([[-1000.0, 0.0, -2.0]])
     out = approx_kl(logp, ref, "k3")
-    # log r = -1000 -> clamped to -10: e^-10 - 1 + 10 = 9.0000454 (inside the output clamp)
-    # log r = +1000 -> clamped to +10: e^10 - 11 = 22015.5 -> output clamped to 10
+    # log r = -1000 (not clamped from below): e^-1000 - 1 + 1000 = 999 -> output clamped to 10
+    # log r = +1000 -> capped at +10 before exp: e^10 - 11 = 22015.5 -> output clamped to 10
     # log r = 1: e - 1 - 1 = 0.7182818
-    torch.testing.assert_close(out, torch.tensor([[math.exp(-10) + 9, 10.0, math.e - 2]]))
+    torch.testing.assert_close(out, torch.tensor([[10.0, 10.0, math.e - 2]]))
     out.sum().backward()
     assert torch.isfinite(logp.grad).all()
-    assert logp.grad[0, 1].item() == 0.0  # clamped estimate: no gradient
+    assert logp.grad[0, 0].item() == 0.0  # clamped estimate: no gradient
+    assert logp.grad[0, 1].item() == 0.0
     k1 = approx_kl(logp.detach(), ref, "k1")
     torch.testing.assert_close(k1, torch.tensor([[10.0, -10.0, -1.0]]))
     assert approx_kl(logp.detach(), ref, "k2")[0, 2].item() == pytest.approx(0.5)
@@ -94,3 +95,20 @@ def test_controller_state_and_validation():
         AdaptiveKLController(0.1, 1.0, 0)
     with pytest.raises(ValueError):
         FixedKLController(-1.0)
+
+
+@pytest.mark.parametrize("log_pi_minus_ref, expected", [
+    (40.0, 10.0),             # log r = -40: e^-40 - 1 + 40 = 39 -> 10 (OpenRLHF 0.11)
+    (100.0, 10.0),
+    (5.0, math.exp(-5) + 4),  # log r = -5: 4.0067379, inside the clamp
+    (-40.0, 10.0),            # log r = 40 capped at 10 before exp: e^10 - 11 -> 10
+    (-100.0, 10.0),
+    (-2.0, math.exp(2) - 3),  # log r = 2: 4.3890561
+])
+def test_k3_matches_openrlhf_011_at_extreme_log_ratios(log_pi_minus_ref, expected):
+    logp = torch.tensor([[log_pi_minus_ref]], requires_grad=True)
+    ref = torch.zeros(1, 1)
+    out = approx_kl(logp, ref, "k3")
+    assert out.item() == pytest.approx(expected, rel=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(logp.grad).all()

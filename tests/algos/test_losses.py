@@ -316,3 +316,20 @@ def test_kl_loss_reduces_approx_kl():
     assert loss.item() == pytest.approx(0.5 * math.log(0.5) ** 2)
     loss.backward()
     assert torch.isfinite(logp.grad).all()
+
+
+@pytest.mark.parametrize("log_ratio", [40.0, 100.0, -40.0, -100.0])
+@pytest.mark.parametrize("adv", [1.0, -1.0])
+def test_policy_loss_clamps_log_ratio_to_20_like_openrlhf(log_ratio, adv):
+    """rho = exp(clamp(log_ratio, -20, 20)); past the clamp the loss is bounded, grads are 0."""
+    logp = torch.tensor([[log_ratio]], requires_grad=True)
+    old = torch.zeros(1, 1)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    a = torch.tensor([[adv]])
+    out = policy_loss(logp, old, a, mask)
+    rho = math.exp(max(min(log_ratio, 20.0), -20.0))
+    expected = -min(rho * adv, min(max(rho, 0.8), 1.2) * adv)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    out.loss.backward()
+    assert torch.isfinite(logp.grad).all()
+    assert abs(logp.grad.item()) < 1e9

@@ -122,3 +122,12 @@ def test_stop_properly_penalty_scale_and_fixed():
     )
     with pytest.raises(ValueError):
         stop_properly_penalty(rewards, truncated, 1.5)
+
+
+def test_negative_kl_coef_is_no_penalty_not_a_bonus():
+    """OpenRLHF's compute_reward treats kl_coef <= 0 as 0."""
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    kl = torch.tensor([[0.5, 2.0, 9.0]])
+    reward = torch.tensor([1.0])
+    out = shape_rewards(reward, kl, mask, kl_coef=-0.1)
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1.0, 0.0]]))
