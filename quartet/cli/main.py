@@ -24,6 +24,8 @@ FORWARDED = {
     "rm": "quartet.cli.train_rm",
     "dpo": "quartet.cli.train_dpo",
     "ppo": "quartet.cli.train_ppo",
+    "kto": "quartet.cli.train_kto",
+    "kd": "quartet.cli.train_kd",
     "lora-combine": "quartet.cli.lora_combiner",
 }
 

@@ -70,3 +70,17 @@ RENAMED_FLAGS: dict[str, str] = {
     "--adam_betas": "--adam.betas",
     "--l2": "--adam.weight_decay",
 }
+
+# KTO, distillation and PRM (OpenRLHF's train_kto / train_kd / train_prm).
+RENAMED_FLAGS.update({
+    "--prompt_key": "--data.prompt_key",
+    "--label_key": "--data.label_key",
+    "--vanilla_loss": "--model.vanilla_loss",
+    "--desirable_loss_weight": "--model.desirable_loss_weight",
+    "--undesirable_loss_weight": "--model.undesirable_loss_weight",
+    "--kd_coef": "--model.kd_coef",
+    "--teacher_model": "--teacher.model_name_or_path",
+    "--teacher_offload": "--teacher.offload",
+    "--placeholder_token": "--model.placeholder_token",
+    "--reward_tokens": "--model.reward_tokens",
+})

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from quartet.algos.losses import dpo_loss, sft_loss, token_logprobs
+from quartet.algos.losses import dpo_loss, sft_loss
 from quartet.config.jobs import DPOJobConfig
-from quartet.config.model import ModelConfig
 from quartet.data.batch import TokenBatch, collate
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
 from quartet.data.sources import RowSource
-from quartet.engines.inference_engine import InferenceEngine
 from quartet.engines.train_engine import TrainEngine
-from quartet.models.loading import load_causal_lm
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
+from quartet.trainers.frozen import frozen_causal_lm
+from quartet.trainers.logps import sequence_logps
 
 __all__ = ["DPOTrainer"]
 
@@ -30,29 +28,13 @@ class DPOTrainer(BaseTrainer):
         j = self.job
         engine = TrainEngine.causal_lm(j.model, j.ds, j.optim, j.adam, j.muon,
                                        **self.engine_args())
-        ref_path = j.ref.model_name_or_path or j.model.model_name_or_path
-        ref_model = ModelConfig(model_name_or_path=ref_path, gguf_file=j.model.gguf_file,
-                                trust_remote_code=j.model.trust_remote_code)
-        # The reference never trains: no LoRA, no checkpointing, no quantisation.
-        from dataclasses import replace
-
-        ref_ds = replace(j.ds, lora=replace(j.ds.lora, rank=0), load_in_4bit=False)
-        self.reference = InferenceEngine(load_causal_lm(ref_model, ref_ds), self.world.device,
-                                         engine.dtype, engine.attn_implementation,
-                                         offload=j.ref.offload)
+        self.reference = frozen_causal_lm(j.ref.model_name_or_path or j.model.model_name_or_path,
+                                          j.model, j.ds, engine, self.world, j.ref.offload)
         return engine
 
     def _sequence_logps(self, batch: TokenBatch, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample summed response log-probs, token log-probs and the target mask."""
-        labels, mask, sample_ids = batch.shifted()
-        device = logits.device
-        logprobs = token_logprobs(logits[:, :-1], labels.to(device))
-        mask, sample_ids = mask.to(device), sample_ids.to(device)
-        sums = batch.to(device).per_sample_sum(logprobs, mask, sample_ids)
-        if self.job.dpo.ipo_enable:
-            counts = batch.to(device).per_sample_sum(torch.ones_like(logprobs), mask, sample_ids)
-            sums = sums / counts.clamp(min=1.0)
-        return sums, logprobs, mask & (sample_ids >= 0)
+        return sequence_logps(batch, logits, length_normalize=self.job.dpo.ipo_enable)
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, dict[str, Tensor], int]:
         n = len(samples)

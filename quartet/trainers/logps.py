@@ -1,0 +1,29 @@
+"""Summed response log-probs per sample, the quantity DPO, KTO and iterative DPO compare."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from quartet.algos.losses import token_logprobs
+from quartet.data.batch import TokenBatch
+
+__all__ = ["sequence_logps"]
+
+
+def sequence_logps(batch: TokenBatch, logits: Tensor,
+                   length_normalize: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``(per-sample sums [N], token log-probs [R, T-1], target mask [R, T-1])``.
+
+    ``length_normalize`` divides each sum by the sample's target count (IPO's average).
+    """
+    labels, mask, sample_ids = batch.shifted()
+    device = logits.device
+    logprobs = token_logprobs(logits[:, :-1], labels.to(device))
+    mask, sample_ids = mask.to(device), sample_ids.to(device)
+    on_device = batch.to(device)
+    sums = on_device.per_sample_sum(logprobs, mask, sample_ids)
+    if length_normalize:
+        counts = on_device.per_sample_sum(torch.ones_like(logprobs), mask, sample_ids)
+        sums = sums / counts.clamp(min=1.0)
+    return sums, logprobs, mask & (sample_ids >= 0)
