@@ -21,7 +21,8 @@ def _unpaired(path, pairs_file):
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     with open(path, "w") as f:
         for r in rows:
-            f.write(json.dumps({"prompt": r["prompt"], "output": r["chosen"], "label": True}) + "\n")
+            f.write(json.dumps({"prompt": r["prompt"], "output": r["chosen"],
+                                "label": True}) + "\n")
             f.write(json.dumps({"prompt": r["prompt"], "output": r["rejected"],
                                 "label": "undesirable"}) + "\n")
     return path
