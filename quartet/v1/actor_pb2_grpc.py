@@ -50,6 +50,11 @@ class ActorStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.SaveRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.SaveResponse.FromString,
                 _registered_method=True)
+        self.PrepareRun = channel.unary_unary(
+                '/quartet.v1.Actor/PrepareRun',
+                request_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
+                _registered_method=True)
         self.InitWeightGroup = channel.unary_unary(
                 '/quartet.v1.Actor/InitWeightGroup',
                 request_serializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.SerializeToString,
@@ -97,6 +102,13 @@ class ActorServicer:
 
     def Save(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareRun(self, request, context):
+        """Announce a run and its training settings before its first step (see PrepareRunRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -153,6 +165,11 @@ def add_ActorServicer_to_server(servicer, server):
                     servicer.Save,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.SaveRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.SaveResponse.SerializeToString,
+            ),
+            'PrepareRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRun,
+                    request_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.SerializeToString,
             ),
             'InitWeightGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.InitWeightGroup,
@@ -261,6 +278,33 @@ class Actor:
             '/quartet.v1.Actor/Save',
             quartet_dot_v1_dot_common__pb2.SaveRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.SaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Actor/PrepareRun',
+            quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
+            quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

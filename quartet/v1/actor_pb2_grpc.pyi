@@ -41,6 +41,8 @@ class ActorStub:
     TrainStep: _grpc.StreamUnaryMultiCallable[_actor_pb2.ActorTrainStepRequest, _actor_pb2.TrainStepResponse]
     """One PPO update (one optimizer step) on a mini-batch of experience streamed in slices."""
     Save: _grpc.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]
+    PrepareRun: _grpc.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]
+    """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     InitWeightGroup: _grpc.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _grpc.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]
@@ -63,6 +65,8 @@ class ActorAsyncStub(ActorStub):
     TrainStep: _aio.StreamUnaryMultiCallable[_actor_pb2.ActorTrainStepRequest, _actor_pb2.TrainStepResponse]  # type: ignore[assignment]
     """One PPO update (one optimizer step) on a mini-batch of experience streamed in slices."""
     Save: _aio.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]  # type: ignore[assignment]
+    PrepareRun: _aio.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]  # type: ignore[assignment]
+    """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     InitWeightGroup: _aio.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]  # type: ignore[assignment]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _aio.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]  # type: ignore[assignment]
@@ -100,6 +104,14 @@ class ActorServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.SaveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.SaveResponse, _abc.Awaitable[_common_pb2.SaveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrepareRun(
+        self,
+        request: _common_pb2.PrepareRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.PrepareRunResponse, _abc.Awaitable[_common_pb2.PrepareRunResponse]]:
+        """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
 
     @_abc_1.abstractmethod
     def InitWeightGroup(

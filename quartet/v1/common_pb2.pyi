@@ -168,7 +168,9 @@ class RequestHeader(_message.Message):
     policy_version: _builtins.int
     """Policy version the caller believes is current (actor weights version)."""
     request_id: _builtins.str
-    """Free-form id for logs and traces."""
+    """Free-form id for logs and traces. Deduplication of retried mutating calls uses the
+    `x-quartet-request-id` call metadata (same id on every attempt), see docs/reliability.md.
+    """
     def __init__(
         self,
         *,
@@ -521,3 +523,114 @@ class InitWeightGroupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InitWeightGroupResponse: _TypeAlias = InitWeightGroupResponse  # noqa: Y015
+
+@_typing.final
+class TrainSettings(_message.Message):
+    """A run's training settings for a trainable role (actor, critic), sent by the coordinator
+    before the run's first step so a pre-started service never trains with settings that
+    silently differ from the run's (see PrepareRun).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
+    LR_SCHEDULER_FIELD_NUMBER: _builtins.int
+    LR_WARMUP_RATIO_FIELD_NUMBER: _builtins.int
+    MIN_LR_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_NORM_FIELD_NUMBER: _builtins.int
+    WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MICRO_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    learning_rate: _builtins.float
+    optimizer: _builtins.str
+    """"adam" or "muon"."""
+    lr_scheduler: _builtins.str
+    lr_warmup_ratio: _builtins.float
+    min_lr_ratio: _builtins.float
+    max_norm: _builtins.float
+    weight_decay: _builtins.float
+    total_steps: _builtins.int
+    """Optimizer steps the run's LR schedule spans."""
+    batch_size: _builtins.int
+    """Rows per TrainStep and per forward/backward."""
+    micro_batch_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        learning_rate: _builtins.float = ...,
+        optimizer: _builtins.str = ...,
+        lr_scheduler: _builtins.str = ...,
+        lr_warmup_ratio: _builtins.float = ...,
+        min_lr_ratio: _builtins.float = ...,
+        max_norm: _builtins.float = ...,
+        weight_decay: _builtins.float = ...,
+        total_steps: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        micro_batch_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "learning_rate", b"learning_rate", "lr_scheduler", b"lr_scheduler", "lr_warmup_ratio", b"lr_warmup_ratio", "max_norm", b"max_norm", "micro_batch_size", b"micro_batch_size", "min_lr_ratio", b"min_lr_ratio", "optimizer", b"optimizer", "total_steps", b"total_steps", "weight_decay", b"weight_decay"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainSettings: _TypeAlias = TrainSettings  # noqa: Y015
+
+@_typing.final
+class PrepareRunRequest(_message.Message):
+    """Start (or re-announce) a run on a trainable role: the role checks `train` against its own
+    configuration, refusing a mismatch with FAILED_PRECONDITION naming the field, and restarts
+    its per-run state (LR schedule over train.total_steps, weight versions) for a new run id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    TRAIN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___RequestHeader:
+        """header.run_id names the run."""
+
+    @_builtins.property
+    def train(self) -> Global___TrainSettings: ...
+    def __init__(
+        self,
+        *,
+        header: Global___RequestHeader | None = ...,
+        train: Global___TrainSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "train", b"train"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "train", b"train"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareRunRequest: _TypeAlias = PrepareRunRequest  # noqa: Y015
+
+@_typing.final
+class PrepareRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    NEW_RUN_FIELD_NUMBER: _builtins.int
+    GLOBAL_STEP_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    new_run: _builtins.bool
+    """True when the run id was new to the service (its per-run state was restarted)."""
+    global_step: _builtins.int
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        new_run: _builtins.bool = ...,
+        global_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_step", b"global_step", "new_run", b"new_run", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareRunResponse: _TypeAlias = PrepareRunResponse  # noqa: Y015

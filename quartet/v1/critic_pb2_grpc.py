@@ -50,6 +50,11 @@ class CriticStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.SaveRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.SaveResponse.FromString,
                 _registered_method=True)
+        self.PrepareRun = channel.unary_unary(
+                '/quartet.v1.Critic/PrepareRun',
+                request_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/quartet.v1.Critic/GetInfo',
                 request_serializer=quartet_dot_v1_dot_common__pb2.GetInfoRequest.SerializeToString,
@@ -80,6 +85,13 @@ class CriticServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareRun(self, request, context):
+        """Announce a run and its training settings before its first step (see PrepareRunRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -103,6 +115,11 @@ def add_CriticServicer_to_server(servicer, server):
                     servicer.Save,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.SaveRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.SaveResponse.SerializeToString,
+            ),
+            'PrepareRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareRun,
+                    request_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -191,6 +208,33 @@ class Critic:
             '/quartet.v1.Critic/Save',
             quartet_dot_v1_dot_common__pb2.SaveRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.SaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Critic/PrepareRun',
+            quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
+            quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

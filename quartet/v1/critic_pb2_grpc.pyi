@@ -37,6 +37,8 @@ class CriticStub:
     TrainStep: _grpc.StreamUnaryMultiCallable[_critic_pb2.CriticTrainStepRequest, _critic_pb2.CriticTrainStepResponse]
     """One clipped-value-loss update on a mini-batch streamed in slices."""
     Save: _grpc.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]
+    PrepareRun: _grpc.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]
+    """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]
 
 @_typing.type_check_only
@@ -47,6 +49,8 @@ class CriticAsyncStub(CriticStub):
     TrainStep: _aio.StreamUnaryMultiCallable[_critic_pb2.CriticTrainStepRequest, _critic_pb2.CriticTrainStepResponse]  # type: ignore[assignment]
     """One clipped-value-loss update on a mini-batch streamed in slices."""
     Save: _aio.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]  # type: ignore[assignment]
+    PrepareRun: _aio.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]  # type: ignore[assignment]
+    """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]  # type: ignore[assignment]
 
 class CriticServicer(metaclass=_abc_1.ABCMeta):
@@ -72,6 +76,14 @@ class CriticServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.SaveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.SaveResponse, _abc.Awaitable[_common_pb2.SaveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrepareRun(
+        self,
+        request: _common_pb2.PrepareRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.PrepareRunResponse, _abc.Awaitable[_common_pb2.PrepareRunResponse]]:
+        """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
 
     @_abc_1.abstractmethod
     def GetInfo(

@@ -60,6 +60,11 @@ class RolloutStub:
                 request_serializer=quartet_dot_v1_dot_rollout__pb2.PushWeightsRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_rollout__pb2.FinishWeightUpdateResponse.FromString,
                 _registered_method=True)
+        self.AbortWeightUpdate = channel.unary_unary(
+                '/quartet.v1.Rollout/AbortWeightUpdate',
+                request_serializer=quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/quartet.v1.Rollout/GetInfo',
                 request_serializer=quartet_dot_v1_dot_common__pb2.GetInfoRequest.SerializeToString,
@@ -107,6 +112,15 @@ class RolloutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbortWeightUpdate(self, request, context):
+        """Abandon the open update session (timeout, a sender that died, a failed load): the
+        replica keeps serving its previous complete version and takes the next session.
+        A no-op (aborted=false) when no session for `version` is open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -140,6 +154,11 @@ def add_RolloutServicer_to_server(servicer, server):
                     servicer.PushWeights,
                     request_deserializer=quartet_dot_v1_dot_rollout__pb2.PushWeightsRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_rollout__pb2.FinishWeightUpdateResponse.SerializeToString,
+            ),
+            'AbortWeightUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortWeightUpdate,
+                    request_deserializer=quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -282,6 +301,33 @@ class Rollout:
             '/quartet.v1.Rollout/PushWeights',
             quartet_dot_v1_dot_rollout__pb2.PushWeightsRequest.SerializeToString,
             quartet_dot_v1_dot_rollout__pb2.FinishWeightUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortWeightUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Rollout/AbortWeightUpdate',
+            quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateRequest.SerializeToString,
+            quartet_dot_v1_dot_rollout__pb2.AbortWeightUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,

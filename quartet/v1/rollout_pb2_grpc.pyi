@@ -48,6 +48,11 @@ class RolloutStub:
     """Wait until the session's tensors arrived, load them and serve the new version."""
     PushWeights: _grpc.StreamUnaryMultiCallable[_rollout_pb2.PushWeightsRequest, _rollout_pb2.FinishWeightUpdateResponse]
     """Fallback data plane: the weights themselves streamed over gRPC, then loaded."""
+    AbortWeightUpdate: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.AbortWeightUpdateRequest, _rollout_pb2.AbortWeightUpdateResponse]
+    """Abandon the open update session (timeout, a sender that died, a failed load): the
+    replica keeps serving its previous complete version and takes the next session.
+    A no-op (aborted=false) when no session for `version` is open.
+    """
     GetInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]
 
 @_typing.type_check_only
@@ -67,6 +72,11 @@ class RolloutAsyncStub(RolloutStub):
     """Wait until the session's tensors arrived, load them and serve the new version."""
     PushWeights: _aio.StreamUnaryMultiCallable[_rollout_pb2.PushWeightsRequest, _rollout_pb2.FinishWeightUpdateResponse]  # type: ignore[assignment]
     """Fallback data plane: the weights themselves streamed over gRPC, then loaded."""
+    AbortWeightUpdate: _aio.UnaryUnaryMultiCallable[_rollout_pb2.AbortWeightUpdateRequest, _rollout_pb2.AbortWeightUpdateResponse]  # type: ignore[assignment]
+    """Abandon the open update session (timeout, a sender that died, a failed load): the
+    replica keeps serving its previous complete version and takes the next session.
+    A no-op (aborted=false) when no session for `version` is open.
+    """
     GetInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]  # type: ignore[assignment]
 
 class RolloutServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +123,17 @@ class RolloutServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rollout_pb2.FinishWeightUpdateResponse, _abc.Awaitable[_rollout_pb2.FinishWeightUpdateResponse]]:
         """Fallback data plane: the weights themselves streamed over gRPC, then loaded."""
+
+    @_abc_1.abstractmethod
+    def AbortWeightUpdate(
+        self,
+        request: _rollout_pb2.AbortWeightUpdateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.AbortWeightUpdateResponse, _abc.Awaitable[_rollout_pb2.AbortWeightUpdateResponse]]:
+        """Abandon the open update session (timeout, a sender that died, a failed load): the
+        replica keeps serving its previous complete version and takes the next session.
+        A no-op (aborted=false) when no session for `version` is open.
+        """
 
     @_abc_1.abstractmethod
     def GetInfo(
