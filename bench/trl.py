@@ -1,0 +1,275 @@
+"""`python -m bench trl --algo grpo|dpo|rm`: quartet against TRL on identical work, one run.
+
+Both sides train SmolLM2-135M-Instruct (fp32, CPU, ZeRO-0 / plain torch) from the same
+plain HF directory (`quartet.demo.model.prepare_model`), on the same data, with the same
+batch and micro-batch sizes; the runs are interleaved (quartet, TRL, then TRL, quartet with
+`--repeats 2` ...) so the shared host's load hits both alike. TRL runs in its own virtualenv
+(`bench/trl_env.py`: pinned versions, torch from the same CPU wheel), as a subprocess
+(`bench/_trl_worker.py`), with 2 threads as a user would run it.
+
+The work (`--algo`):
+- grpo: 16 prompts x 4 samples of the demo's arithmetic problems (chat template), at most 32
+  new tokens, temperature 1, the demo's verifier as reward, group-normalised advantages,
+  k3 KL against the frozen reference in the loss (beta 0.04), token-mean loss, lr 1e-6, one
+  optimizer step of 64 rows per iteration (micro-batch 8); quartet: `quartet ppo` with
+  actor, reference, reward and vLLM rollout services; TRL: `GRPOTrainer` (HF generate).
+- dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
+  beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
+- rm: 4 pairs per step; `quartet rm` vs `RewardTrainer`.
+
+Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
+samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
+`wall_ratio` = TRL's whole command seconds / quartet's (start-up, model loading and the
+final save included). Peak memory is the largest sum of RSS over each command's whole
+process tree, sampled every 0.2 s. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "_trl_worker.py"
+
+WORK = {
+    # algo: rows or pairs per optimizer step, micro-batch, unit
+    "grpo": {"batch": 64, "micro": 8, "unit": "samples"},
+    "dpo": {"batch": 4, "micro": 4, "unit": "pairs"},
+    "rm": {"batch": 4, "micro": 4, "unit": "pairs"},
+}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench trl", description=__doc__)
+    p.add_argument("--algo", required=True, choices=sorted(WORK))
+    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps (+1 warm-up)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds; each round runs both, alternating which goes first")
+    p.add_argument("--only", choices=["quartet", "trl"], default=None,
+                   help="run one side only (profiling); no ratio then")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- data
+def pair_texts(seed: int, n: int) -> list[dict[str, str]]:
+    """Preference pairs from the demo's arithmetic problems: a worked answer that ends in
+    the right number (chosen) and one that ends in a wrong number (rejected)."""
+    from quartet.demo.task import make_split
+
+    rng = random.Random(seed)
+    rows = []
+    for p in make_split(n, seed):
+        wrong = p.answer + rng.choice([-3, -2, -1, 1, 2, 3])
+        explain = ("Let's work through it step by step. First I read the numbers in the "
+                   "question carefully, then I decide whether to add, subtract or multiply, "
+                   "and finally I check the result once more before answering.")
+        rows.append({"prompt": f"Question: {p.question}\nAnswer: ",
+                     "chosen": f"{explain} The answer is {p.answer}.",
+                     "rejected": f"{explain} The answer is {wrong}."})
+    return rows
+
+
+def write_data(algo: str, work: Path, n_rows: int, seed: int = 42) -> Path:
+    path = work / f"{algo}.jsonl"
+    if algo == "grpo":
+        from quartet.demo.task import make_split, write_jsonl
+
+        return write_jsonl(make_split(n_rows, seed), path)
+    rows = pair_texts(seed, n_rows)
+    if algo == "rm":  # implicit prompt: the prompt is part of both texts
+        rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}
+                for r in rows]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --------------------------------------------------------------------------- commands
+def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -> list[str]:
+    w = WORK[algo]
+    total = steps + 1
+    base = [sys.executable, "-m", "quartet.cli.main"]
+    if algo == "grpo":
+        reward = ROOT / "quartet" / "demo" / "reward.py"
+        return base + [
+            "ppo", "--actor.model_name_or_path", str(model), "--data.dataset", str(data),
+            "--data.input_key", "prompt", "--data.label_key", "answer",
+            "--data.apply_chat_template", "--reward.func", str(reward),
+            "--algo.advantage.estimator", "group_norm",
+            "--rollout.batch_size", "16", "--rollout.n_samples_per_prompt", "4",
+            "--rollout.max_new_tokens", "32", "--rollout.temperature", "1.0",
+            "--train.batch_size", str(w["batch"]), "--train.micro_batch_size", str(w["micro"]),
+            "--train.num_iterations", str(total), "--actor.learning_rate", "1e-6",
+            "--lr_scheduler", "constant", "--algo.kl.init_coef", "0.04", "--algo.kl.use_loss",
+            "--algo.kl.estimator", "k3", "--algo.loss_reduction", "token_mean",
+            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0", "--ckpt.output_dir", str(out),
+        ]
+    common = [
+        "--model.model_name_or_path", str(model), "--data.dataset", str(data),
+        "--data.max_len", "256", "--train.batch_size", str(w["batch"]),
+        "--train.micro_batch_size", str(w["micro"]), "--train.stop_after_steps", str(total),
+        "--train.max_epochs", "1", "--lr_scheduler", "constant", "--ds.param_dtype", "fp32",
+        "--ds.zero_stage", "0", "--logger.logging_steps", "1", "--ckpt.output_dir", str(out),
+        "--ckpt.disable_ds", "--no-logger.progress_bar_enable",
+    ]
+    if algo == "dpo":
+        return base + ["dpo", *common, "--data.prompt_key", "prompt", "--model.beta", "0.1",
+                       "--adam.lr", "5e-7"]
+    return base + ["rm", *common, "--adam.lr", "9e-6"]
+
+
+def trl_command(python: Path, algo: str, model: Path, data: Path, out: Path,
+                steps: int) -> list[str]:
+    w = WORK[algo]
+    # -I: the worker must import the real `trl`, never this file (bench/trl.py)
+    cmd = [str(python), "-I", str(WORKER), "--algo", algo, "--model", str(model),
+           "--data", str(data), "--out", str(out / "result.json"), "--workdir", str(out),
+           "--steps", str(steps + 1), "--micro-batch", str(w["micro"]),
+           "--batch", str(w["batch"])]
+    if algo == "grpo":
+        cmd += ["--reward-file", str(ROOT / "quartet" / "demo" / "reward.py"),
+                "--beta", "0.04", "--lr", "1e-6", "--max-new-tokens", "32",
+                "--num-generations", "4"]
+    elif algo == "dpo":
+        cmd += ["--beta", "0.1", "--lr", "5e-7", "--max-len", "256"]
+    else:
+        cmd += ["--lr", "9e-6", "--max-len", "256"]
+    return cmd
+
+
+# --------------------------------------------------------------------------- measuring
+class PeakRSS:
+    """Largest sum of RSS over a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_bytes / 2**20
+
+
+def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Runs a command to completion; returns (wall seconds, peak RSS MiB of its tree)."""
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                stdin=subprocess.DEVNULL)
+        peak = PeakRSS(proc.pid)
+        code = proc.wait()
+    wall = time.perf_counter() - started
+    mb = peak.stop()
+    if code != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited {code}; "
+                           f"log {log_path}:\n{tail}")
+    return wall, mb
+
+
+def quartet_step_seconds(algo: str, out: Path) -> list[float]:
+    """Per-iteration (GRPO: sum of the loop's phase times) or per-step seconds."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    if algo == "grpo":
+        return [sum(v for k, v in r.items() if k.startswith("time/")) for r in rows]
+    w = WORK[algo]
+    return [w["batch"] / r["samples_per_s"] for r in rows if "samples_per_s" in r]
+
+
+def steady_rate(step_s: list[float], steps: int, per_step: int) -> tuple[float, list[float]]:
+    """Units per second over the last `steps` steps (the first one is warm-up)."""
+    timed = step_s[-steps:]
+    if len(timed) < steps or len(step_s) < steps + 1:
+        raise RuntimeError(f"expected {steps + 1} steps, measured {len(step_s)}: {step_s}")
+    return per_step * len(timed) / sum(timed), timed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(list(argv or []))
+    from bench.trl_env import ensure_trl_venv
+    from quartet.demo.model import prepare_model
+
+    w = WORK[args.algo]
+    model = prepare_model()
+    python = ensure_trl_venv() if args.only != "quartet" else None
+    work = Path(tempfile.mkdtemp(prefix=f"quartet-bench-trl-{args.algo}-"))
+    data = write_data(args.algo, work, 512)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+    sides = ["quartet", "trl"] if args.only is None else [args.only]
+    result: dict = {"bench": "trl", "algo": args.algo, "steps": args.steps,
+                    "per_step": w["batch"], "micro_batch": w["micro"], "unit": w["unit"],
+                    "repeats": args.repeats, "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    print(f"bench trl: {args.algo}, {args.steps} timed steps of {w['batch']} {w['unit']}, "
+          f"work dir {work}", flush=True)
+    for r in range(args.repeats):
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            out = work / f"{side}{r}"
+            out.mkdir()
+            if side == "quartet":
+                cmd = quartet_command(args.algo, model, data, out, args.steps)
+            else:
+                cmd = trl_command(python, args.algo, model, data, out, args.steps)
+            wall, peak = run_measured(cmd, work / f"{side}{r}.log", env)
+            if side == "quartet":
+                step_s = quartet_step_seconds(args.algo, out)
+            else:
+                step_s = json.loads((out / "result.json").read_text())["step_s"]
+            rate, timed = steady_rate(step_s, args.steps, w["batch"])
+            run = {"per_s": round(rate, 4), "wall_s": round(wall, 1),
+                   "peak_rss_mb": round(peak), "step_s": [round(x, 2) for x in step_s]}
+            runs[side].append(run)
+            print(f"  {side:<8} round {r}: {rate:.3f} {w['unit']}/s  wall {wall:.0f}s  "
+                  f"peak {peak:.0f} MiB  steps {run['step_s']}", flush=True)
+    for side, rs in runs.items():
+        result[f"{side}_per_s"] = round(sum(x["per_s"] for x in rs) / len(rs), 4)
+        result[f"{side}_wall_s"] = round(sum(x["wall_s"] for x in rs) / len(rs), 1)
+        result[f"{side}_peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
+        result[f"{side}_runs"] = rs
+    if len(runs) == 2:
+        result["ratio"] = round(result["quartet_per_s"] / result["trl_per_s"], 3)
+        result["wall_ratio"] = round(result["trl_wall_s"] / result["quartet_wall_s"], 3)
+    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
