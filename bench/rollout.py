@@ -148,7 +148,7 @@ class Service:
 
     def runner(self, args, prompts):
         from quartet.clients.rollout import GrpcRolloutClient
-        from quartet.engines.generation import SamplingConfig
+        from quartet.types import SamplingConfig
 
         client = GrpcRolloutClient(self.address)
         sampling = SamplingConfig(n=args.n, temperature=1.0, max_new_tokens=args.max_new_tokens,

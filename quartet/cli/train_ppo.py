@@ -15,10 +15,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from quartet.config.base import config_to_dict, parse_config
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.logs import setup_logging
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import AdvantageSettings
+from quartet.types import SamplingConfig
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings
 from services.coordinator.rollouts import FilterSettings, RewardShaping

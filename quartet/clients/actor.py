@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import grpc
 import torch
 
-from quartet.clients.base import GrpcRoleClient
+from quartet.clients.base import GrpcRoleClient, RoleCallError
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
+from quartet.codec.dtypes import wire_dtype_named
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.wire import encode_policy_minibatch
 from quartet.v1 import actor_pb2, actor_pb2_grpc, common_pb2
+from quartet.weightsync.specs import TensorSpec
 
 
 class GrpcActorClient(GrpcRoleClient):
@@ -48,16 +53,33 @@ class GrpcActorClient(GrpcRoleClient):
                               world_size=world_size, rank=0, backend=backend,
                               group_name=group_name, timeout_s=timeout_s))
 
-    def broadcast_weights(self, version: int, bucket_bytes: int = 256 << 20
-                          ) -> actor_pb2.BroadcastWeightsResponse:
-        return self._call("BroadcastWeights", self.stub.BroadcastWeights,
-                          actor_pb2.BroadcastWeightsRequest(version=version,
-                                                            bucket_bytes=bucket_bytes))
+    def weight_manifest(self, dtype: str = "float32") -> list[TensorSpec]:
+        """Names, wire dtypes and shapes of the weights a broadcast or stream will send."""
+        msg = self._call("GetWeightManifest", self.stub.GetWeightManifest,
+                         actor_pb2.GetWeightManifestRequest(dtype=wire_dtype_named(dtype)))
+        return [TensorSpec.from_proto(t, f"tensors[{i}]") for i, t in enumerate(msg.tensors)]
 
-    def stream_weights(self, chunk_bytes: int = 4 << 20):
-        """The weights as TensorChunk messages (the gRPC fallback data plane)."""
-        return self._call("StreamWeights", self.stub.StreamWeights,
-                          actor_pb2.StreamWeightsRequest(chunk_bytes=chunk_bytes))
+    def broadcast_weights(self, version: int, bucket_bytes: int = 256 << 20,
+                          dtype: str = "float32") -> actor_pb2.BroadcastWeightsResponse:
+        """Sends the weights over the joined weight group (rank 0's side of an update)."""
+        return self._call("BroadcastWeights", self.stub.BroadcastWeights,
+                          actor_pb2.BroadcastWeightsRequest(
+                              version=version, bucket_bytes=bucket_bytes,
+                              dtype=wire_dtype_named(dtype)))
+
+    def stream_weights(self, chunk_bytes: int = 4 << 20, dtype: str = "float32"
+                       ) -> Iterator[common_pb2.TensorChunk]:
+        """The weights as TensorChunk messages (the gRPC fallback data plane), in manifest
+        order; a failure while iterating names the actor and the RPC."""
+        stream = self.stub.StreamWeights(
+            actor_pb2.StreamWeightsRequest(chunk_bytes=chunk_bytes,
+                                           dtype=wire_dtype_named(dtype)),
+            timeout=self.timeout_s)
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise RoleCallError(self.role, self.address, "StreamWeights", exc.code(),
+                                exc.details() or "") from None
 
     def info(self) -> common_pb2.ServiceInfo:
         return self._info(self.stub.GetInfo)

@@ -1,30 +1,32 @@
 """`GrpcRolloutClient`: what the coordinator (and the actor's weight push) use to talk to a
 rollout replica, plus helpers for several replicas.
 
-Calls raise `grpc.RpcError` with the server's status code and field-naming message.
+A replica's own calls raise `grpc.RpcError` with the server's status code and field-naming
+message; the several-replica helpers (`await_joins`, `update_replicas`, `push_to_replica`)
+raise `RoleCallError`, which also names the replica.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 import torch
 
+from quartet.clients.base import DEFAULT_MAX_MESSAGE_BYTES, RoleCallError
 from quartet.codec import DEFAULT_CHUNK_BYTES, ragged_to_proto
-from quartet.engines.generation.base import PromptOutput, SampleOutput
-from quartet.engines.generation.rollout_engine import UpdateResult
-from quartet.engines.generation.sampling import SamplingConfig
+from quartet.sharding import round_robin
+from quartet.types import PromptOutput, SampleOutput, SamplingConfig, UpdateResult
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync.group import WeightGroupConfig
 from quartet.weightsync.session import WeightSender
 from quartet.weightsync.specs import NamedTensors, TensorSpec, named_items, specs_of
 from quartet.weightsync.stream import push_requests
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -207,9 +209,7 @@ def generate_sharded(
 ) -> list[PromptOutput]:
     """Splits the prompts round-robin over the replicas, generates in parallel and returns
     outputs in the original prompt order (prompt_index refers to `prompts`)."""
-    shards: list[list[int]] = [[] for _ in clients]
-    for i, slot in zip(range(len(prompts)), itertools.cycle(range(len(clients))), strict=False):
-        shards[slot].append(i)
+    shards = round_robin(len(prompts), len(clients))
     work = [(c, idx) for c, idx in zip(clients, shards, strict=True) if idx]
     with ThreadPoolExecutor(len(work)) as pool:
         futures = [pool.submit(c.generate, [prompts[i] for i in idx], sampling, **kwargs)
@@ -222,16 +222,65 @@ def generate_sharded(
     return sorted(results, key=lambda o: o.prompt_index)
 
 
+def _replica_error(client: GrpcRolloutClient, method: str, exc: grpc.RpcError) -> RoleCallError:
+    return RoleCallError("rollout", client.address, method, exc.code(), exc.details() or "")
+
+
+def await_joins(clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Future]
+                ) -> list[int]:
+    """Waits for the joins started by `init_weight_group_future`; errors name the replica."""
+    ranks = []
+    for c, f in zip(clients, futures, strict=True):
+        try:
+            ranks.append(f.result().rank)
+        except grpc.RpcError as exc:
+            raise _replica_error(c, "InitWeightGroup", exc) from None
+    return ranks
+
+
+def update_replicas(
+    clients: Sequence[GrpcRolloutClient], version: int, specs: Sequence[TensorSpec],
+    bucket_bytes: int, broadcast: Callable[[], T], finish_timeout_s: float = 0.0,
+) -> tuple[T, list[UpdateResult]]:
+    """The one sequence of a versioned update over the weight group: begin on every replica
+    -> `broadcast()` (whoever holds rank 0 sends the buckets) -> finish on every replica.
+    Returns the broadcast's result and each replica's; errors name the replica and RPC."""
+    for c in clients:
+        try:
+            c.begin_weight_update(version, specs, bucket_bytes)
+        except grpc.RpcError as exc:
+            raise _replica_error(c, "BeginWeightUpdate", exc) from None
+    sent = broadcast()
+    futures = [c.finish_weight_update_future(version, finish_timeout_s) for c in clients]
+    results = []
+    for c, f in zip(clients, futures, strict=True):
+        try:
+            resp = f.result()
+        except grpc.RpcError as exc:
+            raise _replica_error(c, "FinishWeightUpdate", exc) from None
+        if resp.version != version:
+            raise RuntimeError(f"rollout at {c.address} reports version {resp.version} "
+                               f"after an update to {version}")
+        results.append(UpdateResult(resp.version, resp.load_seconds))
+    return sent, results
+
+
 def broadcast_update(
     clients: Sequence[GrpcRolloutClient], sender: WeightSender, version: int,
     named_tensors: NamedTensors, finish_timeout_s: float = 0.0,
 ) -> list[UpdateResult]:
-    """One versioned update over the weight group, from the process holding `sender`:
-    begin on every replica -> bucketed broadcast -> finish on every replica."""
+    """One versioned update from the process holding `sender` (tests, benchmarks)."""
     items = list(named_items(named_tensors))
     specs = specs_of(items)
-    for c in clients:
-        c.begin_weight_update(version, specs, sender.bucket_bytes)
-    sender.send(version, items, specs)
-    futures = [c.finish_weight_update_future(version, finish_timeout_s) for c in clients]
-    return [UpdateResult(f.result().version, f.result().load_seconds) for f in futures]
+    _, results = update_replicas(clients, version, specs, sender.bucket_bytes,
+                                 lambda: sender.send(version, items, specs), finish_timeout_s)
+    return results
+
+
+def push_to_replica(client: GrpcRolloutClient,
+                    requests: Iterable[rollout_pb2.PushWeightsRequest]) -> UpdateResult:
+    """PushWeights with errors that name the replica."""
+    try:
+        return client.push_weights_requests(requests)
+    except grpc.RpcError as exc:
+        raise _replica_error(client, "PushWeights", exc) from None

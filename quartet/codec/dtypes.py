@@ -49,3 +49,23 @@ def torch_dtype(wire: int, field: str) -> torch.dtype:
 
 def _names() -> str:
     return ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
+
+
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+}
+"""The floating dtypes a model or a weight transfer may be configured with, by name."""
+
+
+def float_dtype(name: str, field: str = "dtype") -> torch.dtype:
+    """`FLOAT_DTYPES[name]`, or a ValueError naming `field` and the choices."""
+    try:
+        return FLOAT_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"{field}: must be one of {', '.join(FLOAT_DTYPES)}, "
+                         f"got {name!r}") from None
+
+
+def wire_dtype_named(name: str, field: str = "dtype") -> int:
+    """The wire enum of a floating dtype given by name ("bfloat16" -> DTYPE_BFLOAT16)."""
+    return TORCH_TO_WIRE[float_dtype(name, field)]

@@ -20,7 +20,8 @@ def evaluate(model: str, problems: list[dict], max_new_tokens: int, seed: int = 
     from transformers import AutoTokenizer
 
     from quartet.demo.reward import is_correct, parse_answer
-    from quartet.engines.generation import SamplingConfig, build_generator
+    from quartet.engines.generation import build_generator
+    from quartet.types import SamplingConfig
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompts, questions = [], []

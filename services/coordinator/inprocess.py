@@ -10,19 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from quartet.codec.batches import RowBatch
-from quartet.engines.generation.base import PromptOutput
-from quartet.engines.generation.sampling import SamplingConfig
+from quartet.codec.dtypes import float_dtype
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch, ValueLossSettings
 from quartet.rewards.base import RewardInputs, RewardResult
+from quartet.types import PromptOutput, SamplingConfig
 from quartet.weightsync import TensorSpec
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.launch import critic_model, training_role_config
 from services.coordinator.ppo_loop import PPORoles
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class LocalActor:
@@ -86,7 +82,7 @@ class LocalWeightSync:
     def __init__(self, actor, engines, dtype: str) -> None:
         self.actor = actor
         self.engines = engines
-        self.dtype = DTYPES[dtype]
+        self.dtype = float_dtype(dtype, "vllm.dtype")
 
     def __call__(self, version: int) -> dict[str, float]:
         # One snapshot for every engine: under ZeRO-3 a gathered parameter is only valid

@@ -23,10 +23,9 @@ from quartet.clients.rollout import GrpcRolloutClient
 from quartet.config.base import config_to_argv
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig
-from quartet.engines.generation.base import PromptOutput
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.launch.local import LocalCluster
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.ppo_loop import PPORoles

@@ -25,7 +25,6 @@ import torch
 from quartet.algos.kl import AdaptiveKLController, FixedKLController
 from quartet.algos.rewards import RunningMeanStd
 from quartet.codec.batches import RowBatch
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import (
     AdvantageSettings,
@@ -33,6 +32,7 @@ from quartet.ppo.experience import (
     experience_stats,
     make_experience,
 )
+from quartet.types import SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.rollouts import (
     FilterSettings,

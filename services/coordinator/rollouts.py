@@ -15,9 +15,9 @@ import torch
 
 from quartet.algos.rewards import combine_rewards, overlong_penalty, stop_properly_penalty
 from quartet.codec.batches import RowBatch
-from quartet.engines.generation.base import PromptOutput
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.rewards.base import RewardInputs, RewardResult
+from quartet.sharding import round_robin
+from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 
 log = logging.getLogger("quartet.coordinator")
@@ -150,8 +150,7 @@ class RolloutCollector:
                  max_staleness: int) -> list[PromptOutput]:
         """Round-robin over the replicas; each returns n samples per prompt. A sample made by
         weights older than `version - max_staleness` is an error (sync did not take)."""
-        shards = [list(range(i, len(prompts), len(self.replicas)))
-                  for i in range(len(self.replicas))]
+        shards = round_robin(len(prompts), len(self.replicas))
         work = [(k, r, s) for k, (r, s) in enumerate(zip(self.replicas, shards, strict=True))
                 if s]
         futures = [self.pool.submit(r.generate, [prompts[i].tokens for i in s], self.sampling,

@@ -14,22 +14,18 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
-
 from quartet.clients.actor import GrpcActorClient
-from quartet.clients.base import RoleCallError
-from quartet.clients.rollout import GrpcRolloutClient
-from quartet.v1 import actor_pb2, common_pb2, rollout_pb2
+from quartet.clients.rollout import (
+    GrpcRolloutClient,
+    await_joins,
+    push_to_replica,
+    update_replicas,
+)
+from quartet.codec.dtypes import float_dtype
+from quartet.v1 import rollout_pb2
 from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
 
 log = logging.getLogger("quartet.coordinator")
-
-WIRE_DTYPES = {"float32": common_pb2.DTYPE_FLOAT32, "bfloat16": common_pb2.DTYPE_BFLOAT16,
-               "float16": common_pb2.DTYPE_FLOAT16}
-
-
-def _rollout_error(client: GrpcRolloutClient, method: str, exc: grpc.RpcError) -> RoleCallError:
-    return RoleCallError("rollout", client.address, method, exc.code(), exc.details() or "")
 
 
 class GroupWeightSync:
@@ -39,7 +35,8 @@ class GroupWeightSync:
         self.actor = actor
         self.rollouts = list(rollouts)
         self.backend = backend
-        self.dtype = WIRE_DTYPES[dtype]
+        float_dtype(dtype, "vllm.dtype")
+        self.dtype = dtype
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
         self.timeout_s = timeout_s
@@ -54,50 +51,25 @@ class GroupWeightSync:
                    for i, r in enumerate(self.rollouts)]
         self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
                                      cfg.backend, cfg.group_name, cfg.timeout_s)
-        for r, f in zip(self.rollouts, futures, strict=True):
-            try:
-                f.result()
-            except grpc.RpcError as exc:
-                raise _rollout_error(r, "InitWeightGroup", exc) from None
+        await_joins(self.rollouts, futures)
         log.info("weight group formed: actor + %d rollout replica(s) over %s",
                  len(self.rollouts), self.backend)
 
     def manifest(self) -> list[TensorSpec]:
-        """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once
-        (under ZeRO-3 answering it gathers every parameter)."""
+        """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once."""
         if self._specs is None:
-            msg = self.actor._call("GetWeightManifest", self.actor.stub.GetWeightManifest,
-                                   actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
-            self._specs = [TensorSpec.from_proto(t, f"tensors[{i}]")
-                           for i, t in enumerate(msg.tensors)]
+            self._specs = self.actor.weight_manifest(self.dtype)
         return self._specs
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
-        specs = self.manifest()
-        for r in self.rollouts:
-            try:
-                r.begin_weight_update(version, specs, self.bucket_bytes)
-            except grpc.RpcError as exc:
-                raise _rollout_error(r, "BeginWeightUpdate", exc) from None
-        sent = self.actor._call(
-            "BroadcastWeights", self.actor.stub.BroadcastWeights,
-            actor_pb2.BroadcastWeightsRequest(version=version, bucket_bytes=self.bucket_bytes,
-                                              dtype=self.dtype))
-        load = 0.0
-        futures = [r.finish_weight_update_future(version, self.timeout_s) for r in self.rollouts]
-        for r, f in zip(self.rollouts, futures, strict=True):
-            try:
-                resp = f.result()
-            except grpc.RpcError as exc:
-                raise _rollout_error(r, "FinishWeightUpdate", exc) from None
-            if resp.version != version:
-                raise RuntimeError(f"rollout at {r.address} reports version {resp.version} "
-                                   f"after an update to {version}")
-            load = max(load, resp.load_seconds)
+        sent, results = update_replicas(
+            self.rollouts, version, self.manifest(), self.bucket_bytes,
+            lambda: self.actor.broadcast_weights(version, self.bucket_bytes, self.dtype),
+            self.timeout_s)
         return {"seconds": time.perf_counter() - start, "broadcast_seconds": sent.seconds,
-                "load_seconds": load, "mbytes": sent.total_bytes / 1e6,
-                "buckets": float(sent.num_buckets)}
+                "load_seconds": max(r.load_seconds for r in results),
+                "mbytes": sent.total_bytes / 1e6, "buckets": float(sent.num_buckets)}
 
 
 class StreamedWeightSync:
@@ -107,38 +79,33 @@ class StreamedWeightSync:
                  dtype: str = "float32", chunk_bytes: int = 4 << 20) -> None:
         self.actor = actor
         self.rollouts = list(rollouts)
-        self.dtype = WIRE_DTYPES[dtype]
+        float_dtype(dtype, "vllm.dtype")
+        self.dtype = dtype
         self.chunk_bytes = chunk_bytes
-        self._manifest: actor_pb2.WeightManifest | None = None
+        self._specs: list[TensorSpec] | None = None
 
     def setup(self) -> None:
         return None
 
-    def manifest(self) -> actor_pb2.WeightManifest:
+    def manifest(self) -> list[TensorSpec]:
         """Asked once per run, as in GroupWeightSync."""
-        if self._manifest is None:
-            self._manifest = self.actor._call(
-                "GetWeightManifest", self.actor.stub.GetWeightManifest,
-                actor_pb2.GetWeightManifestRequest(dtype=self.dtype))
-        return self._manifest
+        if self._specs is None:
+            self._specs = self.actor.weight_manifest(self.dtype)
+        return self._specs
 
     def _push_one(self, rollout: GrpcRolloutClient, version: int,
-                  manifest: actor_pb2.WeightManifest) -> float:
+                  specs: list[TensorSpec]) -> float:
         def requests():
-            yield rollout_pb2.PushWeightsRequest(version=version, tensors=manifest.tensors)
-            stream = self.actor.stub.StreamWeights(
-                actor_pb2.StreamWeightsRequest(chunk_bytes=self.chunk_bytes, dtype=self.dtype))
-            for chunk in stream:
+            yield rollout_pb2.PushWeightsRequest(version=version,
+                                                 tensors=[s.to_proto() for s in specs])
+            for chunk in self.actor.stream_weights(self.chunk_bytes, self.dtype):
                 yield rollout_pb2.PushWeightsRequest(chunk=chunk)
 
-        try:
-            return rollout.push_weights_requests(requests()).load_seconds
-        except grpc.RpcError as exc:
-            raise _rollout_error(rollout, "PushWeights", exc) from None
+        return push_to_replica(rollout, requests()).load_seconds
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
-        manifest = self.manifest()
+        specs = self.manifest()
         with ThreadPoolExecutor(len(self.rollouts)) as pool:
-            loads = list(pool.map(lambda r: self._push_one(r, version, manifest), self.rollouts))
+            loads = list(pool.map(lambda r: self._push_one(r, version, specs), self.rollouts))
         return {"seconds": time.perf_counter() - start, "load_seconds": max(loads)}

@@ -13,8 +13,9 @@ import grpc
 
 import quartet
 from quartet.codec import DEFAULT_MAX_TENSOR_BYTES, ragged_from_proto
-from quartet.engines.generation import PromptOutput, RolloutEngine, SamplingConfig
+from quartet.engines.generation import RolloutEngine
 from quartet.serving.errors import InvalidArgument
+from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 from quartet.weightsync.stream import PushedWeights

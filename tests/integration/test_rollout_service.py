@@ -18,7 +18,7 @@ import torch
 
 from quartet.clients.health import wait_for_serving
 from quartet.clients.rollout import GrpcRolloutClient, broadcast_update, generate_sharded
-from quartet.engines.generation import SamplingConfig
+from quartet.types import SamplingConfig
 from quartet.weightsync import (
     TensorSpec,
     WeightGroupConfig,

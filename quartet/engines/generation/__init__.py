@@ -1,6 +1,7 @@
 """Generation engines for the rollout: a small `Generator` interface, `VllmGenerator`
 (vLLM, GPU or CPU) and `HFGenerator` (Hugging Face `generate`), the shared
-`SamplingConfig`, and `RolloutEngine` which adds weight versions and update sessions.
+and `RolloutEngine` which adds weight versions and update sessions. The data they exchange
+with clients (`SamplingConfig`, `PromptOutput`, `UpdateResult`) lives in `quartet.types`.
 
 Backends are imported lazily: importing this package does not import vLLM.
 """
@@ -11,15 +12,9 @@ import importlib.util
 import logging
 from typing import Any
 
-from quartet.engines.generation.base import (
-    GenerationStream,
-    Generator,
-    LoadStats,
-    PromptOutput,
-    SampleOutput,
-)
-from quartet.engines.generation.rollout_engine import RolloutEngine, RolloutInfo, UpdateResult
-from quartet.engines.generation.sampling import SamplingConfig, validate_prompts
+from quartet.engines.generation.base import GenerationStream, Generator
+from quartet.engines.generation.rollout_engine import RolloutEngine, RolloutInfo
+from quartet.engines.generation.sampling import validate_prompts
 
 log = logging.getLogger("quartet.generation")
 
@@ -62,13 +57,8 @@ __all__ = [
     "BACKENDS",
     "GenerationStream",
     "Generator",
-    "LoadStats",
-    "PromptOutput",
     "RolloutEngine",
     "RolloutInfo",
-    "SampleOutput",
-    "SamplingConfig",
-    "UpdateResult",
     "build_generator",
     "resolve_backend",
     "validate_prompts",

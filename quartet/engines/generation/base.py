@@ -12,47 +12,12 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 
-from quartet.engines.generation.sampling import SamplingConfig, validate_prompts
+from quartet.engines.generation.sampling import validate_prompts
+from quartet.types import LoadStats, PromptOutput, SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig
-
-FINISH_REASONS = ("stop", "length", "abort")
-
-
-@dataclass
-class SampleOutput:
-    """One sampled response."""
-
-    token_ids: list[int]
-    finish_reason: str
-    """"stop" (EOS or a stop string), "length" (max_new_tokens or context) or "abort"."""
-    logprobs: list[float] | None = None
-    """Log-prob of each sampled token under the sampling distribution (temperature, top-k,
-    top-p applied; the raw distribution when greedy). None unless requested."""
-    text: str | None = None
-
-
-@dataclass
-class PromptOutput:
-    """All samples of one prompt."""
-
-    prompt_index: int
-    prompt_tokens: list[int]
-    samples: list[SampleOutput]
-    weight_version: int = 0
-
-
-@dataclass(frozen=True)
-class LoadStats:
-    """What one in-place weight load did."""
-
-    num_tensors: int
-    num_bytes: int
-    seconds: float
-
 
 _END = object()
 

@@ -17,14 +17,8 @@ from typing import Any
 
 import torch
 
-from quartet.engines.generation.base import (
-    GenerationStream,
-    Generator,
-    LoadStats,
-    PromptOutput,
-    SampleOutput,
-)
-from quartet.engines.generation.sampling import SamplingConfig
+from quartet.engines.generation.base import GenerationStream, Generator
+from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.weightsync import (
     TensorSpec,
     WeightGroup,

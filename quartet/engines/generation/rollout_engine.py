@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
-from quartet.engines.generation.base import GenerationStream, Generator, LoadStats, PromptOutput
-from quartet.engines.generation.sampling import SamplingConfig
+from quartet.engines.generation.base import GenerationStream, Generator
 from quartet.serving.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     Unavailable,
 )
+from quartet.types import LoadStats, PromptOutput, SamplingConfig, UpdateResult
 from quartet.weightsync import (
     DEFAULT_BUCKET_BYTES,
     TensorSpec,
@@ -52,14 +52,6 @@ class RolloutInfo:
     vocab_size: int
     max_model_len: int
     updating: bool
-
-
-@dataclass(frozen=True)
-class UpdateResult:
-    version: int
-    load_seconds: float
-    num_tensors: int = 0
-    num_bytes: int = 0
 
 
 class _Session:

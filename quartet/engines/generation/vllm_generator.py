@@ -25,16 +25,10 @@ from typing import Any
 
 import torch
 
-from quartet.engines.generation.base import (
-    GenerationStream,
-    Generator,
-    LoadStats,
-    PromptOutput,
-    SampleOutput,
-)
+from quartet.engines.generation.base import GenerationStream, Generator
 from quartet.engines.generation.checkpoint import checkpoint_specs
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.engines.generation.worker_extension import EXTENSION_CLS, specs_to_wire
+from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 
 log = logging.getLogger("quartet.generation")

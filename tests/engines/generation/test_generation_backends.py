@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from quartet.engines.generation import RolloutEngine, SamplingConfig
+from quartet.engines.generation import RolloutEngine
 from quartet.serving.errors import FailedPrecondition, InvalidArgument
+from quartet.types import SamplingConfig
 
 PROMPTS = [[1, 50, 60, 70], [1, 51], [1, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89]]
 

@@ -6,15 +6,9 @@ import threading
 
 import pytest
 
-from quartet.engines.generation import (
-    GenerationStream,
-    PromptOutput,
-    SampleOutput,
-    SamplingConfig,
-    resolve_backend,
-    validate_prompts,
-)
+from quartet.engines.generation import GenerationStream, resolve_backend, validate_prompts
 from quartet.serving.errors import InvalidArgument
+from quartet.types import PromptOutput, SampleOutput, SamplingConfig
 
 
 @pytest.mark.parametrize("kwargs, message", [

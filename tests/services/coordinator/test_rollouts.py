@@ -4,9 +4,8 @@ replicas, version checks, reward aggregation, length penalties and dynamic filte
 import pytest
 import torch
 
-from quartet.engines.generation.base import PromptOutput, SampleOutput
-from quartet.engines.generation.sampling import SamplingConfig
 from quartet.rewards.base import RewardResult
+from quartet.types import PromptOutput, SampleOutput, SamplingConfig
 from services.coordinator.rollouts import (
     FilterSettings,
     Prompt,

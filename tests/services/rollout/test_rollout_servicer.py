@@ -12,16 +12,9 @@ import torch
 
 from quartet.clients.rollout import GrpcRolloutClient
 from quartet.codec import ragged_to_proto
-from quartet.engines.generation import (
-    GenerationStream,
-    Generator,
-    LoadStats,
-    PromptOutput,
-    RolloutEngine,
-    SampleOutput,
-    SamplingConfig,
-)
+from quartet.engines.generation import GenerationStream, Generator, RolloutEngine
 from quartet.serving import RoleServer
+from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.v1 import rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync import TensorSpec, WeightGroupConfig, specs_of
 from services.rollout.servicer import RolloutServicer
