@@ -110,8 +110,9 @@ class TensorAssembler:
         self._buffer.extend(chunk.data)
         if len(self._buffer) == self._total:
             assert self._dtype is not None
+            # the buffer becomes the tensor's memory: no copy (a new buffer follows)
             self._done[self._name] = bytes_to_tensor(
-                bytes(self._buffer), self._dtype, self._shape, f, self._max_bytes
+                self._buffer, self._dtype, self._shape, f, self._max_bytes
             )
             self._name = None
             self._buffer = bytearray()

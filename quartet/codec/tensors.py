@@ -57,7 +57,8 @@ def validate_shape(shape: Sequence[int], field: str, max_elements: int) -> int:
 
 
 def bytes_to_tensor(
-    data: bytes, dtype: torch.dtype, shape: Sequence[int], field: str, max_bytes: int
+    data: bytes | bytearray, dtype: torch.dtype, shape: Sequence[int], field: str,
+    max_bytes: int
 ) -> torch.Tensor:
     size = itemsize(dtype)
     numel = validate_shape(shape, field, max_bytes // size)
@@ -70,7 +71,10 @@ def bytes_to_tensor(
         )
     if numel == 0:
         return torch.empty(tuple(shape), dtype=dtype)
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    # A bytearray the caller hands over is used in place (the chunk assembler's buffer);
+    # immutable bytes get one copy, since torch tensors need writable memory.
+    flat = torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data),
+                            dtype=torch.uint8)
     if dtype == torch.bool and bool((flat > 1).any()):
         raise CodecError(f"{field}.data", "bool tensor holds bytes other than 0 and 1")
     return flat.view(dtype).reshape(tuple(shape))

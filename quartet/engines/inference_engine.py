@@ -28,13 +28,14 @@ class InferenceEngine:
         self.module.to("cpu" if offload else device)
 
     @torch.no_grad()
-    def logits(self, batch: TokenBatch) -> Tensor:
-        """Logits ``[R, T, V]`` of a causal LM on ``batch``."""
+    def logits(self, batch: TokenBatch, logits_from: int = 0) -> Tensor:
+        """Logits ``[R, T - logits_from, V]`` of a causal LM on ``batch``."""
         if self.offload:
             self.module.to(self.device)
         try:
             batch = batch.to(self.device)
-            out = self.module(**forward_inputs(batch, self.attn_implementation, self.dtype))
+            out = self.module(**forward_inputs(batch, self.attn_implementation, self.dtype,
+                                               logits_from))
             return out.logits
         finally:
             if self.offload:

@@ -35,12 +35,23 @@ def to_model_batch(rows: RowBatch, pad_id: int, packed: bool = False) -> TokenBa
     return collate(samples, pad_id, packed)
 
 
-def response_positions(batch: TokenBatch) -> list[torch.Tensor]:
-    """For each sample, the flat indices into `[R, T-1]` of the positions that predict its
-    response tokens, in order (works for padded and packed layouts)."""
+def response_start(batch: TokenBatch) -> int:
+    """The first position of `logits[:, :-1]` that predicts a response token in any row.
+
+    Logits before it are never read, so a forward can skip them (`logits_to_keep`): the
+    vocabulary projection and its softmax then run on response positions (plus the padding
+    and the other rows' prompt tails within the window), not on every prompt token."""
+    _, target, _ = batch.shifted()
+    columns = target.any(dim=0).nonzero()
+    return int(columns[0]) if columns.numel() else 0
+
+
+def response_positions(batch: TokenBatch, start: int = 0) -> list[torch.Tensor]:
+    """For each sample, the flat indices into `[R, T-1-start]` (positions `start..T-2`) of
+    the positions that predict its response tokens, in order (padded and packed layouts)."""
     _, target, owner = batch.shifted()
-    flat_owner = owner.reshape(-1)
-    flat_target = target.reshape(-1)
+    flat_owner = owner[:, start:].reshape(-1)
+    flat_target = target[:, start:].reshape(-1)
     return [torch.nonzero(flat_target & (flat_owner == i), as_tuple=False).squeeze(-1)
             for i in range(batch.num_samples)]
 
@@ -68,7 +79,7 @@ def split_micro(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def response_logprobs(
-    logits_of: Callable[[TokenBatch], torch.Tensor],
+    logits_of: Callable[[TokenBatch, int], torch.Tensor],
     rows: RowBatch,
     pad_id: int,
     temperature: float = 1.0,
@@ -76,15 +87,17 @@ def response_logprobs(
     with_entropy: bool = False,
     packed: bool = False,
 ) -> LogProbsResult:
-    """Log-prob (and optionally entropy) of each response token; `logits_of(batch)` runs the
-    model on a padded/packed batch and returns `[R, T, V]` logits."""
+    """Log-prob (and optionally entropy) of each response token; `logits_of(batch, start)`
+    runs the model on a padded/packed batch and returns the logits of positions `start..T-1`
+    (`[R, T-start, V]`; see `response_start`)."""
     lps: list[torch.Tensor] = []
     ents: list[torch.Tensor] = []
     for s, e in split_micro(len(rows), micro_batch_size):
         batch = to_model_batch(rows.slice(s, e), pad_id, packed)
-        logits = logits_of(batch)[:, :-1]
-        labels = batch.input_ids[:, 1:].to(logits.device)
-        pos = response_positions(batch)
+        start = response_start(batch)
+        logits = logits_of(batch, start)[:, :-1]
+        labels = batch.input_ids[:, start + 1:].to(logits.device)
+        pos = response_positions(batch, start)
         lps += [t.float().cpu() for t in gather_rows(
             token_logprobs(logits, labels, temperature), pos)]
         if with_entropy:

@@ -133,14 +133,16 @@ class TrainEngine:
     def device(self) -> torch.device:
         return self.world.device
 
-    def forward(self, batch: TokenBatch) -> ModelOutput:
-        """Run the model on ``batch`` (moved to this rank's device)."""
+    def forward(self, batch: TokenBatch, logits_from: int = 0) -> ModelOutput:
+        """Run the model on ``batch`` (moved to this rank's device); a causal LM returns the
+        logits of positions ``logits_from..T-1`` only (see `scoring.response_start`)."""
         batch = batch.to(self.device)
         if self.kind == "value":
             values = self.engine(batch, attn_implementation=self.attn_implementation,
                                  dtype=self.dtype)
             return ModelOutput(values=values)
-        out = self.engine(**forward_inputs(batch, self.attn_implementation, self.dtype))
+        out = self.engine(**forward_inputs(batch, self.attn_implementation, self.dtype,
+                                           logits_from))
         return ModelOutput(logits=out.logits, aux_loss=getattr(out, "aux_loss", None))
 
     def backward(self, loss: Tensor) -> None:

@@ -29,13 +29,14 @@ def resolve_attn_implementation(requested: str) -> str:
 
 
 def forward_inputs(
-    batch: TokenBatch, attn_implementation: str, dtype: torch.dtype
+    batch: TokenBatch, attn_implementation: str, dtype: torch.dtype, logits_from: int = 0
 ) -> dict[str, Any]:
     """Keyword arguments for a Hugging Face decoder forward on ``batch``.
 
     Packed rows: flash-attn derives varlen boundaries from ``position_ids`` restarting at 0
     (mask must be None); sdpa/eager get an explicit block-diagonal causal mask. Padded rows
-    use the usual 2-D padding mask.
+    use the usual 2-D padding mask. ``logits_from > 0`` asks the model for the logits of
+    positions ``logits_from..T-1`` only (HF ``logits_to_keep``).
     """
     if batch.packed:
         if attn_implementation in _FLASH:
@@ -44,5 +45,8 @@ def forward_inputs(
             mask = packed_causal_mask(batch.seq_lens, dtype, batch.input_ids.device)
     else:
         mask = batch.attention_mask
-    return {"input_ids": batch.input_ids, "attention_mask": mask,
-            "position_ids": batch.position_ids, "use_cache": False}
+    inputs = {"input_ids": batch.input_ids, "attention_mask": mask,
+              "position_ids": batch.position_ids, "use_cache": False}
+    if logits_from > 0:
+        inputs["logits_to_keep"] = batch.input_ids.shape[1] - logits_from
+    return inputs

@@ -28,6 +28,10 @@ class PolicyLossSettings:
     reduction: str = "token_mean"
     temperature: float = 1.0
     is_correction_cap: float = 0.0
+    old_logprobs_from_forward: bool = False
+    """One-pass PPO: no old log-probs travel; the step's own forward gives them (detached).
+    Exact only for the first update on the weights the rollout was scored with: one epoch
+    and one mini-batch per iteration (`quartet.ppo.passes.old_logprobs_from_forward`)."""
 
 
 @dataclass
@@ -38,7 +42,8 @@ class ValueLossSettings:
 @dataclass
 class PolicyMiniBatch:
     batch: RowBatch
-    old_logprobs: list[torch.Tensor]
+    old_logprobs: list[torch.Tensor] | None
+    """None with `PolicyLossSettings.old_logprobs_from_forward`."""
     advantages: list[torch.Tensor]
     ref_logprobs: list[torch.Tensor] | None = None
     rollout_logprobs: list[torch.Tensor] | None = None
@@ -46,7 +51,7 @@ class PolicyMiniBatch:
     def slice(self, start: int, end: int) -> PolicyMiniBatch:
         return PolicyMiniBatch(
             self.batch.slice(start, end),
-            self.old_logprobs[start:end],
+            self.old_logprobs[start:end] if self.old_logprobs is not None else None,
             self.advantages[start:end],
             self.ref_logprobs[start:end] if self.ref_logprobs is not None else None,
             self.rollout_logprobs[start:end] if self.rollout_logprobs is not None else None,
@@ -63,7 +68,7 @@ class PolicyMiniBatch:
         return PolicyMiniBatch(
             RowBatch([r for p in parts for r in p.batch.rows],
                        [n for p in parts for n in p.batch.prompt_lengths]),
-            cat("old_logprobs") or [], cat("advantages") or [], cat("ref_logprobs"),
+            cat("old_logprobs"), cat("advantages") or [], cat("ref_logprobs"),
             cat("rollout_logprobs"),
         )
 

@@ -37,7 +37,8 @@ class Experience:
 
     batch: RowBatch
     rollout_logprobs: list[torch.Tensor] | None
-    old_logprobs: list[torch.Tensor]
+    old_logprobs: list[torch.Tensor] | None
+    """None in one-pass PPO: the actor's training forward gives them."""
     ref_logprobs: list[torch.Tensor] | None
     values: list[torch.Tensor] | None
     rewards: torch.Tensor  # [B] scalar reward per sample (after combination/normalisation)
@@ -52,7 +53,8 @@ class Experience:
         return PolicyMiniBatch(
             RowBatch([self.batch.rows[i] for i in index],
                        [self.batch.prompt_lengths[i] for i in index]),
-            [self.old_logprobs[i] for i in index], [self.advantages[i] for i in index],
+            [self.old_logprobs[i] for i in index] if self.old_logprobs is not None else None,
+            [self.advantages[i] for i in index],
             [self.ref_logprobs[i] for i in index] if self.ref_logprobs is not None else None,
             [self.rollout_logprobs[i] for i in index]
             if self.rollout_logprobs is not None else None,
@@ -69,15 +71,23 @@ class Experience:
 
 def make_experience(
     batch: RowBatch,
-    old_logprobs: list[torch.Tensor],
+    old_logprobs: list[torch.Tensor] | None,
     ref_logprobs: list[torch.Tensor] | None,
     values: list[torch.Tensor] | None,
     rewards: torch.Tensor,
     settings: AdvantageSettings,
     rollout_logprobs: list[torch.Tensor] | None = None,
 ) -> Experience:
-    old, mask = pad_response_values(old_logprobs)
-    if ref_logprobs is not None:
+    """`old_logprobs=None` (one-pass PPO) needs `settings.kl_coef == 0`; the KL kept for
+    statistics then uses the sampler's log-probs when there are any."""
+    policy = old_logprobs
+    if policy is None:
+        if settings.kl_coef:
+            raise ValueError("old_logprobs: needed for a KL penalty in the reward")
+        policy = rollout_logprobs if rollout_logprobs is not None else [
+            torch.zeros(n) for n in batch.response_lengths()]
+    old, mask = pad_response_values(policy)
+    if ref_logprobs is not None and (old_logprobs is not None or rollout_logprobs is not None):
         ref, _ = pad_response_values(ref_logprobs, old.shape[1])
         kl = approx_kl(old, ref, settings.kl_estimator, mask)
     else:
@@ -108,7 +118,7 @@ def experience_stats(exp: Experience) -> dict[str, float]:
     lengths = torch.tensor([float(n) for n in exp.batch.response_lengths()])
     per_seq_kl = (kl * mask).sum(dim=1)
     extra: dict[str, float] = {}
-    if exp.rollout_logprobs is not None:
+    if exp.rollout_logprobs is not None and exp.old_logprobs is not None:
         # How far the sampler's log-probs are from the actor's on the same tokens: ~0 when
         # weight sync works (numerics only); large when rollout serves stale weights.
         old, _ = pad_response_values(exp.old_logprobs, adv.shape[1])

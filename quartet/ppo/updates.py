@@ -25,6 +25,7 @@ from quartet.engines.scoring import (
     pad_rows,
     response_logprobs,
     response_positions,
+    response_start,
     split_micro,
     to_model_batch,
 )
@@ -83,22 +84,29 @@ class PolicyUpdater(_Updater):
     def logprobs(self, rows: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
         self.engine.eval()
-        return response_logprobs(lambda b: self.engine.forward(b).logits, rows, self.pad_id,
+        return response_logprobs(lambda b, start: self.engine.forward(b, start).logits, rows,
+                                 self.pad_id,
                                  temperature, self.micro_batch_size, with_entropy, self.packed)
 
     def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings) -> dict[str, float]:
         metrics: list[dict[str, float]] = []
         info = None
         for micro, batch in self._micro_batches(mb):
-            out = self.engine.forward(batch)
+            start = response_start(batch)
+            out = self.engine.forward(batch, start)
             logits = out.logits[:, :-1]
-            labels = batch.input_ids[:, 1:].to(logits.device)
-            pos = response_positions(batch)
+            labels = batch.input_ids[:, start + 1:].to(logits.device)
+            pos = response_positions(batch, start)
             new, mask = pad_rows(gather_rows(
                 token_logprobs(logits, labels, loss_cfg.temperature), pos))
             width = new.shape[1]
             dev = new.device
-            old = pad_response_values(micro.old_logprobs, width)[0].to(dev)
+            if loss_cfg.old_logprobs_from_forward:
+                # one-pass PPO: this forward runs on the weights that the old log-probs
+                # would have been computed with, so they are this forward's, detached
+                old = new.detach()
+            else:
+                old = pad_response_values(micro.old_logprobs, width)[0].to(dev)
             adv = pad_response_values(micro.advantages, width)[0].to(dev)
             is_weights = None
             if loss_cfg.is_correction_cap > 0 and micro.rollout_logprobs is not None:

@@ -41,6 +41,7 @@ def policy_loss_to_proto(s: PolicyLossSettings) -> actor_pb2.PolicyLossConfig:
         dual_clip=s.dual_clip or 0.0, entropy_coef=s.entropy_coef, kl_coef=s.kl_coef,
         kl_estimator=s.kl_estimator, reduction=s.reduction, temperature=s.temperature,
         is_correction_cap=s.is_correction_cap,
+        old_logprobs_from_forward=s.old_logprobs_from_forward,
     )
 
 
@@ -60,6 +61,7 @@ def policy_loss_from_proto(msg: actor_pb2.PolicyLossConfig) -> PolicyLossSetting
         dual_clip=msg.dual_clip or None, entropy_coef=msg.entropy_coef, kl_coef=msg.kl_coef,
         kl_estimator=msg.kl_estimator or "k3", reduction=msg.reduction or "token_mean",
         temperature=msg.temperature or 1.0, is_correction_cap=msg.is_correction_cap,
+        old_logprobs_from_forward=msg.old_logprobs_from_forward,
     )
 
 
@@ -67,16 +69,22 @@ def encode_policy_minibatch(
     mb: PolicyMiniBatch, loss: PolicyLossSettings, header: common_pb2.RequestHeader,
     max_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[actor_pb2.ActorTrainStepRequest]:
-    extra = 8 + (4 if mb.ref_logprobs is not None else 0) + (
+    if (mb.old_logprobs is None) != loss.old_logprobs_from_forward:
+        raise ValueError("old_logprobs: send them, or set loss.old_logprobs_from_forward "
+                         "(exactly one of the two)")
+    extra = 4 + (4 if mb.old_logprobs is not None else 0) + (
+        4 if mb.ref_logprobs is not None else 0) + (
         4 if mb.rollout_logprobs is not None else 0)
     first = True
     for part in token_batch_slices(mb.batch, max_bytes, extra_bytes_per_token=extra):
         s, e = part.row_offset, part.row_offset + len(part)
         sub = mb.slice(s, e)
         req = actor_pb2.ActorTrainStepRequest(
-            header=header, batch=encode_token_batch(part), old_logprobs=_f32(sub.old_logprobs),
-            advantages=_f32(sub.advantages), total_rows=len(mb.batch),
+            header=header, batch=encode_token_batch(part), advantages=_f32(sub.advantages),
+            total_rows=len(mb.batch),
         )
+        if sub.old_logprobs is not None:
+            req.old_logprobs.CopyFrom(_f32(sub.old_logprobs))
         if sub.ref_logprobs is not None:
             req.ref_logprobs.CopyFrom(_f32(sub.ref_logprobs))
         if sub.rollout_logprobs is not None:
@@ -119,9 +127,11 @@ def decode_policy_minibatch(
     for req in reqs:
         batch = decode_token_batch(req.batch, "batch", vocab_size, max_len)
         lengths = batch.response_lengths()
-        old = ragged_from_proto(req.old_logprobs, "old_logprobs")
+        old = None
+        if not loss.old_logprobs_from_forward:
+            old = ragged_from_proto(req.old_logprobs, "old_logprobs")
+            check_per_token(old, lengths, "old_logprobs")
         adv = ragged_from_proto(req.advantages, "advantages")
-        check_per_token(old, lengths, "old_logprobs")
         check_per_token(adv, lengths, "advantages")
         ref = roll = None
         if loss.kl_coef > 0:

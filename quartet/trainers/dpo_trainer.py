@@ -9,6 +9,7 @@ from quartet.config.jobs import DPOJobConfig
 from quartet.data.batch import TokenBatch, collate
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
 from quartet.data.sources import RowSource
+from quartet.engines.scoring import response_start
 from quartet.engines.train_engine import TrainEngine
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
 from quartet.trainers.frozen import frozen_causal_lm
@@ -32,24 +33,28 @@ class DPOTrainer(BaseTrainer):
                                           j.model, j.ds, engine, self.world, j.ref.offload)
         return engine
 
-    def _sequence_logps(self, batch: TokenBatch, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _sequence_logps(self, batch: TokenBatch, logits: Tensor,
+                        start: int) -> tuple[Tensor, Tensor, Tensor]:
         """Per-sample summed response log-probs, token log-probs and the target mask."""
-        return sequence_logps(batch, logits, length_normalize=self.job.dpo.ipo_enable)
+        return sequence_logps(batch, logits, self.job.dpo.ipo_enable, start)
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, dict[str, Tensor], int]:
         n = len(samples)
         seqs = [s.chosen for s in samples] + [s.rejected for s in samples]
         batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
-        policy_logits = self.engine.forward(batch).logits
-        policy, token_lp, mask = self._sequence_logps(batch, policy_logits)
-        ref, _, _ = self._sequence_logps(batch, self.reference.logits(batch).to(policy.device))
+        # logits only from the first response position on: prompts never reach the LM head
+        start = response_start(batch)
+        policy_logits = self.engine.forward(batch, start).logits
+        policy, token_lp, mask = self._sequence_logps(batch, policy_logits, start)
+        ref_logits = self.reference.logits(batch, start).to(policy.device)
+        ref, _, _ = self._sequence_logps(batch, ref_logits, start)
         cfg = self.job.dpo
         out = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta=cfg.beta,
                        label_smoothing=cfg.label_smoothing, ipo=cfg.ipo_enable)
         loss = out.loss
         parts = {"chosen_reward": out.chosen_rewards, "rejected_reward": out.rejected_rewards}
         if cfg.nll_loss_coef > 0:
-            sample_ids = batch.shifted()[2].to(mask.device)
+            sample_ids = batch.shifted()[2][:, start:].to(mask.device)
             nll = sft_loss(token_lp, mask & (sample_ids < n))
             loss = loss + cfg.nll_loss_coef * nll
             parts["nll_loss"] = nll.detach()

@@ -11,13 +11,15 @@ from quartet.data.batch import TokenBatch
 __all__ = ["sequence_logps"]
 
 
-def sequence_logps(batch: TokenBatch, logits: Tensor,
-                   length_normalize: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """``(per-sample sums [N], token log-probs [R, T-1], target mask [R, T-1])``.
+def sequence_logps(batch: TokenBatch, logits: Tensor, length_normalize: bool = False,
+                   start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """``(per-sample sums [N], token log-probs [R, T-1-start], target mask [R, T-1-start])``.
 
-    ``length_normalize`` divides each sum by the sample's target count (IPO's average).
+    ``logits`` covers positions ``start..T-1`` (a forward with ``logits_from=start``, see
+    `quartet.engines.scoring.response_start`). ``length_normalize`` divides each sum by the
+    sample's target count (IPO's average).
     """
-    labels, mask, sample_ids = batch.shifted()
+    labels, mask, sample_ids = (t[:, start:] for t in batch.shifted())
     device = logits.device
     logprobs = token_logprobs(logits[:, :-1], labels.to(device))
     mask, sample_ids = mask.to(device), sample_ids.to(device)

@@ -36,6 +36,7 @@ class PolicyLossConfig(_message.Message):
     REDUCTION_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     IS_CORRECTION_CAP_FIELD_NUMBER: _builtins.int
+    OLD_LOGPROBS_FROM_FORWARD_FIELD_NUMBER: _builtins.int
     clip_eps_low: _builtins.float
     clip_eps_high: _builtins.float
     dual_clip: _builtins.float
@@ -50,6 +51,10 @@ class PolicyLossConfig(_message.Message):
     temperature: _builtins.float
     is_correction_cap: _builtins.float
     """Truncation cap of importance-sampling weights for off-policy rollouts; 0 disables."""
+    old_logprobs_from_forward: _builtins.bool
+    """One-pass PPO (one epoch, one mini-batch per iteration): old_logprobs is not sent; the
+    step's own forward, on the same weights, gives them (detached).
+    """
     def __init__(
         self,
         *,
@@ -62,10 +67,11 @@ class PolicyLossConfig(_message.Message):
         reduction: _builtins.str = ...,
         temperature: _builtins.float = ...,
         is_correction_cap: _builtins.float = ...,
+        old_logprobs_from_forward: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_cap", b"is_correction_cap", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_cap", b"is_correction_cap", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "old_logprobs_from_forward", b"old_logprobs_from_forward", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

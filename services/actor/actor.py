@@ -9,6 +9,7 @@ import torch
 
 from quartet.codec.batches import RowBatch
 from quartet.engines.scoring import LogProbsResult
+from quartet.launch.threads import phase_threads
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import TrainingRole
@@ -37,11 +38,11 @@ class Actor(TrainingRole):
 
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
-        with self.lock:
+        with self.lock, phase_threads("score"):
             return self.updater.logprobs(batch, temperature, with_entropy)
 
     def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings) -> dict[str, float]:
-        with self.lock:
+        with self.lock, phase_threads("train"):
             return self.updater.train_step(mb, loss)
 
     # ---------------------------------------------------------------- weights

@@ -24,10 +24,14 @@ from quartet.config.base import config_to_argv
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig
 from quartet.launch.local import LocalCluster
+from quartet.launch.memory import check_budget
+from quartet.launch.threads import available_cores, role_threads, thread_env
+from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
+from services.coordinator.memory_budget import ppo_budget
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.weight_sync import GroupWeightSync, StreamedWeightSync
 
@@ -73,6 +77,18 @@ def critic_model(cfg: PPOJobConfig) -> tuple[str, str | None]:
     return model, (cfg.actor.gguf_file if model == actor else None)
 
 
+def thread_plan(cfg: PPOJobConfig, cores: int | None = None) -> dict[str, dict[str, int]]:
+    """Compute threads per local role and phase (`quartet.launch.threads`)."""
+    a = cfg.algo
+    one_pass = old_logprobs_from_forward(
+        cfg.train.max_epochs, cfg.rollout.batch_size * cfg.rollout.n_samples_per_prompt,
+        cfg.train.batch_size, 0.0 if a.kl.use_loss else a.kl.init_coef, a.kl.target is not None)
+    return role_threads(cores or available_cores(), actor_scores=not one_pass,
+                        reference=cfg.needs_reference, critic=cfg.needs_critic,
+                        reward_model=bool(cfg.reward.model_name_or_path),
+                        async_generation=cfg.train.async_enable)
+
+
 class PPOServices:
     """Starts (or connects to) every role the config needs; a context manager."""
 
@@ -83,7 +99,11 @@ class PPOServices:
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
         self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"})
+        self.threads = thread_plan(cfg)
         self.addresses: dict[str, list[str]] = {}
+
+    def _threads_env(self, role: str) -> dict[str, str]:
+        return thread_env(self.threads[role])
 
     # ---------------------------------------------------------------- starting
     def _start_local(self) -> dict[str, list[str]]:
@@ -93,12 +113,13 @@ class PPOServices:
         actor_model = cfg.actor.model_name_or_path
         if not cfg.actor.address:
             self.cluster.start("actor", config_to_argv(training_role_config(
-                cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file)))
+                cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file)),
+                env=self._threads_env("actor"))
             names["actor"].append("actor")
         if cfg.needs_critic and not cfg.critic.address:
             model, gguf = critic_model(cfg)
             self.cluster.start("critic", config_to_argv(training_role_config(
-                cfg, model, cfg.critic.learning_rate, gguf)))
+                cfg, model, cfg.critic.learning_rate, gguf)), env=self._threads_env("critic"))
             names["critic"].append("critic")
         if cfg.needs_reference and not cfg.ref.address:
             ref_model = cfg.ref.model_name_or_path or actor_model
@@ -107,10 +128,11 @@ class PPOServices:
                 args += ["--gguf-file", cfg.actor.gguf_file]
             if cfg.ref.offload:
                 args.append("--offload")
-            self.cluster.start("reference", args)
+            self.cluster.start("reference", args, env=self._threads_env("reference"))
             names["reference"].append("reference")
         for i, model in enumerate(cfg.reward.model_name_or_path):
-            self.cluster.start("reward", ["--model", model], name=f"reward{i}")
+            self.cluster.start("reward", ["--model", model], name=f"reward{i}",
+                               env=self._threads_env("reward"))
             names["reward"].append(f"reward{i}")
         offset = len(cfg.reward.model_name_or_path)
         for i, func in enumerate(cfg.reward.func):
@@ -141,6 +163,7 @@ class PPOServices:
     def start(self) -> None:
         cfg = self.cfg
         started = time.perf_counter()
+        check_budget(ppo_budget(cfg, critic_model(cfg)[0]))
         names = self._start_local()
         if self.cluster.services:
             log.info("waiting for %d local services: %s", len(self.cluster.services),

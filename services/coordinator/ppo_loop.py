@@ -32,6 +32,7 @@ from quartet.ppo.experience import (
     experience_stats,
     make_experience,
 )
+from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.types import SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.rollouts import (
@@ -189,18 +190,26 @@ class PPOLoop:
                                                     self.version, 1)
         return rollouts
 
-    def score(self, batch: RowBatch, iteration: int):
-        """Actor log-probs, reference log-probs and critic values, in parallel."""
+    def one_pass(self, rows: int) -> bool:
+        """Whether the actor's training forward gives the old log-probs this iteration."""
+        reward_kl = 0.0 if self.s.kl_in_loss else self.kl_ctl.value
+        return old_logprobs_from_forward(self.s.ppo_epochs, rows, self.s.mini_batch_size,
+                                         reward_kl, self.s.kl_target is not None)
+
+    def score(self, batch: RowBatch, iteration: int, actor_pass: bool = True):
+        """Actor log-probs (unless one-pass), reference log-probs and critic values, in
+        parallel."""
         temp = self.s.policy_loss.temperature
-        actor = self.pool.submit(self.roles.actor.logprobs, batch, temp,
-                                 self.header(iteration, "actor_logprobs"))
+        actor = (self.pool.submit(self.roles.actor.logprobs, batch, temp,
+                                  self.header(iteration, "actor_logprobs"))
+                 if actor_pass else None)
         ref = (self.pool.submit(self.roles.reference.logprobs, batch, temp,
                                 self.header(iteration, "ref_logprobs"))
                if self.roles.reference is not None else None)
         critic = (self.pool.submit(self.roles.critic.values, batch,
                                    self.header(iteration, "values"))
                   if self.roles.critic is not None else None)
-        return (actor.result(), ref.result() if ref else None,
+        return (actor.result() if actor else None, ref.result() if ref else None,
                 critic.result() if critic else None)
 
     def trim_to_minibatches(self, r: Rollouts) -> Rollouts | None:
@@ -223,6 +232,8 @@ class PPOLoop:
         loss = self.s.policy_loss
         if self.s.kl_in_loss:
             loss = PolicyLossSettings(**{**asdict(loss), "kl_coef": self.kl_ctl.value})
+        if exp.old_logprobs is None:
+            loss = PolicyLossSettings(**{**asdict(loss), "old_logprobs_from_forward": True})
         for _epoch in range(self.s.ppo_epochs):
             order = list(range(n))
             self.rng.shuffle(order)
@@ -269,8 +280,9 @@ class PPOLoop:
                     **collected.extra, **{f"time/{k}": v for k, v in timer.seconds.items()}}
         batch, rewards = rollouts.batch, rollouts.rewards
         self.on_event({"iteration": it, "phase": "score"})
+        one_pass = self.one_pass(len(batch))
         with timer("score"):
-            old_lp, ref_lp, values = self.score(batch, it)
+            old_lp, ref_lp, values = self.score(batch, it, actor_pass=not one_pass)
         raw_reward = float(rewards.mean())
         self.on_event({"iteration": it, "phase": "advantage"})
         with timer("advantage"):

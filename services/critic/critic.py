@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from quartet.codec.batches import RowBatch
+from quartet.launch.threads import phase_threads
 from quartet.ppo.batch import ValueLossSettings, ValueMiniBatch
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import TrainingRole
@@ -21,9 +22,9 @@ class Critic(TrainingRole):
                                     cfg.train.batch_size, packed=cfg.ds.packing_samples)
 
     def values(self, batch: RowBatch) -> list[torch.Tensor]:
-        with self.lock:
+        with self.lock, phase_threads("score"):
             return self.updater.values(batch)
 
     def train_step(self, mb: ValueMiniBatch, loss: ValueLossSettings) -> dict[str, float]:
-        with self.lock:
+        with self.lock, phase_threads("train"):
             return self.updater.train_step(mb, loss)

@@ -85,3 +85,15 @@ def test_value_minibatch_round_trip():
     assert loss.clip_eps == pytest.approx(0.3)
     for a, b in zip(out.returns, mb.returns, strict=True):
         assert torch.equal(a, b)
+
+
+def test_one_pass_minibatch_travels_without_old_logprobs():
+    mb = _policy_mb()
+    mb.old_logprobs = None
+    loss = PolicyLossSettings(kl_coef=0.1, old_logprobs_from_forward=True)
+    reqs = list(encode_policy_minibatch(mb, loss, common_pb2.RequestHeader(), max_bytes=80))
+    assert not any(r.HasField("old_logprobs") for r in reqs)
+    out, out_loss, _ = decode_policy_minibatch(reqs, vocab_size=50)
+    assert out.old_logprobs is None and out_loss.old_logprobs_from_forward
+    with pytest.raises(ValueError, match="old_logprobs"):
+        list(encode_policy_minibatch(mb, PolicyLossSettings(), common_pb2.RequestHeader()))

@@ -1,0 +1,78 @@
+"""How many compute threads each local role gets: the cores idle in each phase it runs in.
+
+The synchronous PPO loop runs in phases, and within a phase only some roles compute:
+generation (rollout, then a reward model), scoring (actor unless one-pass, reference,
+critic), training (actor, critic). In each phase the computing roles share the cores evenly,
+so a role that trains alone gets the whole machine, and two roles never oversubscribe the
+cores with spinning OpenMP threads. Async generation overlaps the rollout engine with every
+other phase, so it keeps one core for itself.
+
+A role's process starts with `OMP_NUM_THREADS` = its largest share; a role that takes part
+in several phases (the actor, the critic) also gets `QUARTET_PHASE_THREADS` ("score=1,train=2")
+and switches `torch.set_num_threads` at each call (`phase_threads`). The rollout engine is not
+planned here: vLLM binds its own compute threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+PHASE_ENV = "QUARTET_PHASE_THREADS"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def role_threads(cores: int, *, actor_scores: bool, reference: bool, critic: bool,
+                 reward_model: bool, async_generation: bool) -> dict[str, dict[str, int]]:
+    """Threads per role ("actor", "critic", "reference", "reward") and phase."""
+    phases = {
+        "generate": {"reward"} if reward_model else set(),
+        "score": {r for r, on in (("actor", actor_scores), ("reference", reference),
+                                  ("critic", critic)) if on},
+        "train": {"actor", "critic"} if critic else {"actor"},
+    }
+    usable = max(cores - 1, 1) if async_generation else cores
+    return {role: {phase: max(usable // len(members), 1)
+                   for phase, members in phases.items() if role in members}
+            for role in ("actor", "critic", "reference", "reward")}
+
+
+def thread_env(phases: dict[str, int]) -> dict[str, str]:
+    """The environment that gives a role process its planned threads."""
+    env = {"OMP_NUM_THREADS": str(max(phases.values(), default=1))}
+    if len(phases) > 1:
+        env[PHASE_ENV] = ",".join(f"{p}={n}" for p, n in phases.items())
+    return env
+
+
+def planned_threads(phase: str) -> int | None:
+    """This process's planned threads for `phase`, from its environment; None if unplanned."""
+    for item in os.environ.get(PHASE_ENV, "").split(","):
+        name, _, n = item.partition("=")
+        if name == phase and n.isdigit():
+            return int(n)
+    return None
+
+
+@contextmanager
+def phase_threads(phase: str) -> Iterator[None]:
+    """Runs the block with this process's planned threads for `phase` (no-op if unplanned)."""
+    import torch
+
+    n = planned_threads(phase)
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,80 @@
+"""Skipped passes change nothing: one-pass PPO gives the same losses and weights as the
+separate old-log-prob pass, and the thread plan follows the phases."""
+
+import pytest
+import torch
+
+from quartet.codec import RowBatch
+from quartet.config.deepspeed import DeepSpeedConfig
+from quartet.config.model import ModelConfig
+from quartet.config.optim import AdamConfig, OptimConfig
+from quartet.launch.threads import PHASE_ENV, phase_threads, role_threads, thread_env
+from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
+from quartet.ppo.passes import old_logprobs_from_forward
+from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+
+
+def test_one_pass_only_with_one_epoch_one_minibatch_and_no_reward_kl():
+    assert old_logprobs_from_forward(1, 64, 64, 0.0, False)
+    assert not old_logprobs_from_forward(2, 64, 64, 0.0, False)  # epoch 2: weights moved
+    assert not old_logprobs_from_forward(1, 64, 32, 0.0, False)  # 2nd mini-batch: moved
+    assert not old_logprobs_from_forward(1, 64, 64, 0.01, False)  # KL in the reward
+    assert not old_logprobs_from_forward(1, 64, 64, 0.0, True)  # adaptive KL
+
+
+def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps(monkeypatch):
+    grpo = role_threads(2, actor_scores=False, reference=True, critic=False,
+                        reward_model=False, async_generation=False)
+    assert grpo["actor"] == {"train": 2} and grpo["reference"] == {"score": 2}
+    ppo = role_threads(2, actor_scores=True, reference=True, critic=True,
+                       reward_model=True, async_generation=False)
+    assert ppo == {"actor": {"score": 1, "train": 1}, "critic": {"score": 1, "train": 1},
+                   "reference": {"score": 1}, "reward": {"generate": 2}}
+    two_pass = role_threads(4, actor_scores=True, reference=True, critic=False,
+                            reward_model=False, async_generation=False)["actor"]
+    assert two_pass == {"score": 2, "train": 4}
+    env = thread_env(two_pass)
+    assert env == {"OMP_NUM_THREADS": "4", PHASE_ENV: "score=2,train=4"}
+    monkeypatch.setenv(PHASE_ENV, env[PHASE_ENV])
+    before = torch.get_num_threads()
+    with phase_threads("score"):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    assert role_threads(1, actor_scores=True, reference=True, critic=True,
+                        reward_model=True, async_generation=True)["critic"]["train"] == 1
+
+
+def _actor(tiny_model_path, rows: int):
+    from services.actor.actor import Actor
+
+    return Actor(TrainingRoleConfig(
+        model=ModelConfig(model_name_or_path=str(tiny_model_path)),
+        ds=DeepSpeedConfig(zero_stage=0, param_dtype="fp32"),
+        optim=OptimConfig(lr_scheduler="constant"), adam=AdamConfig(lr=1e-3),
+        train=RoleTrainConfig(batch_size=rows, micro_batch_size=2, seed=7),
+    ))
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.04])
+def test_one_pass_step_equals_the_two_pass_step(tiny_model_path, kl_coef):
+    g = torch.Generator().manual_seed(3)
+    prompts = [2, 5, 3, 4]
+    rows = [torch.randint(3, 200, (p + 3 + i,), generator=g) for i, p in enumerate(prompts)]
+    batch = RowBatch(rows, prompts)
+    adv = [torch.randn(n, generator=g) for n in batch.response_lengths()]
+    ref = [torch.randn(n, generator=g) * 0.1 - 5.0 for n in batch.response_lengths()]
+    two, one = _actor(tiny_model_path, 4), _actor(tiny_model_path, 4)
+    old = two.logprobs(batch).logprobs  # the pass one-pass PPO skips
+    loss = PolicyLossSettings(kl_coef=kl_coef)
+    m_two = two.train_step(PolicyMiniBatch(batch, old, adv, ref), loss)
+    m_one = one.train_step(PolicyMiniBatch(batch, None, adv, ref),
+                           PolicyLossSettings(kl_coef=kl_coef, old_logprobs_from_forward=True))
+    for key in ("policy_loss", "ratio", "grad_norm") + (("kl_loss",) if kl_coef else ()):
+        assert m_one[key] == pytest.approx(m_two[key], rel=1e-4, abs=1e-6), key
+    for (name, a), (_, b) in zip(two.engine.module.named_parameters(),
+                                 one.engine.module.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=2e-6), name
+    start = _actor(tiny_model_path, 4)
+    delta = max(float((a.detach() - s.detach()).abs().max()) for a, s in zip(
+        one.engine.module.parameters(), start.engine.module.parameters(), strict=True))
+    assert delta > 1e-4  # the step did move the weights (so equality means something)
