@@ -8,6 +8,8 @@ means the same thing for every loss. Metrics returned next to a loss are detache
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -15,12 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from quartet.algos.kl import approx_kl
-from quartet.algos.masked import as_bool_mask, masked_mean
+from quartet.algos.masked import as_bool_mask, masked_mean, masked_sum
 
 __all__ = [
     "REDUCTIONS",
     "RM_LOSS_TYPES",
     "DPOLossOutput",
+    "LossNormaliser",
     "PolicyLossOutput",
     "ValueLossOutput",
     "aggregate_loss",
@@ -45,11 +48,44 @@ RM_LOSS_TYPES = ("sigmoid", "logexp")
 # --------------------------------------------------------------------------- reduction
 
 
+@dataclass(frozen=True)
+class LossNormaliser:
+    """The denominators of a reduction over a whole mini-batch, of which one micro-batch on
+    one data-parallel rank sees only a part.
+
+    Reducing each part by its own mean weighs tokens (or rows) differently depending on how
+    the mini-batch was cut, so N ranks would not compute the update of one rank. With a
+    normaliser, :func:`aggregate_loss` returns the part's *share* of the mini-batch loss
+    (its sum over the global count): shares add up, over micro-batches and ranks, to the
+    loss of the whole mini-batch reduced at once. OpenRLHF divides by the global token count
+    the same way (``batch_num_tokens`` times ``dp_size``).
+    """
+
+    num_tokens: int
+    """Valid tokens in the mini-batch (the ``token_mean`` denominator)."""
+    num_sequences: int
+    """Rows with at least one valid token (the denominator of the sequence reductions)."""
+    max_length: int
+    """Longest row, in tokens: the default ``norm_length`` of ``seq_mean_token_sum_norm`` —
+    the padded width the whole mini-batch would have."""
+
+    @classmethod
+    def of_lengths(cls, lengths: Sequence[int]) -> LossNormaliser:
+        """From the valid-token count of every row of the mini-batch."""
+        return cls(int(sum(lengths)), sum(1 for n in lengths if n > 0),
+                   max((int(n) for n in lengths), default=0))
+
+    def denominator(self, reduction: str) -> float:
+        count = self.num_tokens if reduction == "token_mean" else self.num_sequences
+        return float(max(count, 1))
+
+
 def aggregate_loss(
     per_token_loss: Tensor,
     mask: Tensor,
     reduction: str = "token_mean",
     norm_length: float | None = None,
+    normaliser: LossNormaliser | None = None,
 ) -> Tensor:
     """Reduce a ``[B, T]`` per-token loss to a scalar over the masked tokens.
 
@@ -63,21 +99,31 @@ def aggregate_loss(
 
     Row means are over rows with at least one valid token; a batch with no valid token gives
     0 (with a zero gradient), never NaN.
+
+    With a ``normaliser`` (see :class:`LossNormaliser`) the result is this part's share of a
+    larger mini-batch: the same sums divided by the mini-batch's counts, and ``norm_length``
+    defaulting to its longest row.
     """
     m = as_bool_mask(mask)
     if per_token_loss.shape != m.shape:
         raise ValueError(f"loss shape {tuple(per_token_loss.shape)} != mask shape {tuple(m.shape)}")
-    if reduction == "token_mean":
-        return masked_mean(per_token_loss, m)
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+    if reduction == "token_mean":
+        if normaliser is not None:
+            return masked_sum(per_token_loss, m) / normaliser.denominator(reduction)
+        return masked_mean(per_token_loss, m)
     if reduction == "sequence_mean":
         per_row = masked_mean(per_token_loss, m, dim=-1)
     else:
         per_row = torch.where(m, per_token_loss, torch.zeros_like(per_token_loss)).sum(dim=-1)
         if reduction == "seq_mean_token_sum_norm":
-            per_row = per_row / float(norm_length if norm_length is not None else m.shape[-1])
+            if norm_length is None:
+                norm_length = normaliser.max_length if normaliser is not None else m.shape[-1]
+            per_row = per_row / float(max(norm_length, 1))
     non_empty = m.any(dim=-1)
+    if normaliser is not None:
+        return masked_sum(per_row, non_empty) / normaliser.denominator(reduction)
     return masked_mean(per_row, non_empty)
 
 
@@ -257,6 +303,7 @@ def policy_loss(
     reduction: str = "token_mean",
     is_weights: Tensor | None = None,
     norm_length: float | None = None,
+    normaliser: LossNormaliser | None = None,
 ) -> PolicyLossOutput:
     """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
 
@@ -266,7 +313,8 @@ def policy_loss(
     (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"), ``c > 1``: for
     ``A < 0`` the loss is additionally capped at ``-c * A``, so a huge ratio on a bad action
     cannot blow up the update. ``is_weights`` (e.g. :func:`truncated_is_weights`) multiply the
-    per-token loss. The loss is reduced with :func:`aggregate_loss`.
+    per-token loss. The loss is reduced with :func:`aggregate_loss` (a share of the
+    mini-batch loss when a ``normaliser`` is given).
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
@@ -292,7 +340,7 @@ def policy_loss(
     per_token = -surr
     if is_weights is not None:
         per_token = per_token * is_weights.detach()
-    loss = aggregate_loss(per_token, m, reduction, norm_length)
+    loss = aggregate_loss(per_token, m, reduction, norm_length, normaliser)
     with torch.no_grad():
         clipped = surr_clipped < surr_unclipped
         return PolicyLossOutput(
@@ -318,6 +366,7 @@ def value_loss(
     action_mask: Tensor,
     clip_eps: float | None = 0.2,
     reduction: str = "token_mean",
+    normaliser: LossNormaliser | None = None,
 ) -> ValueLossOutput:
     """Clipped value loss ``0.5 * max((V - R)^2, (V_clip - R)^2)``, where
     ``V_clip = V_old + clip(V - V_old, -clip_eps, clip_eps)`` (PPO2 baselines; Engstrom et al.
@@ -332,7 +381,7 @@ def value_loss(
         sq_clipped = (values_clipped - returns) ** 2
         per_token = torch.maximum(sq_unclipped, sq_clipped)
         clipped = sq_clipped > sq_unclipped
-    loss = 0.5 * aggregate_loss(per_token, m, reduction)
+    loss = 0.5 * aggregate_loss(per_token, m, reduction, normaliser=normaliser)
     return ValueLossOutput(loss, masked_mean(clipped.float(), m).detach())
 
 
@@ -342,6 +391,7 @@ def kl_loss(
     action_mask: Tensor,
     estimator: str = "k3",
     reduction: str = "token_mean",
+    normaliser: LossNormaliser | None = None,
 ) -> Tensor:
     """KL penalty as a loss term (GRPO style, Shao et al. 2024), instead of in the reward.
 
@@ -349,4 +399,4 @@ def kl_loss(
     ``k3``), reduced with :func:`aggregate_loss`; the trainer adds ``kl_coef * kl_loss``.
     """
     kl = approx_kl(logprobs, ref_logprobs, estimator, mask=action_mask)
-    return aggregate_loss(kl, action_mask, reduction)
+    return aggregate_loss(kl, action_mask, reduction, normaliser=normaliser)

@@ -66,6 +66,13 @@ def serve(argv: list[str]) -> int:
         args, extra = parser.parse_known_args(rest)
         args.role_config = parse_config(role_config_cls, extra, prog=f"quartet serve {role}")
 
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not hasattr(module, "serve_rank"):
+        print(f"quartet serve {role}: runs one rank, but WORLD_SIZE={world_size}; only the "
+              "actor, critic and reference serve several ranks", file=sys.stderr)
+        return 2
+    if rank > 0:
+        return _serve_rank(role, module, args, rank)
     setup_logging(role)
     from quartet.serving import RoleServer
 
@@ -94,6 +101,22 @@ def serve(argv: list[str]) -> int:
     code = 1 if failure else 0
     # The server has drained; skip interpreter teardown, where native extensions loaded by
     # the engines (vLLM's triton) print leak reports and take seconds to unload.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _serve_rank(role: str, module, args: argparse.Namespace, rank: int) -> int:
+    """Rank > 0 of a multi-rank role: no port; serve rank 0's calls until it stops or dies."""
+    setup_logging(f"{role}[{rank}]")
+    log.info("%s rank %d: joining rank 0 at %s:%s", role, rank, os.environ.get("MASTER_ADDR"),
+             os.environ.get("MASTER_PORT"))
+    try:
+        code = module.serve_rank(args)
+    except BaseException as exc:  # noqa: BLE001 - reported, then the process exits 1
+        log.error("%s rank %d failed: %s", role, rank, exc, exc_info=True)
+        code = 1
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

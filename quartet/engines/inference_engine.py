@@ -6,6 +6,9 @@ the forward, trading transfer time for accelerator memory (``--ref.offload``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -19,27 +22,39 @@ class InferenceEngine:
     """Wraps a module in eval mode with gradients off, in ``dtype``, on ``device``."""
 
     def __init__(self, module: nn.Module, device: torch.device, dtype: torch.dtype,
-                 attn_implementation: str, offload: bool = False) -> None:
-        self.module = module.eval().requires_grad_(False).to(dtype)
+                 attn_implementation: str, offload: bool = False,
+                 placed_by_deepspeed: bool = False) -> None:
+        """`placed_by_deepspeed`: the module is a ZeRO-3 partitioned one whose dtype, device
+        and offload DeepSpeed manages; it is left where it is."""
+        if placed_by_deepspeed and offload:
+            raise ValueError("offload: DeepSpeed places a ZeRO-3 module (offload_param)")
+        self.module = module.eval().requires_grad_(False)
+        if not placed_by_deepspeed:
+            self.module.to(dtype).to("cpu" if offload else device)
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
         self.offload = offload
-        self.module.to("cpu" if offload else device)
 
-    @torch.no_grad()
-    def logits(self, batch: TokenBatch, logits_from: int = 0) -> Tensor:
-        """Logits ``[R, T - logits_from, V]`` of a causal LM on ``batch``."""
+    @contextmanager
+    def placed(self) -> Iterator[nn.Module]:
+        """The module on the compute device for the duration of the block (moved there and
+        back when offloaded): the one place any frozen model's forward runs."""
         if self.offload:
             self.module.to(self.device)
         try:
-            batch = batch.to(self.device)
-            out = self.module(**forward_inputs(batch, self.attn_implementation, self.dtype,
-                                               logits_from))
-            return out.logits
+            with torch.no_grad():
+                yield self.module
         finally:
             if self.offload:
                 self.module.to("cpu")
+
+    def logits(self, batch: TokenBatch, logits_from: int = 0) -> Tensor:
+        """Logits ``[R, T - logits_from, V]`` of a causal LM on ``batch``."""
+        with self.placed() as module:
+            batch = batch.to(self.device)
+            return module(**forward_inputs(batch, self.attn_implementation, self.dtype,
+                                           logits_from)).logits
 
     @property
     def on_device(self) -> bool:

@@ -25,6 +25,17 @@ class LogProbsResult:
     logprobs: list[torch.Tensor]
     entropy: list[torch.Tensor] | None
 
+    def rows(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One (log-probs, entropy or None) pair per row: the unit rows are scattered and
+        gathered in over data-parallel ranks."""
+        return list(zip(self.logprobs, self.entropy or [None] * len(self.logprobs),
+                        strict=True))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
+                  with_entropy: bool) -> LogProbsResult:
+        return cls([lp for lp, _ in rows], [e for _, e in rows] if with_entropy else None)
+
 
 def to_model_batch(rows: RowBatch, pad_id: int, packed: bool = False) -> TokenBatch:
     """Prompt+response rows → the trainers' padded/packed batch, targets on response tokens."""

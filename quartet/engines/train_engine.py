@@ -230,6 +230,18 @@ class TrainEngine:
             else:
                 yield name, param.data
 
+    def parameter_shapes(self) -> Iterator[tuple[str, torch.Size, torch.dtype]]:
+        """Name, full shape and dtype of each parameter `named_parameters_for_export` yields,
+        in the same order, without gathering anything (ZeRO-3 keeps the full shape in
+        `ds_shape`): a weight manifest costs no communication."""
+        for name, param in self.module.named_parameters():
+            yield name, getattr(param, "ds_shape", param.shape), param.dtype
+
+    @property
+    def gathers_for_export(self) -> bool:
+        """Whether an export needs every rank: ZeRO-3 shards the parameters themselves."""
+        return self.ds.zero_stage == 3 and self.world.world_size > 1
+
     def _gathered_state_dict(self) -> dict[str, Tensor]:
         return {n: t.detach().to("cpu", copy=True).contiguous()
                 for n, t in self.named_parameters_for_export()}

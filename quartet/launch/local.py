@@ -35,6 +35,8 @@ class LocalService:
     port_file: Path
     log_path: Path
     port: int = 0
+    serves_grpc: bool = True
+    """False for ranks > 0 of a multi-rank role: no port, nothing to health-check."""
 
     @property
     def address(self) -> str:
@@ -58,7 +60,7 @@ class LocalCluster:
         self.services: dict[str, LocalService] = {}
 
     def start(self, role: str, args: list[str], name: str | None = None,
-              env: dict[str, str] | None = None) -> LocalService:
+              env: dict[str, str] | None = None, serves_grpc: bool = True) -> LocalService:
         name = name or role
         if name in self.services:
             raise ValueError(f"a service named {name!r} is already running")
@@ -73,7 +75,7 @@ class LocalCluster:
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**self.env, **(env or {})}, start_new_session=True,
             )
-        svc = LocalService(name, role, process, port_file, log_path)
+        svc = LocalService(name, role, process, port_file, log_path, serves_grpc=serves_grpc)
         self.services[name] = svc
         return svc
 
@@ -96,6 +98,8 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         for name in names or list(self.services):
             svc = self.services[name]
+            if not svc.serves_grpc:
+                continue
             if not svc.port:
                 self._read_port(svc, deadline)
             try:
@@ -104,6 +108,11 @@ class LocalCluster:
             except (RuntimeError, TimeoutError) as exc:
                 raise type(exc)(f"{exc}; log tail of {svc.log_path}:\n{svc.log_tail()}"
                                 ) from None
+        for name in names or list(self.services):
+            svc = self.services[name]
+            if svc.process.poll() is not None:
+                raise RuntimeError(f"{svc.name} exited with code {svc.process.returncode}; "
+                                   f"log tail of {svc.log_path}:\n{svc.log_tail()}")
 
     def stop(self, timeout_s: float = 20.0) -> dict[str, int | None]:
         """SIGTERM every service, wait, SIGKILL stragglers; returns exit codes by name."""

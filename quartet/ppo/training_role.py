@@ -1,8 +1,14 @@
 """What the actor and critic roles share: one DeepSpeed engine built from the role's own
-config, its tokenizer and limits, a lock, and checkpoints.
+config, its tokenizer and limits, a lock, checkpoints, and its data-parallel ranks.
 
 One lock serialises engine use: gRPC serves requests on a thread pool, and a scoring call
-must not interleave with a TrainStep's forward/backward.
+must not interleave with a TrainStep's forward/backward (nor, with several ranks, two
+fanned-out calls with each other).
+
+With N ranks (`WORLD_SIZE` > 1, see `quartet.serving.ranks`) the public methods run on rank
+0 and fan out: rows are split over the ranks, every rank runs the `shard_*`/`rank_*` method
+on its part, and rank 0 merges the results in order. With one rank the same methods run
+directly, so the in-process mode and a single service take the same path.
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ from pathlib import Path
 
 import torch
 
+from quartet.algos.losses import LossNormaliser
+from quartet.ppo.batch import (
+    PolicyLossSettings,
+    PolicyMiniBatch,
+    ValueLossSettings,
+    ValueMiniBatch,
+)
 from quartet.ppo.role_config import TrainingRoleConfig
 
 
@@ -22,10 +35,18 @@ class TrainingRole:
         from quartet.engines.distributed import init_distributed
         from quartet.engines.train_engine import TrainEngine
         from quartet.models.loading import load_tokenizer
+        from quartet.serving.ranks import RankGroup
 
         torch.manual_seed(cfg.train.seed)
         self.cfg = cfg
         self.world = init_distributed()
+        size = self.world.world_size
+        per_rank = cfg.train.micro_batch_size * size
+        if cfg.train.batch_size % per_rank:
+            raise ValueError(
+                f"--train.batch_size: {cfg.train.batch_size} rows do not split into whole "
+                f"micro-batches of {cfg.train.micro_batch_size} over {size} ranks; use a "
+                f"multiple of {per_rank}")
         build = TrainEngine.causal_lm if self.kind == "causal_lm" else TrainEngine.value_model
         extra = {} if self.kind == "causal_lm" else {"seed": cfg.train.seed}
         self.engine = build(
@@ -38,22 +59,71 @@ class TrainingRole:
         self.vocab_size = int(hf_config.vocab_size)
         self.max_len = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
         self.pad_id = int(self.tokenizer.pad_token_id)
+        self.rows_per_rank = cfg.train.batch_size // size
         self.lock = threading.Lock()
+        self.ranks = RankGroup(self.world.rank, size)
 
     @property
     def global_step(self) -> int:
         return self.engine.global_step
 
-    def save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
-        """DeepSpeed checkpoint under `deepspeed/<tag>`, HF export under `hf/<tag>`."""
-        tag = tag or f"global_step{self.global_step}"
-        out = Path(output_dir)
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
+
+    def serve_worker(self) -> int:
+        """Ranks > 0: serve rank 0's fanned-out calls until it stops; the exit code."""
+        return self.ranks.serve_worker(self)
+
+    def stop_workers(self) -> None:
+        """Rank 0 at shutdown: let the other ranks exit."""
+        self.ranks.stop()
+
+    def check_rows(self, num_rows: int) -> None:
+        from quartet.serving.errors import InvalidArgument
+
+        if num_rows != self.cfg.train.batch_size:
+            raise InvalidArgument(
+                f"batch: TrainStep needs exactly {self.cfg.train.batch_size} rows "
+                f"(train.batch_size of this service), got {num_rows}")
+
+    def train_step(self, mb: PolicyMiniBatch | ValueMiniBatch,
+                   loss: PolicyLossSettings | ValueLossSettings) -> dict[str, float]:
+        """One optimizer step on the mini-batch (`PolicyMiniBatch` or `ValueMiniBatch`), its
+        rows split over the ranks and its loss normalised over all of them."""
+        from quartet.ppo.updates import merge_metrics
+        from quartet.sharding import contiguous
+
+        self.check_rows(len(mb.batch))
+        norm = LossNormaliser.of_lengths(mb.batch.response_lengths())
+        shards = [(mb.slice(r.start, r.stop), loss, norm)
+                  for r in contiguous(len(mb.batch), self.ranks.size)]
         with self.lock:
-            self.engine.save_checkpoint(out / "deepspeed", tag)
-            hf_dir = ""
-            if hf_export:
-                hf_dir = str(out / "hf" / tag)
-                self.engine.save_hf(hf_dir, tokenizer=self.tokenizer)
+            parts = self.ranks.call(self, "shard_train_step", shards)
+        return {**merge_metrics(parts), "world_size": float(self.world_size)}
+
+    def shard_train_step(self, mb: PolicyMiniBatch | ValueMiniBatch,
+                         loss: PolicyLossSettings | ValueLossSettings,
+                         norm: LossNormaliser) -> dict[str, float]:
+        from quartet.launch.threads import phase_threads
+
+        with phase_threads("train"):
+            return self.updater.train_step(mb, loss, norm)
+
+    def save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
+        """DeepSpeed checkpoint under `deepspeed/<tag>`, HF export under `hf/<tag>`; every
+        rank takes part (ZeRO shards are saved by their owners)."""
+        tag = tag or f"global_step{self.global_step}"
+        with self.lock:
+            return self.ranks.call_all(self, "rank_save", output_dir, tag, hf_export)[0]
+
+    def rank_save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
+        out = Path(output_dir)
+        self.engine.save_checkpoint(out / "deepspeed", tag)
+        hf_dir = ""
+        if hf_export:
+            hf_dir = str(out / "hf" / tag)
+            self.engine.save_hf(hf_dir, tokenizer=self.tokenizer)
         return hf_dir, str(out / "deepspeed" / tag)
 
 

@@ -1,8 +1,14 @@
 """One PPO optimizer step for the actor (clipped surrogate) and the critic (clipped value).
 
-Shared by the actor and critic services and by the in-process mode. A step receives exactly
-one mini-batch (`train.batch_size` rows) and splits it into micro-batches that match the
-engine's gradient accumulation, so DeepSpeed steps the optimizer once per call.
+Shared by the actor and critic services and by the in-process mode. A step receives this
+rank's share of one mini-batch (`train.batch_size / world_size` rows) and splits it into
+micro-batches that match the engine's gradient accumulation, so DeepSpeed steps the
+optimizer once per call.
+
+Every loss is normalised over the whole mini-batch (`LossNormaliser`, computed by whoever
+holds all of it), not per micro-batch or per rank: each micro-batch backpropagates its
+share of the mini-batch loss, scaled by `accumulation x world_size` to undo DeepSpeed's
+averaging over both. So one rank and N ranks take the same step on the same mini-batch.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import torch
 
 from quartet.algos.losses import (
+    LossNormaliser,
+    aggregate_loss,
     entropy_from_logits,
     kl_loss,
     policy_loss,
@@ -38,10 +46,24 @@ from quartet.ppo.batch import (
 )
 from quartet.serving.errors import InvalidArgument
 
+SHARE_METRICS = ("policy_loss", "kl_loss", "entropy", "value_loss")
+"""Metrics that are shares of a mini-batch quantity (see module doc): summed, not averaged,
+over micro-batches and ranks."""
+
+
+def merge_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Metrics of several micro-batches (or ranks) as one: shares summed, the rest averaged."""
+    keys = {k for m in parts for k in m}
+    out = {}
+    for k in sorted(keys):
+        total = sum(m.get(k, 0.0) for m in parts)
+        out[k] = total if k in SHARE_METRICS else total / len(parts)
+    return out
+
 
 class _Updater:
     """What the actor's and critic's steps share: the engine, batching, and the contract that
-    one TrainStep (exactly `mini_batch_size` rows) is one optimizer step."""
+    one TrainStep (exactly `mini_batch_size` rows on this rank) is one optimizer step."""
 
     def __init__(self, engine, pad_id: int, micro_batch_size: int, mini_batch_size: int,
                  packed: bool = False) -> None:
@@ -50,6 +72,10 @@ class _Updater:
         self.micro_batch_size = micro_batch_size
         self.mini_batch_size = mini_batch_size
         self.packed = packed
+        # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
+        # gradients over the ranks; a share of the mini-batch loss is multiplied back.
+        self.share_scale = float(engine.ds_config["gradient_accumulation_steps"]
+                                 * engine.world.world_size)
 
     def _micro_batches(self, mb):
         """Checks the row count, switches to train mode, yields micro-batches and the model
@@ -64,15 +90,14 @@ class _Updater:
             micro = mb.slice(s, e)
             yield micro, to_model_batch(micro.batch, self.pad_id, self.packed)
 
-    def _step(self, loss: torch.Tensor):
-        self.engine.backward(loss)
+    def _step(self, loss_share: torch.Tensor):
+        self.engine.backward(loss_share * self.share_scale)
         return self.engine.step()
 
     @staticmethod
     def _summary(metrics: list[dict[str, float]], info) -> dict[str, float]:
-        """Micro-batch metrics averaged, plus what the optimizer step reported."""
-        keys = {k for m in metrics for k in m}
-        out = {k: sum(m.get(k, 0.0) for m in metrics) / len(metrics) for k in sorted(keys)}
+        """Micro-batch metrics merged, plus what the optimizer step reported."""
+        out = merge_metrics(metrics)
         if info is not None:
             out.update(lr=info.lr, grad_norm=info.grad_norm, global_step=float(info.step))
         return out
@@ -88,7 +113,11 @@ class PolicyUpdater(_Updater):
                                  self.pad_id,
                                  temperature, self.micro_batch_size, with_entropy, self.packed)
 
-    def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings) -> dict[str, float]:
+    def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings,
+                   norm: LossNormaliser | None = None) -> dict[str, float]:
+        """One optimizer step; `norm` counts the whole mini-batch (default: `mb` is all of
+        it)."""
+        norm = norm or LossNormaliser.of_lengths([a.numel() for a in mb.advantages])
         metrics: list[dict[str, float]] = []
         info = None
         for micro, batch in self._micro_batches(mb):
@@ -114,7 +143,8 @@ class PolicyUpdater(_Updater):
                 is_weights = truncated_is_weights(old, rollout, mask,
                                                   cap=loss_cfg.is_correction_cap)
             pl = policy_loss(new, old, adv, mask, loss_cfg.clip_eps_low, loss_cfg.clip_eps_high,
-                             loss_cfg.dual_clip, loss_cfg.reduction, is_weights=is_weights)
+                             loss_cfg.dual_clip, loss_cfg.reduction, is_weights=is_weights,
+                             normaliser=norm)
             # keeps the graph connected when every response in the micro-batch is empty
             loss = pl.loss + 0.0 * logits.sum()
             m = {"policy_loss": pl.loss.item(), "clip_fraction": float(pl.clip_fraction),
@@ -123,13 +153,13 @@ class PolicyUpdater(_Updater):
             with torch.set_grad_enabled(loss_cfg.entropy_coef > 0):
                 ent, _ = pad_rows(gather_rows(
                     entropy_from_logits(logits, loss_cfg.temperature), pos))
-                entropy = masked_mean(ent, mask)
+                entropy = aggregate_loss(ent, mask, "token_mean", normaliser=norm)
             if loss_cfg.entropy_coef > 0:
                 loss = loss - loss_cfg.entropy_coef * entropy
             m["entropy"] = float(entropy)
             if loss_cfg.kl_coef > 0 and micro.ref_logprobs is not None:
                 ref = pad_response_values(micro.ref_logprobs, width)[0].to(dev)
-                kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator)
+                kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator, normaliser=norm)
                 loss = loss + loss_cfg.kl_coef * kl
                 m["kl_loss"] = float(kl)
             if out.aux_loss is not None:
@@ -155,7 +185,11 @@ class ValueUpdater(_Updater):
             out += [t.float().cpu() for t in self._values(batch)[0]]
         return out
 
-    def train_step(self, mb: ValueMiniBatch, loss_cfg: ValueLossSettings) -> dict[str, float]:
+    def train_step(self, mb: ValueMiniBatch, loss_cfg: ValueLossSettings,
+                   norm: LossNormaliser | None = None) -> dict[str, float]:
+        """One optimizer step; `norm` counts the whole mini-batch (default: `mb` is all of
+        it)."""
+        norm = norm or LossNormaliser.of_lengths([r.numel() for r in mb.returns])
         metrics: list[dict[str, float]] = []
         info = None
         for micro, batch in self._micro_batches(mb):
@@ -164,7 +198,7 @@ class ValueUpdater(_Updater):
             width, dev = values.shape[1], values.device
             old = pad_response_values(micro.old_values, width)[0].to(dev)
             returns = pad_response_values(micro.returns, width)[0].to(dev)
-            vl = value_loss(values, old, returns, mask, loss_cfg.clip_eps)
+            vl = value_loss(values, old, returns, mask, loss_cfg.clip_eps, normaliser=norm)
             info = self._step(vl.loss + 0.0 * raw.sum()) or info
             metrics.append({"value_loss": vl.loss.item(),
                             "value_clip_fraction": float(vl.clip_fraction),

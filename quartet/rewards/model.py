@@ -10,27 +10,31 @@ import threading
 
 import torch
 
+from quartet.codec.dtypes import float_dtype
 from quartet.rewards.base import RewardInputs, RewardResult
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class SequenceRegressionReward:
     def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
                  micro_batch_size: int = 8, max_len: int = 2048,
-                 use_token_ids: bool = False) -> None:
+                 use_token_ids: bool = False, offload: bool = False) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from quartet.engines.frozen_model import default_device, load_frozen
+        from quartet.engines.inference_engine import InferenceEngine
+
         self.name = model_path
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_path, num_labels=1, dtype=DTYPES[dtype]
-        ).to(self.device)
-        self.model.eval().requires_grad_(False)
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        torch_dtype = float_dtype(dtype)
+        model = load_frozen(AutoModelForSequenceClassification, model_path, torch_dtype,
+                            num_labels=1)
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        # Offload (keep on CPU between calls) matters only with an accelerator.
+        self.engine = InferenceEngine(model, self.device, torch_dtype, "sdpa",
+                                      offload=offload and self.device.type != "cpu")
         self.micro_batch_size = micro_batch_size
         self.max_len = max_len
         self.use_token_ids = use_token_ids
@@ -49,10 +53,11 @@ class SequenceRegressionReward:
                 ids[i, : r.numel()] = r
                 mask[i, : r.numel()] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            last = mask.sum(dim=1) - 1
-            picked = hidden[torch.arange(len(chunk), device=self.device), last]
-            out.extend(self.model.score(picked).float().squeeze(-1).cpu().tolist())
+            with self.engine.placed() as model:
+                hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+                last = mask.sum(dim=1) - 1
+                picked = hidden[torch.arange(len(chunk), device=self.device), last]
+                out.extend(model.score(picked).float().squeeze(-1).cpu().tolist())
         return out
 
     def __call__(self, inputs: RewardInputs) -> RewardResult:

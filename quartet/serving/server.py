@@ -87,6 +87,7 @@ class RoleServer:
             raise OSError(f"could not bind {role} server to {address}")
         self.host = host
         self._stopped = threading.Event()
+        self._on_stop: list = []
         self._reflection_enabled = False
         self.set_serving(False)
 
@@ -120,6 +121,11 @@ class RoleServer:
             if name != health.SERVICE_NAME:
                 self.health.set(name, status)
 
+    def on_stop(self, callback) -> None:
+        """Runs `callback()` once the server has stopped and drained (e.g. to release a
+        role's other ranks)."""
+        self._on_stop.append(callback)
+
     def start(self) -> None:
         self._server.start()
         self.grpc_server.started = True
@@ -132,6 +138,11 @@ class RoleServer:
         self.set_serving(False)
         self.health.enter_graceful_shutdown()
         self._server.stop(self.grace_s if grace_s is None else grace_s).wait()
+        for callback in self._on_stop:
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - shutting down regardless
+                log.warning("%s: stop callback failed: %s", self.role, exc)
         log.info("%s stopped", self.role)
 
     def install_signal_handlers(self) -> None:

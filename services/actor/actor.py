@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from quartet.codec.batches import RowBatch
 from quartet.engines.scoring import LogProbsResult
 from quartet.launch.threads import phase_threads
-from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import TrainingRole
 from quartet.ppo.updates import PolicyUpdater
@@ -32,30 +32,57 @@ class Actor(TrainingRole):
     def __init__(self, cfg: TrainingRoleConfig) -> None:
         super().__init__(cfg)
         self.updater = PolicyUpdater(self.engine, self.pad_id, cfg.train.micro_batch_size,
-                                     cfg.train.batch_size, packed=cfg.ds.packing_samples)
+                                     self.rows_per_rank, packed=cfg.ds.packing_samples)
         self.sender: WeightSender | None = None
         self.weight_version = 0
 
+    # ---------------------------------------------------------------- compute (all ranks)
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
-        with self.lock, phase_threads("score"):
-            return self.updater.logprobs(batch, temperature, with_entropy)
+        with self.lock:
+            rows = self.ranks.scatter_rows(self, "shard_logprobs", batch, temperature,
+                                           with_entropy)
+        return LogProbsResult.from_rows(rows, with_entropy)
 
-    def train_step(self, mb: PolicyMiniBatch, loss: PolicyLossSettings) -> dict[str, float]:
-        with self.lock, phase_threads("train"):
-            return self.updater.train_step(mb, loss)
+    def shard_logprobs(self, batch: RowBatch, temperature: float, with_entropy: bool
+                       ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        with phase_threads("score"):
+            return self.updater.logprobs(batch, temperature, with_entropy).rows()
 
     # ---------------------------------------------------------------- weights
     def named_weights(self, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full parameters by HF name (gathered one at a time under ZeRO-3), cast if asked."""
+        """Full parameters by HF name (gathered one at a time under ZeRO-3), cast if asked.
+        With ZeRO-3 over several ranks, iterate inside `exported_weights`."""
         for name, t in self.engine.named_parameters_for_export():
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
             yield name, t
 
+    @contextmanager
+    def exported_weights(self, dtype: torch.dtype | None
+                         ) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+        """The weights for one export from rank 0 (hold `lock`). Under ZeRO-3 over several
+        ranks the others gather each parameter alongside; whatever the caller leaves unread
+        (a cancelled stream) is drained, so no rank is left waiting in a gather."""
+        weights = self.named_weights(dtype)
+        helpers = (self.ranks.fanout("rank_gather_weights", [()] * self.ranks.size)
+                   if self.engine.gathers_for_export else nullcontext())
+        with helpers:
+            try:
+                yield weights
+            finally:
+                for _ in weights:
+                    pass
+
+    def rank_gather_weights(self) -> None:
+        for _ in self.engine.named_parameters_for_export():
+            pass
+
     def manifest(self, dtype: torch.dtype | None) -> list[TensorSpec]:
-        with self.lock:
-            return [TensorSpec.of(n, t) for n, t in self.named_weights(dtype)]
+        """What an export sends, from the parameters' shapes: nothing is gathered."""
+        return [TensorSpec(name, dtype if dtype is not None and dt.is_floating_point else dt,
+                           tuple(shape))
+                for name, shape, dt in self.engine.parameter_shapes()]
 
     def init_weight_group(self, config: WeightGroupConfig) -> None:
         if config.rank != 0:
@@ -66,15 +93,17 @@ class Actor(TrainingRole):
 
     def broadcast(self, version: int, bucket_bytes: int,
                   dtype: torch.dtype | None) -> TransferStats:
+        """Sends every parameter once over the weight group (each gathered once)."""
         if self.sender is None:
             raise FailedPrecondition("no weight group: call InitWeightGroup first")
         if version <= self.weight_version:
             raise FailedPrecondition(f"version: {version} is not newer than the last "
                                      f"broadcast version {self.weight_version}")
         with self.lock:
-            specs = [TensorSpec.of(n, t) for n, t in self.named_weights(dtype)]
+            specs = self.manifest(dtype)
             if bucket_bytes > 0:
                 self.sender.bucket_bytes = bucket_bytes
-            stats = self.sender.send(version, self.named_weights(dtype), specs)
+            with self.exported_weights(dtype) as weights:
+                stats = self.sender.send(version, weights, specs)
         self.weight_version = version
         return stats

@@ -22,4 +22,13 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
 
     actor = Actor(args.role_config)
     actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor), server.grpc_server)
+    # Constructing the engine is collective, so every rank has joined by now.
+    server.on_stop(actor.stop_workers)
     server.set_serving(True)
+
+
+def serve_rank(args: argparse.Namespace) -> int:
+    """Ranks > 0 of a multi-rank actor: no gRPC port; serve rank 0's fanned-out calls."""
+    from services.actor.actor import Actor
+
+    return Actor(args.role_config).serve_worker()

@@ -68,8 +68,8 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
     def StreamWeights(self, request, context):
         chunk = request.chunk_bytes or (4 << 20)
         dtype = optional_dtype(request.dtype, "dtype")
-        with self.actor.lock:
-            for name, tensor in self.actor.named_weights(dtype):
+        with self.actor.lock, self.actor.exported_weights(dtype) as weights:
+            for name, tensor in weights:
                 yield from chunk_tensor(name, tensor, chunk)
 
     def GetInfo(self, request, context):

@@ -122,6 +122,8 @@ class RewardGroup:
     stop_properly_penalty_coef: float | None = None
     """Truncated responses (hit max_new_tokens): reward scaled by this coefficient in [0, 1],
     or replaced by it when negative; None disables."""
+    offload: bool = False
+    """Keep reward models on CPU between calls (like --ref.offload; accelerators only)."""
 
     def num_sources(self) -> int:
         return (len(self.model_name_or_path) + len(self.func) + len(self.remote_url)
@@ -314,6 +316,8 @@ class PPOJobConfig:
         check(rows % self.train.batch_size == 0, "--train.batch_size",
               f"{self.train.batch_size} must divide --rollout.batch_size x "
               f"--rollout.n_samples_per_prompt = {rows}")
+        check(not self.reward.offload or bool(self.reward.model_name_or_path),
+              "--reward.offload", "applies to reward models; give --reward.model_name_or_path")
         if self.algo.dynamic_filtering_enable:
             check(self.rollout.n_samples_per_prompt > 1, "--algo.dynamic_filtering_enable",
                   "needs --rollout.n_samples_per_prompt > 1 (it filters prompt groups)")

@@ -17,7 +17,7 @@ from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.weightsync import TensorSpec
 from services.coordinator.config import PPOJobConfig
-from services.coordinator.launch import critic_model, training_role_config
+from services.coordinator.launch import critic_model, frozen_dtype, training_role_config
 from services.coordinator.ppo_loop import PPORoles
 
 
@@ -115,10 +115,11 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
     reference = None
     if cfg.needs_reference:
         ref_model = cfg.ref.model_name_or_path or cfg.actor.model_name_or_path
-        reference = FrozenCausalLM(ref_model, offload=cfg.ref.offload,
+        reference = FrozenCausalLM(ref_model, frozen_dtype(cfg), offload=cfg.ref.offload,
                                    gguf_file=cfg.actor.gguf_file
                                    if ref_model == cfg.actor.model_name_or_path else None)
-    rewards = [SequenceRegressionReward(m) for m in cfg.reward.model_name_or_path]
+    rewards = [SequenceRegressionReward(m, frozen_dtype(cfg), offload=cfg.reward.offload)
+               for m in cfg.reward.model_name_or_path]
     rewards += [RuleReward(Path(f)) for f in cfg.reward.func]
     r = cfg.reward
     rewards += [RemoteHTTPReward(u, timeout_s=r.remote_timeout_s, max_retries=r.remote_retries,

@@ -37,6 +37,8 @@ from services.coordinator.weight_sync import GroupWeightSync, StreamedWeightSync
 
 log = logging.getLogger("quartet.coordinator")
 
+FROZEN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
 
 class RolloutReplica:
     """The loop's view of one rollout service: errors name the replica."""
@@ -67,6 +69,11 @@ def training_role_config(cfg: PPOJobConfig, model: str, lr: float,
                               micro_batch_size=cfg.train.micro_batch_size,
                               total_steps=max(total, 1), seed=cfg.train.seed),
     )
+
+
+def frozen_dtype(cfg: PPOJobConfig) -> str:
+    """The reference's and reward models' dtype: the trained roles' --ds.param_dtype."""
+    return FROZEN_DTYPES[cfg.ds.param_dtype]
 
 
 def critic_model(cfg: PPOJobConfig) -> tuple[str, str | None]:
@@ -123,16 +130,19 @@ class PPOServices:
             names["critic"].append("critic")
         if cfg.needs_reference and not cfg.ref.address:
             ref_model = cfg.ref.model_name_or_path or actor_model
-            args = ["--model", ref_model]
+            args = ["--model", ref_model, "--dtype", frozen_dtype(cfg)]
             if cfg.actor.gguf_file and ref_model == actor_model:
                 args += ["--gguf-file", cfg.actor.gguf_file]
             if cfg.ref.offload:
                 args.append("--offload")
+            if cfg.ds.zero_stage == 3:
+                args += ["--zero-stage", "3"]
             self.cluster.start("reference", args, env=self._threads_env("reference"))
             names["reference"].append("reference")
         for i, model in enumerate(cfg.reward.model_name_or_path):
-            self.cluster.start("reward", ["--model", model], name=f"reward{i}",
-                               env=self._threads_env("reward"))
+            args = ["--model", model, "--dtype", frozen_dtype(cfg)]
+            self.cluster.start("reward", args + (["--offload"] if cfg.reward.offload else []),
+                               name=f"reward{i}", env=self._threads_env("reward"))
             names["reward"].append(f"reward{i}")
         offset = len(cfg.reward.model_name_or_path)
         for i, func in enumerate(cfg.reward.func):

@@ -7,7 +7,6 @@ import torch
 
 from quartet.codec.batches import RowBatch
 from quartet.launch.threads import phase_threads
-from quartet.ppo.batch import ValueLossSettings, ValueMiniBatch
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import TrainingRole
 from quartet.ppo.updates import ValueUpdater
@@ -19,12 +18,13 @@ class Critic(TrainingRole):
     def __init__(self, cfg: TrainingRoleConfig) -> None:
         super().__init__(cfg)
         self.updater = ValueUpdater(self.engine, self.pad_id, cfg.train.micro_batch_size,
-                                    cfg.train.batch_size, packed=cfg.ds.packing_samples)
+                                    self.rows_per_rank, packed=cfg.ds.packing_samples)
 
     def values(self, batch: RowBatch) -> list[torch.Tensor]:
-        with self.lock, phase_threads("score"):
+        with self.lock:
+            return self.ranks.scatter_rows(self, "shard_values", batch)
+
+    def shard_values(self, batch: RowBatch) -> list[torch.Tensor]:
+        with phase_threads("score"):
             return self.updater.values(batch)
 
-    def train_step(self, mb: ValueMiniBatch, loss: ValueLossSettings) -> dict[str, float]:
-        with self.lock, phase_threads("train"):
-            return self.updater.train_step(mb, loss)

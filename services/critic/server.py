@@ -22,4 +22,13 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
 
     critic = Critic(args.role_config)
     critic_pb2_grpc.add_CriticServicer_to_server(CriticServicer(critic), server.grpc_server)
+    # Constructing the engine is collective, so every rank has joined by now.
+    server.on_stop(critic.stop_workers)
     server.set_serving(True)
+
+
+def serve_rank(args: argparse.Namespace) -> int:
+    """Ranks > 0 of a multi-rank critic: no gRPC port; serve rank 0's fanned-out calls."""
+    from services.critic.critic import Critic
+
+    return Critic(args.role_config).serve_worker()

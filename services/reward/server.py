@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HTTP requests in flight at once when a slice is split (default 4)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default=None)
+    parser.add_argument("--offload", action="store_true",
+                        help="keep the reward model on CPU between calls (--model only)")
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--use-token-ids", action="store_true",
@@ -35,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_reward(args: argparse.Namespace):
+    if args.offload and not args.model:
+        raise ValueError("--offload: applies to a reward model (--model) only")
     if getattr(args, "remote_url", None):
         from quartet.rewards.http import RemoteHTTPReward
 
@@ -49,7 +53,8 @@ def build_reward(args: argparse.Namespace):
     from quartet.rewards.model import SequenceRegressionReward
 
     return (SequenceRegressionReward(args.model, args.dtype, args.device, args.micro_batch_size,
-                                     args.max_len, args.use_token_ids), "transformers")
+                                     args.max_len, args.use_token_ids, args.offload),
+            "transformers")
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:

@@ -333,3 +333,26 @@ def test_policy_loss_clamps_log_ratio_to_20_like_openrlhf(log_ratio, adv):
     out.loss.backward()
     assert torch.isfinite(logp.grad).all()
     assert abs(logp.grad.item()) < 1e9
+
+
+@pytest.mark.parametrize("reduction", ["token_mean", "sequence_mean", "seq_mean_token_sum",
+                                       "seq_mean_token_sum_norm"])
+def test_normalised_shares_add_up_to_the_whole_batch_loss(reduction):
+    """Cut a mini-batch into uneven parts (micro-batches on data-parallel ranks): with the
+    mini-batch's LossNormaliser the parts' losses sum to the loss of the whole, each part
+    padded only to its own width."""
+    from quartet.algos.losses import LossNormaliser, aggregate_loss
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 0, 5, 1, 4, 2]
+    width = max(lengths)
+    loss = torch.randn(len(lengths), width, generator=g)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    whole = aggregate_loss(loss, mask, reduction)
+    norm = LossNormaliser.of_lengths(lengths)
+    assert (norm.num_tokens, norm.num_sequences, norm.max_length) == (15, 5, 5)
+    shares = 0.0
+    for rows in ([0, 1], [2], [3, 4, 5]):
+        w = max(max(lengths[i] for i in rows), 1)
+        shares += aggregate_loss(loss[rows, :w], mask[rows, :w], reduction, normaliser=norm)
+    assert float(shares) == pytest.approx(float(whole), rel=1e-6, abs=1e-7)
