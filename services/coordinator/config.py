@@ -146,8 +146,10 @@ class VllmGroup:
     """Context length of the rollout engine; None uses the model's."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may use (GPU only)."""
-    enforce_eager: bool = False
-    """Disable CUDA graphs (GPU only)."""
+    enforce_eager: bool | None = None
+    """Run the rollout engine eagerly (no torch.compile, no CUDA graphs). None: eager on a
+    host without a GPU (vLLM's CPU compile adds ~40 s to start-up for ~20% faster decoding,
+    measured on SmolLM2-135M: it pays off only after ~40 iterations), vLLM's default on GPU."""
     sync_backend: Literal["auto", "gloo", "nccl", "grpc"] = "auto"
     """Weight-sync data plane: a torch.distributed group (nccl on GPU, gloo on CPU) or the
     gRPC-streamed fallback."""

@@ -96,6 +96,15 @@ def thread_plan(cfg: PPOJobConfig, cores: int | None = None) -> dict[str, dict[s
                         async_generation=cfg.train.async_enable)
 
 
+def rollout_eager(cfg: PPOJobConfig) -> bool:
+    """`--vllm.enforce_eager`, resolved: None means eager on a host without a GPU."""
+    if cfg.vllm.enforce_eager is not None:
+        return cfg.vllm.enforce_eager
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 class PPOServices:
     """Starts (or connects to) every role the config needs; a context manager."""
 
@@ -166,6 +175,8 @@ class PPOServices:
                         "--dtype", cfg.vllm.dtype, "--seed", str(cfg.train.seed + i)]
                 if cfg.vllm.max_model_len:
                     args += ["--max-model-len", str(cfg.vllm.max_model_len)]
+                if rollout_eager(cfg):
+                    args.append("--enforce-eager")
                 self.cluster.start("rollout", args, name=name)
                 names["rollout"].append(name)
         return names
