@@ -161,7 +161,7 @@ class PolicyUpdater(_Updater):
                 ref = pad_response_values(micro.ref_logprobs, width)[0].to(dev)
                 kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator, normaliser=norm)
                 loss = loss + loss_cfg.kl_coef * kl
-                m["kl_loss"] = float(kl)
+                m["kl_loss"] = float(kl.detach())
             if out.aux_loss is not None:
                 m["aux_loss"] = float(out.aux_loss)
             info = self._step(loss) or info
