@@ -82,7 +82,7 @@ def main() -> None:
         cfg = GRPOConfig(
             **{**common, "per_device_train_batch_size": args.micro_batch},
             num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
-            temperature=args.temperature, beta=args.beta, loss_type="bnpo",
+            temperature=args.temperature, beta=args.beta, loss_type="dapo",
             num_iterations=1, use_vllm=False, log_completions=False,
             model_init_kwargs={"dtype": torch.float32})
         trainer = GRPOTrainer(model=args.model, reward_funcs=verifier(args.reward_file),
