@@ -27,6 +27,8 @@ FORWARDED = {
     "kto": "quartet.cli.train_kto",
     "kd": "quartet.cli.train_kd",
     "lora-combine": "quartet.cli.lora_combiner",
+    "trace": "quartet.cli.trace",
+    "runs": "quartet.cli.runs",
 }
 
 
@@ -41,6 +43,8 @@ def serve(argv: list[str]) -> int:
         print(f"quartet serve: unknown role {role!r}; expected one of {', '.join(ROLES)}",
               file=sys.stderr)
         return 2
+    from quartet.serving.presence import add_presence_arguments
+
     module = server_module(role)
     parser = argparse.ArgumentParser(prog=f"quartet serve {role}")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
@@ -50,6 +54,7 @@ def serve(argv: list[str]) -> int:
                         help="largest gRPC message accepted or sent, in MiB")
     parser.add_argument("--port-file", default=None,
                         help="write the bound port to this file once listening (for launchers)")
+    add_presence_arguments(parser)
     module.add_arguments(parser)
     role_config_cls = getattr(module, "ROLE_CONFIG", None)
     if role_config_cls is None:
@@ -75,10 +80,12 @@ def serve(argv: list[str]) -> int:
         return _serve_rank(role, module, args, rank)
     setup_logging(role)
     from quartet.serving import RoleServer
+    from quartet.serving.presence import Presence
 
     server = RoleServer(role, host=args.host, port=args.port,
                         max_message_bytes=args.max_message_mb << 20)
     server.start()
+    presence = Presence(args, role, server)
     server.install_signal_handlers()
     if args.port_file:
         with open(args.port_file, "w") as f:
@@ -98,6 +105,7 @@ def serve(argv: list[str]) -> int:
     loader = threading.Thread(target=_load, name=f"{role}-load", daemon=True)
     loader.start()
     server.wait_for_termination()
+    presence.close()
     code = 1 if failure else 0
     # The server has drained; skip interpreter teardown, where native extensions loaded by
     # the engines (vLLM's triton) print leak reports and take seconds to unload.

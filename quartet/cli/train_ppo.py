@@ -18,6 +18,7 @@ from quartet.config.base import config_to_dict, parse_config
 from quartet.logs import setup_logging
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import AdvantageSettings
+from quartet.tracking.curves import plot_curves
 from quartet.types import SamplingConfig
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings
@@ -133,6 +134,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     from quartet.models.loading import load_tokenizer
     from services.coordinator.launch import PPOServices
     from services.coordinator.prompts import load_prompts
+    from services.coordinator.run_state import RunTelemetry
 
     out = Path(cfg.ckpt.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,7 +149,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
              json.dumps(asdict(settings), default=str))
     print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
     started = time.perf_counter()
-    with PPOServices(cfg, out) as services:
+    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(cfg, out) as services:
         for role, addresses in services.addresses.items():
             if addresses:
                 print(f"  {role:<9} {', '.join(addresses)}", flush=True)
@@ -158,6 +160,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
 
         def events(event: dict) -> None:
             printer(event)
+            telemetry.on_event(event)
             if on_event is not None:
                 on_event(event)
 
@@ -165,9 +168,11 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
                        on_event=events)
         history = loop.run(stop)
+    if history:
+        plot_curves(history, out / "curves.png", title=f"quartet ppo: {run_id}")
     print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
-          f"{out / 'metrics.jsonl'}, policy in {out / 'checkpoints' / 'hf' / 'final'}",
-          flush=True)
+          f"{out / 'metrics.jsonl'}, curves in {out / 'curves.png'}, traces: "
+          f"{telemetry.where}, policy in {out / 'checkpoints' / 'hf' / 'final'}", flush=True)
     return history
 
 
@@ -204,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PPOJobConfig, with_yaml_config(list(sys.argv[1:] if argv is None
                                                           else argv)), prog="quartet ppo")
     setup_logging("coordinator", "WARNING")
+    # stable across restarts of the same run (resume), distinct between run directories
+    run_id = Path(cfg.ckpt.output_dir).resolve().name or "ppo"
     try:
-        run(cfg)
+        run(cfg, run_id=run_id)
     except (DataError, RoleCallError, TimeoutError, RuntimeError, ValueError) as exc:
         # A clear one-line cause; service logs hold the details.
         print(f"quartet ppo: error: {exc}", file=sys.stderr)

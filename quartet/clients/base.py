@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import grpc
 
+from quartet.clients.channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
 from quartet.v1 import common_pb2
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 T = TypeVar("T")
 
 
@@ -40,10 +40,7 @@ class GrpcRoleClient:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        self.channel = open_channel(address, max_message_bytes)
 
     def _call(self, method: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         kwargs.setdefault("timeout", self.timeout_s)

@@ -17,6 +17,7 @@ import grpc
 import torch
 
 from quartet.clients.base import DEFAULT_MAX_MESSAGE_BYTES, RoleCallError
+from quartet.clients.channel import open_channel
 from quartet.codec import DEFAULT_CHUNK_BYTES, ragged_to_proto
 from quartet.sharding import round_robin
 from quartet.types import PromptOutput, SampleOutput, SamplingConfig, UpdateResult
@@ -85,10 +86,7 @@ class GrpcRolloutClient:
         channel: grpc.Channel | None = None,
     ) -> None:
         self.address = address
-        self._channel = channel or grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        self._channel = channel or open_channel(address, max_message_bytes)
         self._stub = rollout_pb2_grpc.RolloutStub(self._channel)
 
     # Generation ---------------------------------------------------------------------------

@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from quartet.demo.model import prepare_model
-    from quartet.demo.plots import plot_curves
     from quartet.demo.report import write_report
     from quartet.demo.task import make_splits, write_jsonl
+    from quartet.tracking.curves import plot_curves
 
     out = Path(args.out)
     if out.exists():
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         acc1 = sum(r["correct"] for r in after) / len(after)
         print(f"    accuracy {acc0:.3f} -> {acc1:.3f}", flush=True)
     with stage("report", "report"):
-        plot_curves(history, out / "curves.png", acc0, acc1)
+        plot_curves(history, out / "curves.png",
+                    "quartet demo: GRPO on SmolLM2-135M-Instruct (arithmetic, verifier reward)",
+                    acc0, acc1, reward_title="reward = verifier accuracy", reward_ylim=(0, 1))
         times["total"] = time.perf_counter() - started
         summary = write_report(
             out, before, after, history, times, flags, services,

@@ -52,8 +52,11 @@ class LocalService:
 class LocalCluster:
     """Starts, health-checks and stops role processes; a context manager."""
 
-    def __init__(self, log_dir: str | os.PathLike, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_dir: str | os.PathLike, env: dict[str, str] | None = None,
+                 service_args: list[str] | None = None) -> None:
+        """`service_args` go to every service (e.g. `--trace.file`, `--registry`)."""
         self.log_dir = Path(log_dir)
+        self.service_args = list(service_args or ())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in {**os.environ, **(env or {})}.items()
                     if k not in DIST_ENV and not k.startswith("TORCHELASTIC_")}
@@ -68,7 +71,7 @@ class LocalCluster:
         port_file.unlink(missing_ok=True)
         log_path = self.log_dir / f"{name}.log"
         cmd = [sys.executable, "-m", "quartet.cli.main", "serve", role, "--port", "0",
-               "--port-file", str(port_file), *args]
+               "--port-file", str(port_file), "--replica-id", name, *self.service_args, *args]
         log.info("starting %s: %s", name, " ".join(cmd))
         with open(log_path, "w") as log_file:
             process = subprocess.Popen(

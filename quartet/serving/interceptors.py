@@ -15,6 +15,7 @@ import grpc
 
 from quartet.codec.errors import CodecError
 from quartet.serving.errors import ServiceError
+from quartet.telemetry.grpc_tracing import TracingServerInterceptor
 
 log = logging.getLogger("quartet.serving")
 
@@ -78,3 +79,9 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):
         if handler.stream_stream:
             return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
         return handler
+
+
+def server_interceptors() -> list[grpc.ServerInterceptor]:
+    """Every role server's interceptors, outermost first: the tracing span sees the status
+    that error mapping chose."""
+    return [TracingServerInterceptor(), ErrorMappingInterceptor()]

@@ -17,7 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from quartet.serving.interceptors import ErrorMappingInterceptor
+from quartet.serving.interceptors import server_interceptors
+from quartet.v1 import common_pb2
 
 log = logging.getLogger("quartet.serving")
 
@@ -38,10 +39,12 @@ class _RecordingServer:
         self._server = server
         self._names = names
         self.started = False
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
 
     def add_registered_method_handlers(self, service_name, method_handlers):
         if service_name not in self._names:
             self._names.append(service_name)
+        self.handlers[service_name] = dict(method_handlers)
         # grpc only takes registered (fast-path) handlers before start; the generic handler
         # that the same add_XServicer_to_server call registers serves the methods after it.
         if not self.started:
@@ -68,7 +71,7 @@ class RoleServer:
         self.max_message_bytes = max_message_bytes
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=role),
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=server_interceptors(),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -89,6 +92,7 @@ class RoleServer:
         self._stopped = threading.Event()
         self._on_stop: list = []
         self._reflection_enabled = False
+        self.serving = False
         self.set_serving(False)
 
     @property
@@ -117,6 +121,7 @@ class RoleServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         self.health.set("", status)
+        self.serving = serving
         for name in self._service_names:
             if name != health.SERVICE_NAME:
                 self.health.set(name, status)
@@ -125,6 +130,15 @@ class RoleServer:
         """Runs `callback()` once the server has stopped and drained (e.g. to release a
         role's other ranks)."""
         self._on_stop.append(callback)
+
+    def local_info(self) -> common_pb2.ServiceInfo | None:
+        """The role's own GetInfo answer, called in-process (for the registry heartbeat);
+        None until the role has registered a service with GetInfo."""
+        for methods in list(self.grpc_server.handlers.values()):
+            handler = methods.get("GetInfo")
+            if handler is not None and handler.unary_unary is not None:
+                return handler.unary_unary(common_pb2.GetInfoRequest(), None)
+        return None
 
     def start(self) -> None:
         self._server.start()

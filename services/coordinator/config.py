@@ -18,6 +18,7 @@ from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.eval import EvalConfig
 from quartet.config.logger import LoggerConfig
 from quartet.config.optim import OptimConfig
+from quartet.config.telemetry import RegistryConfig, TraceConfig
 from quartet.config.train import check_batch_sizes
 
 
@@ -302,14 +303,24 @@ class PPOJobConfig:
     ckpt: CkptConfig = field(default_factory=CkptConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    cluster: RegistryConfig = flat_group(RegistryConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.actor.model_name_or_path) or bool(self.actor.address),
               "--actor.model_name_or_path", "is required (or --actor.address)")
         check(bool(self.data.dataset), "--data.dataset", "is required (prompt dataset)")
-        check(self.reward.num_sources() > 0, "--reward.model_name_or_path",
-              "no reward source: give --reward.model_name_or_path, --reward.func, "
-              "--reward.remote_url or --reward.address")
+        if self.cluster.registry:
+            local = (self.reward.model_name_or_path or self.reward.func
+                     or self.reward.remote_url)
+            check(not local, "--registry",
+                  "the coordinator starts no service in registry mode: run the reward with "
+                  "`quartet serve reward ... --registry URL` (or give --reward.address) "
+                  "instead of --reward.model_name_or_path/--reward.func/--reward.remote_url")
+        else:
+            check(self.reward.num_sources() > 0, "--reward.model_name_or_path",
+                  "no reward source: give --reward.model_name_or_path, --reward.func, "
+                  "--reward.remote_url or --reward.address")
         if self.reward.weights:
             check(len(self.reward.weights) == self.reward.num_sources(), "--reward.weights",
                   f"has {len(self.reward.weights)} values for {self.reward.num_sources()} "
@@ -331,6 +342,13 @@ class PPOJobConfig:
             check(self.reward.stop_properly_penalty_coef <= 1,
                   "--reward.stop_properly_penalty_coef",
                   "must be <= 1 (a scale in [0, 1] or a negative fixed reward)")
+        if self.cluster.registry:
+            check(self.vllm.sync_backend in ("auto", "grpc"), "--vllm.sync_backend",
+                  "must be grpc (or auto) with --registry: rollout replicas come and go, a "
+                  "torch.distributed weight group has a fixed membership")
+            check(self.vllm.num_engines == 1, "--vllm.num_engines",
+                  "starts local replicas, which registry mode never does: start more "
+                  "`quartet serve rollout --registry URL` (compose: --scale rollout=N)")
         group = ("rloo", "group_norm", "dr_grpo", "reinforce_baseline")
         if self.algo.advantage.estimator in group:
             check(self.rollout.n_samples_per_prompt > 1, "--rollout.n_samples_per_prompt",

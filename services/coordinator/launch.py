@@ -7,6 +7,7 @@ address is only connected to. Either way the loop sees the same `PPORoles`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -28,9 +29,12 @@ from quartet.launch.memory import check_budget
 from quartet.launch.threads import available_cores, role_threads, thread_env
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.registry import Registry
+from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
+from services.coordinator.membership import RolloutMembership, discover
 from services.coordinator.memory_budget import ppo_budget
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.weight_sync import GroupWeightSync, StreamedWeightSync
@@ -41,11 +45,13 @@ FROZEN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 class RolloutReplica:
-    """The loop's view of one rollout service: errors name the replica."""
+    """The loop's view of one rollout service: errors name the replica; `name` labels its
+    per-replica counters (the registry's replica id, or the address)."""
 
-    def __init__(self, client: GrpcRolloutClient, timeout_s: float) -> None:
+    def __init__(self, client: GrpcRolloutClient, timeout_s: float, name: str = "") -> None:
         self.client = client
         self.timeout_s = timeout_s
+        self.name = name or client.address
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
                  header: common_pb2.RequestHeader | None = None) -> list[PromptOutput]:
@@ -55,6 +61,19 @@ class RolloutReplica:
         except grpc.RpcError as exc:
             raise RoleCallError("rollout", self.client.address, "Generate", exc.code(),
                                 exc.details() or "") from None
+
+
+class RoundRobinReward:
+    """The replicas of one reward service found in the registry, as one reward source: each
+    score call goes to the next replica (they run the same reward, so they are not summed)."""
+
+    def __init__(self, clients: list[GrpcRewardClient]) -> None:
+        self.clients = clients
+        self._turn = itertools.count()
+
+    def score(self, inputs: RewardInputs,
+              header: common_pb2.RequestHeader | None = None) -> RewardResult:
+        return self.clients[next(self._turn) % len(self.clients)].score(inputs, header)
 
 
 def training_role_config(cfg: PPOJobConfig, model: str, lr: float,
@@ -114,9 +133,45 @@ class PPOServices:
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"})
+        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"},
+                                    service_args=self.service_args())
         self.threads = thread_plan(cfg)
         self.addresses: dict[str, list[str]] = {}
+        self.replica_names: dict[str, str] = {}
+        self.reward_replicas: list[str] = []
+        """Registry mode: the replicas of the one discovered reward service."""
+        self.registry = Registry(cfg.cluster.registry) if cfg.cluster.registry else None
+
+    def service_args(self) -> list[str]:
+        """Flags every locally started service gets: where its spans go, the registry."""
+        otlp, trace_file = self.cfg.trace.targets(self.cfg.ckpt.output_dir)
+        args = ["--trace.otlp_endpoint", otlp] if otlp else []
+        if trace_file and not otlp:
+            args += ["--trace.file", str(Path(trace_file).resolve())]
+        if self.cfg.cluster.registry:
+            args += ["--registry", self.cfg.cluster.registry]
+        return args
+
+    def _discover(self) -> dict[str, list[str]]:
+        """Cluster mode with a registry: every role without a static address is looked up."""
+        cfg = self.cfg
+        static = {"actor": [cfg.actor.address] if cfg.actor.address else [],
+                  "critic": [cfg.critic.address] if cfg.critic.address else [],
+                  "reference": [cfg.ref.address] if cfg.ref.address else [],
+                  "reward": list(cfg.reward.address), "rollout": list(cfg.vllm.address)}
+        needed = ["actor", "reward", "rollout"] + (["critic"] if cfg.needs_critic else []) + (
+            ["reference"] if cfg.needs_reference else [])
+        look_up = [role for role in needed if not static[role]]
+        found = discover(self.registry, look_up, self.start_timeout_s)
+        for role, records in found.items():
+            # one endpoint per trainable/frozen role (its ranks hide behind rank 0)
+            chosen = records if role in ("reward", "rollout") else records[:1]
+            self.replica_names.update({r.address: r.replica for r in chosen})
+            if role == "reward":
+                self.reward_replicas = [r.address for r in chosen]
+            else:
+                static[role] = [r.address for r in chosen]
+        return static
 
     def _threads_env(self, role: str) -> dict[str, str]:
         return thread_env(self.threads[role])
@@ -184,6 +239,10 @@ class PPOServices:
     def start(self) -> None:
         cfg = self.cfg
         started = time.perf_counter()
+        if self.registry is not None:
+            self.addresses = self._discover()
+            log.info("discovered from %s: %s", cfg.cluster.registry, self.addresses)
+            return
         check_budget(ppo_budget(cfg, critic_model(cfg)[0]))
         names = self._start_local()
         if self.cluster.services:
@@ -213,9 +272,14 @@ class PPOServices:
         cfg, a, t = self.cfg, self.addresses, self.call_timeout_s
         actor = GrpcActorClient(a["actor"][0], timeout_s=t)
         rollout_clients = [GrpcRolloutClient(x) for x in a["rollout"]]
-        weights = list(cfg.reward.weights) or [1.0] * len(a["reward"])
+        rewards: list[GrpcRewardClient | RoundRobinReward] = [
+            GrpcRewardClient(x, timeout_s=t) for x in a["reward"]]
+        if self.reward_replicas:
+            rewards.append(RoundRobinReward([GrpcRewardClient(x, timeout_s=t)
+                                             for x in self.reward_replicas]))
+        weights = list(cfg.reward.weights) or [1.0] * len(rewards)
         backend = cfg.vllm.sync_backend
-        if backend == "grpc":
+        if backend == "grpc" or (backend == "auto" and self.registry is not None):
             sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype)
         else:
             if backend == "auto":
@@ -227,18 +291,37 @@ class PPOServices:
             sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
                                    cfg.vllm.sync_bucket_mb << 20, master_address=master)
         sync.setup()
+        replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""))
+                    for c in rollout_clients]
         return PPORoles(
             actor=actor,
-            rollouts=[RolloutReplica(c, t) for c in rollout_clients],
-            rewards=[GrpcRewardClient(x, timeout_s=t) for x in a["reward"]],
+            rollouts=replicas,
+            rewards=rewards,
             reward_weights=weights,
             reference=GrpcReferenceClient(a["reference"][0], timeout_s=t) if a["reference"]
             else None,
             critic=GrpcCriticClient(a["critic"][0], timeout_s=t) if a["critic"] else None,
             sync_weights=sync,
+            refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
         )
 
+    def membership(self, replicas: list[RolloutReplica],
+                   sync: StreamedWeightSync | GroupWeightSync) -> RolloutMembership:
+        if not isinstance(sync, StreamedWeightSync):
+            raise ValueError("--registry: rollout replicas that come and go need "
+                             "--vllm.sync_backend grpc (a torch.distributed weight group has "
+                             "a fixed membership)")
+        t = self.call_timeout_s
+        return RolloutMembership(
+            self.registry, {r.name: r for r in replicas},
+            make_replica=lambda rec: RolloutReplica(GrpcRolloutClient(rec.address), t,
+                                                    rec.replica),
+            catch_up=lambda replica, version: sync.catch_up(replica.client, version),
+            on_change=lambda current: sync.set_rollouts([r.client for r in current]))
+
     def stop(self) -> None:
+        if self.registry is not None:
+            self.registry.close()
         codes = self.cluster.stop()
         bad = {k: v for k, v in codes.items() if v not in (0, None)}
         if bad:

@@ -14,8 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from quartet.ppo.experience import (
     make_experience,
 )
 from quartet.ppo.passes import old_logprobs_from_forward
+from quartet.telemetry import ContextThreadPoolExecutor, PhaseTimer, iteration_trace
 from quartet.types import SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.rollouts import (
@@ -81,6 +81,10 @@ class PPORoles:
     critic: CriticClient | None = None
     sync_weights: Callable[[int], dict[str, float]] | None = None
     """Pushes the actor's weights to every rollout replica as `version`; returns stats."""
+    refresh_rollouts: Callable[[int, int], tuple[list[RolloutClient], dict[str, float]]] | None = (
+        None)
+    """Cluster mode: (iteration, version) -> the rollout replicas to use from now on (new
+    ones already at `version`) and membership metrics; called before each iteration."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -116,19 +120,6 @@ class PPOLoopSettings:
     run_id: str = "ppo"
 
 
-class PhaseTimer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, phase: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-
-
 # --------------------------------------------------------------------------- the loop
 class PPOLoop:
     def __init__(
@@ -152,13 +143,14 @@ class PPOLoop:
             settings.prompts_per_iteration, shaping, settings.filtering, settings.seed,
             decode, settings.run_id)
         self._pending: Future[Rollouts] | None = None
-        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-gen")
+        self._background = ContextThreadPoolExecutor(max_workers=1,
+                                                     thread_name_prefix="async-gen")
         self.kl_ctl = (
             AdaptiveKLController(settings.init_kl_coef, settings.kl_target, settings.kl_horizon)
             if settings.kl_target else FixedKLController(settings.init_kl_coef)
         )
         self.reward_stats = RunningMeanStd()
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ppo")
+        self.pool = ContextThreadPoolExecutor(max_workers=8, thread_name_prefix="ppo")
         self.out = Path(settings.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / "metrics.jsonl"
@@ -265,11 +257,23 @@ class PPOLoop:
         return self.roles.sync_weights(self.version)
 
     # ---------------------------------------------------------------- one iteration
+    def refresh_rollouts(self, it: int) -> dict[str, float]:
+        """Replicas that left are dropped and new ones join (registry mode)."""
+        assert self.roles.refresh_rollouts is not None
+        replicas, metrics = self.roles.refresh_rollouts(it, self.version)
+        self.collector.replicas = replicas
+        return metrics
+
     def iteration(self, it: int) -> dict[str, float]:
-        timer = PhaseTimer()
+        timer = PhaseTimer(run_id=self.s.run_id, iteration=it, policy_version=self.version)
+        membership: dict[str, float] = {}
+        if self.roles.refresh_rollouts is not None:
+            with timer("replicas"):
+                membership = self.refresh_rollouts(it)
         self.on_event({"iteration": it, "phase": "generate"})
         with timer("generate"):
             collected = self.rollouts(it)
+            timer.annotate(rows=len(collected))
         staleness = self.version - collected.weight_version
         rollouts = self.trim_to_minibatches(collected)
         if rollouts is None:
@@ -321,6 +325,7 @@ class PPOLoop:
             **train_metrics,
             **{f"sync/{k}": v for k, v in sync_metrics.items()},
             **rollouts.extra,
+            **membership,
             **{f"time/{k}": v for k, v in timer.seconds.items()},
         }
         return metrics
@@ -333,6 +338,8 @@ class PPOLoop:
     def save(self, tag: str) -> None:
         path = str((self.out / "checkpoints").resolve())
         self.roles.actor.save(path, hf_export=True, tag=tag)
+        self.on_event({"iteration": len(self.history), "phase": "checkpoint",
+                       "path": f"{path}/hf/{tag}", "policy_version": self.version})
 
     def run(self, stop: threading.Event | None = None) -> list[dict[str, float]]:
         """All iterations (or until `stop` is set), then the final checkpoint."""
@@ -342,7 +349,9 @@ class PPOLoop:
                 if stop is not None and stop.is_set():
                     log.info("stop requested; ending after %d iterations", it)
                     break
-                metrics = self.iteration(it)
+                with iteration_trace(self.s.run_id, it, self.version) as traced:
+                    metrics = self.iteration(it)
+                    traced.record(metrics)
                 if not all(math.isfinite(v) for v in metrics.values()):
                     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
                     raise FloatingPointError(f"iteration {it + 1}: non-finite metrics {bad}")

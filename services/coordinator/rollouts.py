@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -17,10 +17,12 @@ from quartet.algos.rewards import combine_rewards, overlong_penalty, stop_proper
 from quartet.codec.batches import RowBatch
 from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.sharding import round_robin
+from quartet.telemetry import ContextThreadPoolExecutor
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 
 log = logging.getLogger("quartet.coordinator")
+T = TypeVar("T")
 
 
 class RolloutClient(Protocol):
@@ -110,6 +112,12 @@ class Rollouts:
             dict(parts[-1].extra))
 
 
+def timed(fn: Callable[..., T], *args) -> tuple[T, float]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
 class RolloutCollector:
     def __init__(self, rollouts: Sequence[RolloutClient], rewards: Sequence[RewardSource],
                  prompts: Sequence[Prompt], sampling: SamplingConfig, prompts_per_batch: int,
@@ -128,7 +136,7 @@ class RolloutCollector:
         self.run_id = run_id
         self.rng = random.Random(seed)
         self._order: list[int] = []
-        self.pool = ThreadPoolExecutor(max_workers=4 + len(self.replicas),
+        self.pool = ContextThreadPoolExecutor(max_workers=4 + len(self.replicas),
                                        thread_name_prefix="rollout")
 
     def header(self, iteration: int, version: int, what: str) -> common_pb2.RequestHeader:
@@ -147,18 +155,25 @@ class RolloutCollector:
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: list[Prompt], iteration: int, version: int,
-                 max_staleness: int) -> list[PromptOutput]:
+                 max_staleness: int) -> tuple[list[PromptOutput], dict[str, float]]:
         """Round-robin over the replicas; each returns n samples per prompt. A sample made by
-        weights older than `version - max_staleness` is an error (sync did not take)."""
-        shards = round_robin(len(prompts), len(self.replicas))
-        work = [(k, r, s) for k, (r, s) in enumerate(zip(self.replicas, shards, strict=True))
-                if s]
-        futures = [self.pool.submit(r.generate, [prompts[i].tokens for i in s], self.sampling,
-                                    self.header(iteration, version, f"generate{k}"))
+        weights older than `version - max_staleness` is an error (sync did not take).
+        Also returns per-replica counters (`rollout/<replica>/prompts|samples|seconds`)."""
+        replicas = list(self.replicas)
+        shards = round_robin(len(prompts), len(replicas))
+        work = [(k, r, s) for k, (r, s) in enumerate(zip(replicas, shards, strict=True)) if s]
+        futures = [self.pool.submit(timed, r.generate, [prompts[i].tokens for i in s],
+                                    self.sampling, self.header(iteration, version, f"generate{k}"))
                    for k, r, s in work]
         outputs: list[PromptOutput | None] = [None] * len(prompts)
-        for fut, (_, _, shard) in zip(futures, work, strict=True):
-            for out in fut.result():
+        counters: dict[str, float] = {}
+        for fut, (k, replica, shard) in zip(futures, work, strict=True):
+            result, seconds = fut.result()
+            name = f"rollout/{getattr(replica, 'name', f'replica{k}')}"
+            counters[f"{name}/prompts"] = float(len(shard))
+            counters[f"{name}/samples"] = float(sum(len(o.samples) for o in result))
+            counters[f"{name}/seconds"] = seconds
+            for out in result:
                 if not version - max_staleness <= out.weight_version <= version + 1:
                     raise RuntimeError(
                         f"rollout served weight version {out.weight_version}, but the actor "
@@ -167,7 +182,7 @@ class RolloutCollector:
         missing = [i for i, o in enumerate(outputs) if o is None]
         if missing:
             raise RuntimeError(f"rollout returned no samples for prompts {missing[:5]}")
-        return outputs  # type: ignore[return-value]
+        return outputs, counters  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- rewards
     def score(self, inputs: RewardInputs, truncated: list[bool], lengths: list[int],
@@ -204,7 +219,7 @@ class RolloutCollector:
     # ---------------------------------------------------------------- one batch
     def _round(self, prompts: list[Prompt], iteration: int, version: int,
                max_staleness: int) -> Rollouts:
-        outputs = self.generate(prompts, iteration, version, max_staleness)
+        outputs, counters = self.generate(prompts, iteration, version, max_staleness)
         rows, plens, texts_in, texts_out, labels, rollout_lp, truncated = ([] for _ in range(7))
         for prompt, out in zip(prompts, outputs, strict=True):
             for sample in out.samples:
@@ -222,7 +237,7 @@ class RolloutCollector:
         rewards, extra = self.score(inputs, truncated, batch.response_lengths(), iteration,
                                     version)
         return Rollouts(batch, inputs, rewards, rollout_lp, truncated,
-                        min(o.weight_version for o in outputs), extra)
+                        min(o.weight_version for o in outputs), {**extra, **counters})
 
     def collect(self, iteration: int, version: int, max_staleness: int = 0) -> Rollouts:
         """`prompts_per_batch` prompts' samples; with filtering, groups outside the score

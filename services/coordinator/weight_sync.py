@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from quartet.clients.actor import GrpcActorClient
 from quartet.clients.rollout import (
@@ -22,6 +21,7 @@ from quartet.clients.rollout import (
     update_replicas,
 )
 from quartet.codec.dtypes import float_dtype
+from quartet.telemetry import ContextThreadPoolExecutor
 from quartet.v1 import rollout_pb2
 from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
 
@@ -67,9 +67,12 @@ class GroupWeightSync:
             self.rollouts, version, self.manifest(), self.bucket_bytes,
             lambda: self.actor.broadcast_weights(version, self.bucket_bytes, self.dtype),
             self.timeout_s)
-        return {"seconds": time.perf_counter() - start, "broadcast_seconds": sent.seconds,
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "broadcast_seconds": sent.seconds,
                 "load_seconds": max(r.load_seconds for r in results),
-                "mbytes": sent.total_bytes / 1e6, "buckets": float(sent.num_buckets)}
+                "mbytes": sent.total_bytes / 1e6,
+                "mbytes_per_s": sent.total_bytes / 1e6 / max(seconds, 1e-9),
+                "buckets": float(sent.num_buckets)}
 
 
 class StreamedWeightSync:
@@ -103,9 +106,25 @@ class StreamedWeightSync:
 
         return push_to_replica(rollout, requests()).load_seconds
 
+    def set_rollouts(self, rollouts: Sequence[GrpcRolloutClient]) -> None:
+        """The replicas the next update goes to (cluster mode: they come and go)."""
+        self.rollouts = list(rollouts)
+
+    def catch_up(self, rollout: GrpcRolloutClient, version: int) -> float:
+        """Brings one replica (new, or restarted) to `version` alone, before it serves; the
+        others keep serving. Returns the seconds it took (0 when it already serves it)."""
+        start = time.perf_counter()
+        if rollout.info().weight_version >= version:
+            return 0.0
+        self._push_one(rollout, version, self.manifest())
+        return time.perf_counter() - start
+
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
         specs = self.manifest()
-        with ThreadPoolExecutor(len(self.rollouts)) as pool:
+        with ContextThreadPoolExecutor(len(self.rollouts)) as pool:
             loads = list(pool.map(lambda r: self._push_one(r, version, specs), self.rollouts))
-        return {"seconds": time.perf_counter() - start, "load_seconds": max(loads)}
+        seconds = time.perf_counter() - start
+        mbytes = len(self.rollouts) * sum(s.nbytes for s in specs) / 1e6
+        return {"seconds": seconds, "load_seconds": max(loads), "mbytes": mbytes,
+                "mbytes_per_s": mbytes / max(seconds, 1e-9)}

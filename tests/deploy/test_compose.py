@@ -25,10 +25,9 @@ from quartet.serving import RoleServer
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 GPU_ROLES = ("actor", "critic", "reference", "reward", "rollout")
-# --<flag>.address of `quartet ppo` per role.
+# --<flag>.address of `quartet ppo` per role; rollout replicas come from the registry.
 ADDRESS_FLAGS = {"actor": "--actor.address", "critic": "--critic.address",
-                 "reference": "--ref.address", "reward": "--reward.address",
-                 "rollout": "--vllm.address"}
+                 "reference": "--ref.address", "reward": "--reward.address"}
 VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -66,7 +65,7 @@ def test_one_service_per_role_plus_redis_and_otel(compose):
         assert svc["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert "quartet" in svc["networks"]
         env = svc["environment"]
-        assert env["QUARTET_REDIS_URL"].startswith("redis://redis:")
+        assert env["QUARTET_REGISTRY"].startswith("redis://redis:")
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
         mounts = {v.split(":")[1] for v in svc["volumes"]}
         assert {"/models", "/checkpoints"} <= mounts
@@ -110,6 +109,12 @@ def test_coordinator_drives_every_role_by_service_name(compose):
         assert coord["depends_on"][role] == {"condition": "service_healthy"}
     assert _flag(command, "--ckpt.output_dir").startswith("/checkpoints/")
     assert _flag(command, "--vllm.sync_backend") == "grpc"
+    # scalable by `--scale rollout=N`: replicas are discovered, not listed
+    assert "--vllm.address" not in command
+    assert _flag(command, "--registry") == "redis://redis:6379/0"
+    assert coord["depends_on"]["rollout"] == {"condition": "service_healthy"}
+    assert "ports" not in compose["services"]["rollout"]
+    assert "container_name" not in compose["services"]["rollout"]
 
 
 def _parse_serve(command: list[str]):

@@ -1,0 +1,108 @@
+"""Cluster mode with a real redis-server: services register, the coordinator discovers them and
+follows rollout replicas coming and going between iterations.
+
+Two rollout replicas serve iteration 1; one is stopped (SIGTERM: it deregisters) and
+iteration 2 runs on the other; a third registers and, brought to the current weights first
+(the loop rejects samples from stale weights), serves iteration 3 with the first.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from quartet.config.base import config_to_argv, parse_config
+from quartet.launch.local import LocalCluster
+from quartet.registry import Registry
+from quartet.testing.redis_server import redis_server
+
+HERE = Path(__file__).resolve().parent
+ROLLOUT = ["--backend", "hf", "--dtype", "float32"]
+
+
+def wait_registered(registry: Registry, role: str, replica: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(r.replica == replica and r.serving for r in registry.services(role)):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{role}/{replica} never registered as SERVING")
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
+    from quartet.cli.train_ppo import run
+    from services.coordinator.config import PPOJobConfig
+    from services.coordinator.launch import training_role_config
+
+    out = tmp_path_factory.mktemp("registry-run")
+    with redis_server() as url:
+        registry = Registry(url)
+        cfg = parse_config(PPOJobConfig, [
+            "--actor.model_name_or_path", str(tiny_model_path),
+            "--data.dataset", str(tiny_data["prompts"]), "--registry", url,
+            "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
+            "--train.batch_size", "8", "--train.micro_batch_size", "8",
+            "--train.num_iterations", "3", "--ckpt.output_dir", str(out),
+            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+            "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
+        ])
+        services = LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
+                                service_args=["--registry", url, "--registry-ttl-s", "5"])
+        with services:
+            services.start("actor", config_to_argv(training_role_config(
+                cfg, str(tiny_model_path), 1e-3, None)))
+            services.start("reward", ["--reward-func",
+                                      str(HERE / "rewards" / "digit_reward.py")])
+            services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT], name="ra")
+            services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT], name="rb")
+            services.wait_healthy(300)
+            for name in ("ra", "rb"):
+                wait_registered(registry, "rollout", name)
+
+            def between_iterations(event: dict) -> None:
+                if event["phase"] != "done":
+                    return
+                if event["iteration"] == 0:
+                    rb = services.services["rb"].process
+                    rb.send_signal(signal.SIGTERM)
+                    rb.wait(60)
+                elif event["iteration"] == 1:
+                    services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT],
+                                   name="rc")
+                    services.wait_healthy(300, ["rc"])
+                    wait_registered(registry, "rollout", "rc")
+
+            history = run(cfg, run_id="registry-test", on_event=between_iterations)
+            runs = registry.runs()
+        registry.close()
+    return out, history, runs
+
+
+def samples_by_replica(metrics: dict) -> dict[str, float]:
+    return {k.split("/")[1]: v for k, v in metrics.items()
+            if k.startswith("rollout/") and k.endswith("/samples")}
+
+
+def test_replicas_come_and_go_between_iterations(cluster_run):
+    _, history, _ = cluster_run
+    assert len(history) == 3
+    first, second, third = (samples_by_replica(m) for m in history)
+    assert first == {"ra": 4.0, "rb": 4.0}, first
+    assert second == {"ra": 8.0}, second
+    assert third == {"ra": 4.0, "rc": 4.0}, third
+    assert history[1]["replicas/left"] == 1 and history[2]["replicas/joined"] == 1
+    # rc served iteration 3 with the weights of version 2 (pushed to it alone when it joined)
+    assert history[2]["rollout_weight_version"] == 2
+
+
+def test_run_state_is_in_the_registry(cluster_run):
+    out, _, runs = cluster_run
+    [state] = [r for r in runs if r["run_id"] == "registry-test"]
+    assert state["status"] == "finished"
+    assert state["iteration"] == "3" and state["policy_version"] == "3"
+    assert state["last_checkpoint"].endswith("hf/final")
+    assert (out / "curves.png").exists()
