@@ -26,6 +26,10 @@ FORWARDED = {
     "ppo": "quartet.cli.train_ppo",
     "kto": "quartet.cli.train_kto",
     "kd": "quartet.cli.train_kd",
+    "prm": "quartet.cli.train_prm",
+    "batch_inference": "quartet.cli.batch_inference",
+    "rs": "quartet.cli.rs",
+    "iterative_dpo": "quartet.cli.iterative_dpo",
     "lora-combine": "quartet.cli.lora_combiner",
     "trace": "quartet.cli.trace",
     "runs": "quartet.cli.runs",
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nusage: quartet <command> [args]\n\ncommands:")
         print("  serve <role>   run one role's gRPC server (" + ", ".join(ROLES) + ")")
         for name, module in FORWARDED.items():
-            print(f"  {name:<14} same as python -m {module}")
+            print(f"  {name:<16} same as python -m {module}")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "serve":

@@ -39,6 +39,7 @@ class GrpcRewardClient(GrpcRoleClient):
         rewards: list[float | None] = [None] * n
         scores: list[float | None] = [None] * n
         extra: dict[str, list[float]] = {}
+        steps: list[list[float]] | None = None
         for r in responses:
             k = len(r.rewards)
             if r.row_offset < 0 or r.row_offset + k > n:
@@ -49,10 +50,13 @@ class GrpcRewardClient(GrpcRoleClient):
             for log in r.extra_logs:
                 extra.setdefault(log.name, [0.0] * n)[r.row_offset : r.row_offset + k] = list(
                     log.values)
+            if r.step_scores:
+                steps = steps if steps is not None else [[] for _ in range(n)]
+                steps[r.row_offset : r.row_offset + k] = [list(s.values) for s in r.step_scores]
         if any(v is None for v in rewards):
             raise ValueError(f"{self.name}: returned {sum(v is not None for v in rewards)} "
                              f"rewards for {n} samples")
-        return RewardResult(rewards, scores, extra)  # type: ignore[arg-type]
+        return RewardResult(rewards, scores, extra, steps)  # type: ignore[arg-type]
 
     __call__ = score
 

@@ -33,7 +33,8 @@ def build_sft_samples(
                     else ""
                 )
                 chunks = prompt_response_chunks(
-                    tokenizer, prompt, response, data.apply_chat_template, data.input_template
+                    tokenizer, prompt, response, data.apply_chat_template, data.input_template,
+                    slots=row, where=source.name,
                 )
             sample = tokenize_chunks(tokenizer, chunks, data.max_len, all_targets=pretrain_mode)
             if sample.num_targets == 0:

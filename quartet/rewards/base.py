@@ -28,6 +28,8 @@ class RewardResult:
     rewards: list[float]
     scores: list[float] | None = None
     extra_logs: dict[str, list[float]] = field(default_factory=dict)
+    step_scores: list[list[float]] | None = None
+    """Per-sample lists of per-step scores (process reward models); None when not given."""
 
 
 class RewardFunction(Protocol):

@@ -10,28 +10,19 @@ from quartet.data.batch import TokenBatch, collate
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
 from quartet.data.sources import RowSource
 from quartet.engines.scoring import response_start
-from quartet.engines.train_engine import TrainEngine
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
-from quartet.trainers.frozen import frozen_causal_lm
+from quartet.trainers.frozen import ReferencedPolicy
 from quartet.trainers.logps import sequence_logps
 
 __all__ = ["DPOTrainer"]
 
 
-class DPOTrainer(BaseTrainer):
+class DPOTrainer(ReferencedPolicy, BaseTrainer):
     name = "dpo"
     job: DPOJobConfig
 
     def build_samples(self, sources: list[RowSource]) -> list[PreferenceSample]:
         return build_preference_samples(sources, self.tokenizer, self.job.data)
-
-    def build_engine(self) -> TrainEngine:
-        j = self.job
-        engine = TrainEngine.causal_lm(j.model, j.ds, j.optim, j.adam, j.muon,
-                                       **self.engine_args())
-        self.reference = frozen_causal_lm(j.ref.model_name_or_path or j.model.model_name_or_path,
-                                          j.model, j.ds, engine, self.world, j.ref.offload)
-        return engine
 
     def _sequence_logps(self, batch: TokenBatch, logits: Tensor,
                         start: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,34 +12,29 @@ from quartet.data.batch import collate
 from quartet.data.kto_dataset import KTOSample, build_kto_samples
 from quartet.data.sources import RowSource
 from quartet.data.tokenize import TokenizedSample
-from quartet.engines.train_engine import TrainEngine
+from quartet.engines.scoring import response_start
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
-from quartet.trainers.frozen import frozen_causal_lm
+from quartet.trainers.frozen import ReferencedPolicy
 from quartet.trainers.logps import sequence_logps
 
 __all__ = ["KTOTrainer"]
 
 
-class KTOTrainer(BaseTrainer):
+class KTOTrainer(ReferencedPolicy, BaseTrainer):
     name = "kto"
     job: KTOJobConfig
 
     def build_samples(self, sources: list[RowSource]) -> list[KTOSample]:
         return build_kto_samples(sources, self.tokenizer, self.job.data)
 
-    def build_engine(self) -> TrainEngine:
-        j = self.job
-        engine = TrainEngine.causal_lm(j.model, j.ds, j.optim, j.adam, j.muon,
-                                       **self.engine_args())
-        self.reference = frozen_causal_lm(j.ref.model_name_or_path or j.model.model_name_or_path,
-                                          j.model, j.ds, engine, self.world, j.ref.offload)
-        return engine
-
     def _logps(self, seqs: list[TokenizedSample]) -> tuple[Tensor, Tensor]:
         """Policy (with grad) and reference summed response log-probs of ``seqs``."""
         batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
-        policy, _, _ = sequence_logps(batch, self.engine.forward(batch).logits)
-        ref, _, _ = sequence_logps(batch, self.reference.logits(batch).to(policy.device))
+        start = response_start(batch)  # prompts never reach the LM head
+        policy, _, _ = sequence_logps(batch, self.engine.forward(batch, start).logits,
+                                      start=start)
+        ref_logits = self.reference.logits(batch, start).to(policy.device)
+        ref, _, _ = sequence_logps(batch, ref_logits, start=start)
         return policy, ref
 
     def response_logps(self, samples: list[KTOSample]) -> Tensor:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quartet.v1 import common_pb2 as quartet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17quartet/v1/reward.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xbc\x01\n\x0cScoreRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07queries\x18\x02 \x03(\t\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\x11\n\tresponses\x18\x04 \x03(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12(\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12\x12\n\nrow_offset\x18\x07 \x01(\x03\"(\n\x08\x45xtraLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"n\n\rScoreResponse\x12\x12\n\nrow_offset\x18\x01 \x01(\x03\x12\x0f\n\x07rewards\x18\x02 \x03(\x02\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12(\n\nextra_logs\x18\x04 \x03(\x0b\x32\x14.quartet.v1.ExtraLog2\x8a\x01\n\x06Reward\x12@\n\x05Score\x12\x18.quartet.v1.ScoreRequest\x1a\x19.quartet.v1.ScoreResponse(\x01\x30\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17quartet/v1/reward.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xbc\x01\n\x0cScoreRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07queries\x18\x02 \x03(\t\x12\x0f\n\x07prompts\x18\x03 \x03(\t\x12\x11\n\tresponses\x18\x04 \x03(\t\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12(\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12\x12\n\nrow_offset\x18\x07 \x01(\x03\"(\n\x08\x45xtraLog\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x1c\n\nStepScores\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x9b\x01\n\rScoreResponse\x12\x12\n\nrow_offset\x18\x01 \x01(\x03\x12\x0f\n\x07rewards\x18\x02 \x03(\x02\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12(\n\nextra_logs\x18\x04 \x03(\x0b\x32\x14.quartet.v1.ExtraLog\x12+\n\x0bstep_scores\x18\x05 \x03(\x0b\x32\x16.quartet.v1.StepScores2\x8a\x01\n\x06Reward\x12@\n\x05Score\x12\x18.quartet.v1.ScoreRequest\x1a\x19.quartet.v1.ScoreResponse(\x01\x30\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCOREREQUEST']._serialized_end=253
   _globals['_EXTRALOG']._serialized_start=255
   _globals['_EXTRALOG']._serialized_end=295
-  _globals['_SCORERESPONSE']._serialized_start=297
-  _globals['_SCORERESPONSE']._serialized_end=407
-  _globals['_REWARD']._serialized_start=410
-  _globals['_REWARD']._serialized_end=548
+  _globals['_STEPSCORES']._serialized_start=297
+  _globals['_STEPSCORES']._serialized_end=325
+  _globals['_SCORERESPONSE']._serialized_start=328
+  _globals['_SCORERESPONSE']._serialized_end=483
+  _globals['_REWARD']._serialized_start=486
+  _globals['_REWARD']._serialized_end=624
 # @@protoc_insertion_point(module_scope)

@@ -96,6 +96,28 @@ class ExtraLog(_message.Message):
 Global___ExtraLog: _TypeAlias = ExtraLog  # noqa: Y015
 
 @_typing.final
+class StepScores(_message.Message):
+    """Per-step scores of one response (a process reward model: one per reasoning step)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepScores: _TypeAlias = StepScores  # noqa: Y015
+
+@_typing.final
 class ScoreResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -103,6 +125,7 @@ class ScoreResponse(_message.Message):
     REWARDS_FIELD_NUMBER: _builtins.int
     SCORES_FIELD_NUMBER: _builtins.int
     EXTRA_LOGS_FIELD_NUMBER: _builtins.int
+    STEP_SCORES_FIELD_NUMBER: _builtins.int
     row_offset: _builtins.int
     @_builtins.property
     def rewards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
@@ -116,6 +139,10 @@ class ScoreResponse(_message.Message):
     def extra_logs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExtraLog]:
         """Optional per-sample metrics to log."""
 
+    @_builtins.property
+    def step_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepScores]:
+        """Optional per-step scores, one entry per sample when present (process reward models)."""
+
     def __init__(
         self,
         *,
@@ -123,10 +150,11 @@ class ScoreResponse(_message.Message):
         rewards: _abc.Iterable[_builtins.float] | None = ...,
         scores: _abc.Iterable[_builtins.float] | None = ...,
         extra_logs: _abc.Iterable[Global___ExtraLog] | None = ...,
+        step_scores: _abc.Iterable[Global___StepScores] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_logs", b"extra_logs", "rewards", b"rewards", "row_offset", b"row_offset", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra_logs", b"extra_logs", "rewards", b"rewards", "row_offset", b"row_offset", "scores", b"scores", "step_scores", b"step_scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

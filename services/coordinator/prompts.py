@@ -6,23 +6,10 @@ import logging
 from typing import Any
 
 from quartet.data.sources import DataError, get_key, load_rows
+from quartet.data.templates import render_prompt
 from services.coordinator.rollouts import Prompt
 
 log = logging.getLogger("quartet.coordinator")
-
-
-def render_prompt(tokenizer: Any, value: Any, apply_chat_template: bool,
-                  input_template: str | None) -> tuple[str, list[int]]:
-    if apply_chat_template:
-        messages = value if isinstance(value, list) else [{"role": "user", "content": value}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                             add_generation_prompt=True)
-        return text, tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not isinstance(value, str):
-        raise DataError(f"prompt must be a string without --data.apply_chat_template, got "
-                        f"{type(value).__name__}")
-    text = input_template.format(value) if input_template else value
-    return text, tokenizer(text)["input_ids"]
 
 
 def load_prompts(data, tokenizer: Any, prompt_max_len: int, split: str | None = None,

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", help="sequence-regression reward model directory (HF)")
     source.add_argument("--reward-func", metavar="FILE.py",
                         help="Python file defining reward_func(queries, prompts, labels)")
+    source.add_argument("--prm-model", metavar="DIR",
+                        help="process reward model trained by train_prm: per-step scores, "
+                             "reward = the lowest step score")
     source.add_argument("--remote-url", metavar="URL",
                         help="proxy to an OpenRLHF-style HTTP reward server: POST "
                              "{query, prompts, labels} -> {rewards, scores?, extra_logs?}")
@@ -50,6 +53,11 @@ def build_reward(args: argparse.Namespace):
         from quartet.rewards.rule import RuleReward
 
         return RuleReward(args.reward_func), "rule"
+    if getattr(args, "prm_model", None):
+        from quartet.rewards.prm import ProcessReward
+
+        return (ProcessReward(args.prm_model, args.dtype, args.device, args.micro_batch_size,
+                              args.max_len), "prm")
     from quartet.rewards.model import SequenceRegressionReward
 
     return (SequenceRegressionReward(args.model, args.dtype, args.device, args.micro_batch_size,

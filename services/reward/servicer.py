@@ -50,6 +50,8 @@ class RewardServicer(reward_pb2_grpc.RewardServicer):
                 scores=result.scores if result.scores is not None else result.rewards,
                 extra_logs=[reward_pb2.ExtraLog(name=k, values=v)
                             for k, v in result.extra_logs.items()],
+                step_scores=[reward_pb2.StepScores(values=v)
+                             for v in (result.step_scores or [])],
             )
 
     def GetInfo(self, request, context):

@@ -42,3 +42,11 @@ def test_label_count_must_match_and_empty_is_zero():
         prm_loss(_logits(), torch.tensor([[1, 0, 1]]), torch.tensor([0]), [4, 5])
     out = prm_loss(_logits(), torch.zeros(1, 3), torch.zeros(0, dtype=torch.long), [4, 5])
     assert float(out.loss) == 0.0 and out.num_steps == 0
+
+
+def test_split_steps_appends_a_placeholder_per_line_unless_present():
+    from quartet.rewards.prm import split_steps
+
+    assert split_steps("a\n\nb", "ки") == "a ки\nb ки"
+    assert split_steps("a ки b ки", "ки") == "a ки b ки"
+    assert split_steps("", "ки") == " ки"

@@ -89,3 +89,51 @@ def test_kd_kl_to_teacher_falls(world, tmp_path, tiny_model_path, tiny_data):
     before, after = evals[0]["eval/kl"], evals[-1]["eval/kl"]
     print(f"kd: held-out KL(teacher || student) {before:.3f} -> {after:.3f}")
     assert after < 0.5 * before, evals
+
+
+PLACEHOLDER = "<|system|>"  # one token of the tiny tokenizer (Math-Shepherd's "ки" is not)
+
+
+def test_prm_step_accuracy_beats_chance_and_scores_steps(world, tmp_path, tiny_model_path):
+    from quartet.config.methods import PRMJobConfig
+    from quartet.rewards.base import RewardInputs
+    from quartet.rewards.prm import ProcessReward
+    from quartet.testing.words import write_prm_datasets
+    from quartet.trainers.prm_trainer import PRMTrainer
+
+    data = write_prm_datasets(tmp_path / "data", PLACEHOLDER)
+    job = make_job(PRMJobConfig, tmp_path / "prm", **{
+        "model.model_name_or_path": str(tiny_model_path), "data.dataset": str(data["prm_train"]),
+        "eval.dataset": str(data["prm_eval"]), "eval.split": "train",
+        "model.placeholder_token": PLACEHOLDER, "data.max_len": 48,
+        "train.batch_size": 16, "train.micro_batch_size": 8, "train.max_epochs": 3,
+        "adam.lr": 2e-3})
+    history = PRMTrainer(job, world).fit()
+    evals = [h for h in history if "eval/acc" in h]
+    print(f"prm: held-out step accuracy {evals[0]['eval/acc']:.3f} -> {evals[-1]['eval/acc']:.3f}")
+    assert evals[-1]["eval/acc"] >= 0.8, evals  # chance is 0.5 (balanced steps)
+    # As a reward source: one score per step, the bad step scores lowest.
+    prm = ProcessReward(str(tmp_path / "prm"))
+    p = f" {PLACEHOLDER}"
+    result = prm(RewardInputs(queries=["", ""], prompts=["the cat?", "the cat?"],
+                              responses=[f" good yes{p} bad cat{p} blue day{p}",
+                                         f" good yes{p} red dog{p}"], labels=["", ""]))
+    assert [len(s) for s in result.step_scores] == [3, 2]
+    first = result.step_scores[0]
+    assert first[1] < min(first[0], first[2]) - 0.3, result.step_scores
+    assert result.rewards[0] == min(first) and result.rewards[1] > result.rewards[0]
+
+
+def test_prm_label_count_mismatch_names_row_and_file(world, tmp_path, tiny_model_path):
+    from quartet.config.methods import PRMJobConfig
+    from quartet.trainers.prm_trainer import PRMTrainer
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"input": f"a b {PLACEHOLDER} c d {PLACEHOLDER}",
+                                "label": ["+"]}) + "\n")
+    job = make_job(PRMJobConfig, tmp_path, **{
+        "model.model_name_or_path": str(tiny_model_path), "data.dataset": str(path),
+        "model.placeholder_token": PLACEHOLDER, "train.batch_size": 1,
+        "train.micro_batch_size": 1})
+    with pytest.raises(DataError, match=r"bad\.jsonl row 0 key 'label': 1 labels for 2 "):
+        PRMTrainer(job, world)
