@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from quartet.codec.dtypes import float_dtype
 from quartet.rewards.base import RewardInputs, RewardResult
-from quartet.rewards.model import DTYPES
 
 __all__ = ["PRM_CONFIG_FILE", "ProcessReward", "split_steps"]
 
@@ -37,6 +37,8 @@ class ProcessReward:
                  micro_batch_size: int = 8, max_len: int = 2048) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from quartet.engines.frozen_model import default_device, load_frozen
+
         config_path = Path(model_path) / PRM_CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path} not found: --prm-model expects a "
@@ -44,12 +46,12 @@ class ProcessReward:
         config = json.loads(config_path.read_text())
         self.name = f"prm:{model_path}"
         self.placeholder = config["placeholder_token"]
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         encode = lambda t: self.tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
         self.placeholder_id = encode(self.placeholder)[0]
         self.reward_ids = [encode(t)[0] for t in config["reward_tokens"]]
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype])
+        self.model = load_frozen(AutoModelForCausalLM, model_path, float_dtype(dtype))
         self.model.to(self.device).eval().requires_grad_(False)
         self.micro_batch_size = micro_batch_size
         self.max_len = max_len
