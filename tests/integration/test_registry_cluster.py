@@ -3,7 +3,9 @@ follows rollout replicas coming and going between iterations.
 
 Two rollout replicas serve iteration 1; one is stopped (SIGTERM: it deregisters) and
 iteration 2 runs on the other; a third registers and, brought to the current weights first
-(the loop rejects samples from stale weights), serves iteration 3 with the first.
+(the loop rejects samples from stale weights), serves iteration 3 with the first; then the
+third is SIGKILLed (its registry entry outlives it until the TTL; its health check fails) and
+iteration 4 runs on the first alone.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
             "--data.dataset", str(tiny_data["prompts"]), "--registry", url,
             "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
             "--train.batch_size", "8", "--train.micro_batch_size", "8",
-            "--train.num_iterations", "3", "--ckpt.output_dir", str(out),
+            "--train.num_iterations", "4", "--ckpt.output_dir", str(out),
             "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
             "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
         ])
@@ -75,6 +77,11 @@ def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
                                    name="rc")
                     services.wait_healthy(300, ["rc"])
                     wait_registered(registry, "rollout", "rc")
+                elif event["iteration"] == 2:
+                    rc = services.services["rc"].process
+                    rc.kill()
+                    rc.wait(60)
+                    assert any(r.replica == "rc" for r in registry.services("rollout"))
 
             history = run(cfg, run_id="registry-test", on_event=between_iterations)
             runs = registry.runs()
@@ -89,12 +96,15 @@ def samples_by_replica(metrics: dict) -> dict[str, float]:
 
 def test_replicas_come_and_go_between_iterations(cluster_run):
     _, history, _ = cluster_run
-    assert len(history) == 3
-    first, second, third = (samples_by_replica(m) for m in history)
+    assert len(history) == 4
+    first, second, third, fourth = (samples_by_replica(m) for m in history)
     assert first == {"ra": 4.0, "rb": 4.0}, first
     assert second == {"ra": 8.0}, second
     assert third == {"ra": 4.0, "rc": 4.0}, third
+    assert fourth == {"ra": 8.0}, fourth
+    assert [m["replicas/rollout"] for m in history] == [2, 1, 2, 1]
     assert history[1]["replicas/left"] == 1 and history[2]["replicas/joined"] == 1
+    assert history[3]["replicas/left"] == 1
     # rc served iteration 3 with the weights of version 2 (pushed to it alone when it joined)
     assert history[2]["rollout_weight_version"] == 2
 
@@ -103,6 +113,6 @@ def test_run_state_is_in_the_registry(cluster_run):
     out, _, runs = cluster_run
     [state] = [r for r in runs if r["run_id"] == "registry-test"]
     assert state["status"] == "finished"
-    assert state["iteration"] == "3" and state["policy_version"] == "3"
+    assert state["iteration"] == "4" and state["policy_version"] == "4"
     assert state["last_checkpoint"].endswith("hf/final")
     assert (out / "curves.png").exists()

@@ -50,3 +50,25 @@ def test_run_state_is_listed_newest_first(registry):
     runs = registry.runs()
     assert [r["run_id"] for r in runs][:2] == ["new", "old"]
     assert runs[0]["last_checkpoint"] == "/x" and runs[0]["policy_version"] == "2"
+
+
+def test_quartet_runs_lists_runs_and_services(registry, capsys):
+    from quartet.cli.runs import main
+
+    registry.write_run("listed-run", status="running", iteration=2, num_iterations=5,
+                       policy_version=2, last_checkpoint="/ckpt/hf/iter2")
+    registry.register(ServiceRecord("rollout", "r9", "10.0.0.9:50061", 2, "SERVING", 1), 30)
+    assert main(["--registry", registry.url]) == 0
+    out = capsys.readouterr().out
+    run_line = next(line for line in out.splitlines() if line.startswith("listed-run"))
+    assert "running" in run_line and "2/5" in run_line and "/ckpt/hf/iter2" in run_line
+    assert any(line.split()[:3] == ["rollout", "r9", "10.0.0.9:50061"]
+               for line in out.splitlines())
+
+
+def test_quartet_runs_names_an_unreachable_registry(capsys):
+    from quartet.cli.runs import main
+    from quartet.weightsync.group import free_port
+
+    assert main(["--registry", f"redis://127.0.0.1:{free_port()}/0"]) == 1
+    assert "quartet runs: error: registry redis://127.0.0.1:" in capsys.readouterr().err
