@@ -15,6 +15,7 @@ from typing import Literal
 from quartet.config.base import check, flat_group, group_under
 from quartet.config.data import DataConfig
 from quartet.config.jobs import TrainerJobConfig
+from quartet.config.methods import reject_unused_data
 from quartet.config.model import ModelConfig
 from quartet.config.objectives import DPOObjectiveConfig
 
@@ -201,6 +202,12 @@ class BatchInferenceJobConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.data.dataset), "--data.dataset", "is required")
+        unused = ("chosen_key", "rejected_key", "margin_key", "prompt_key", "multiturn",
+                  "max_len")
+        reject_unused_data(self.data, unused + (() if self.task.eval_task == "rm"
+                                                else ("output_key",)),
+                           f"batch_inference --eval_task {self.task.eval_task} (prompt length: "
+                           "--rollout.prompt_max_len)")
         if self.task.eval_task == "rm":
             _check_reward(self.reward, "--eval_task rm")
             check(self.data.output_key is not None, "--data.output_key",
@@ -262,6 +269,9 @@ class RoundsJobConfig(TrainerJobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        reject_unused_data(self.data, ("output_key", "chosen_key", "rejected_key", "margin_key",
+                                       "prompt_key", "multiturn"),
+                           "the iterative methods (--data.* describes prompts)")
         _check_reward(self.reward, "every round")
         check(self.rollout.temperature > 0, "--rollout.temperature",
               "must be > 0: best-of-n needs different samples")

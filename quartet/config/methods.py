@@ -23,7 +23,17 @@ __all__ = [
     "PRMJobConfig",
     "PRMObjectiveConfig",
     "TeacherConfig",
+    "reject_unused_data",
 ]
+
+
+def reject_unused_data(data: DataConfig, names: tuple[str, ...], command: str) -> None:
+    """``--data.<name>`` flags a command does not read must keep their defaults: a set value
+    would otherwise be silently ignored."""
+    defaults = DataConfig()
+    for name in names:
+        check(getattr(data, name) == getattr(defaults, name), f"--data.{name}",
+              f"is not used by {command}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,7 @@ class KTOJobConfig(TrainerJobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        reject_unused_data(self.data, ("margin_key", "multiturn"), "KTO")
         if self.kto.vanilla_loss:
             check(self.train.micro_batch_size >= 2, "--model.vanilla_loss",
                   "needs --train.micro_batch_size >= 2 (both kinds in every micro-batch)")
@@ -140,3 +151,9 @@ class PRMJobConfig(TrainerJobConfig):
 
     data: LabelledDataConfig = field(default_factory=LabelledDataConfig)
     prm: PRMObjectiveConfig = group_under(PRMObjectiveConfig, "model")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        reject_unused_data(self.data, ("output_key", "chosen_key", "rejected_key", "margin_key",
+                                       "prompt_key", "input_template", "apply_chat_template",
+                                       "multiturn"), "train_prm (the input holds the steps)")

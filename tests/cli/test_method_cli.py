@@ -131,3 +131,19 @@ def test_kd_requires_teacher(capsys):
     with pytest.raises(SystemExit):
         main(["--model.model_name_or_path", "s", "--data.dataset", "d.jsonl"])
     assert "--teacher.model_name_or_path: is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,argv,flag", [
+    ("batch_inference", ["--model.model_name_or_path", "m", "--data.dataset", "d",
+                         "--output_path", "o", "--data.chosen_key", "c"], "--data.chosen_key"),
+    ("rs", ["--model.model_name_or_path", "m", "--data.dataset", "d", "--reward.func", "r.py",
+            "--data.output_key", "a"], "--data.output_key"),
+    ("train_prm", ["--model.model_name_or_path", "m", "--data.dataset", "d",
+                   "--data.input_template", "Q: {}"], "--data.input_template"),
+])
+def test_unused_data_flags_are_rejected(module, argv, flag, capsys):
+    main = importlib.import_module(f"quartet.cli.{module}").main
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"{flag}: is not used by" in capsys.readouterr().err
