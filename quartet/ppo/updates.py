@@ -156,7 +156,7 @@ class PolicyUpdater(_Updater):
                 entropy = aggregate_loss(ent, mask, "token_mean", normaliser=norm)
             if loss_cfg.entropy_coef > 0:
                 loss = loss - loss_cfg.entropy_coef * entropy
-            m["entropy"] = float(entropy)
+            m["entropy"] = float(entropy.detach())
             if loss_cfg.kl_coef > 0 and micro.ref_logprobs is not None:
                 ref = pad_response_values(micro.ref_logprobs, width)[0].to(dev)
                 kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator, normaliser=norm)

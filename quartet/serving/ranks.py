@@ -161,7 +161,8 @@ class RankGroup:
                 try:
                     self.store.add(ALIVE_KEY, 0)
                 except Exception:  # noqa: BLE001
-                    return None
+                    # gone: expected when this rank was told to stop (SIGTERM) as well
+                    return STOP if self._stop_requested.is_set() else None
 
     def serve_worker(self, target: Any) -> int:
         """Runs fanned-out calls on `target` until rank 0 says stop (0) or dies (1)."""

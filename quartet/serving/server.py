@@ -90,6 +90,7 @@ class RoleServer:
             raise OSError(f"could not bind {role} server to {address}")
         self.host = host
         self._stopped = threading.Event()
+        self._finished = threading.Event()
         self._on_stop: list = []
         self._reflection_enabled = False
         self.serving = False
@@ -158,6 +159,7 @@ class RoleServer:
             except Exception as exc:  # noqa: BLE001 - shutting down regardless
                 log.warning("%s: stop callback failed: %s", self.role, exc)
         log.info("%s stopped", self.role)
+        self._finished.set()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the server gracefully from the main thread's wait."""
@@ -170,7 +172,9 @@ class RoleServer:
         signal.signal(signal.SIGINT, _on_signal)
 
     def wait_for_termination(self) -> None:
-        """Blocks until stop() ran (e.g. from a signal handler)."""
+        """Blocks until stop() ran to its end (e.g. from a signal handler), stop callbacks
+        included."""
         while not self._stopped.wait(0.5):
             pass
         self._server.wait_for_termination()
+        self._finished.wait()

@@ -97,6 +97,9 @@ def _each_setup(tmp_path, role: str, client_cls, model: str, run) -> list[dict]:
             out["weights"] = _saved(client, tmp_path / f"{role}-{world}-{stage}")
             out["what"] = f"{role} ranks={world} zero={stage}"
             results.append(out)
+            # SIGTERM: rank 0 drains and releases the others; every rank exits 0
+            codes = cluster.stop()
+            assert set(codes.values()) == {0}, (out["what"], codes)
         finally:
             cluster.stop()
     return results

@@ -70,6 +70,8 @@ def test_reward_rises_with_bounded_kl(gae_run):
     for key in ("critic/value_loss", "actor/policy_loss", "actor/clip_fraction",
                 "actor/entropy", "return", "time/generate", "time/train", "time/sync"):
         assert key in history[-1], key
+    # one DeepSpeed rank each (multi-rank runs: tests/integration/test_data_parallel.py)
+    assert history[-1]["actor/world_size"] == history[-1]["critic/world_size"] == 1.0
 
 
 def test_rollout_serves_each_new_policy_version(gae_run):
