@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -87,7 +88,8 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
         ),
         async_generation=cfg.train.async_enable,
         freeze_actor_steps=cfg.actor.freezing_steps,
-        save_steps=cfg.ckpt.save_steps,
+        save_steps=-1 if cfg.ckpt.disable_ds else cfg.ckpt.save_steps,
+        resume=cfg.ckpt.load_enable,
         output_dir=output_dir,
         seed=cfg.train.seed,
         run_id=run_id,
@@ -132,6 +134,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     """
     from quartet.config.model import ModelConfig
     from quartet.models.loading import load_tokenizer
+    from services.coordinator.checkpoint import CheckpointSettings, RunCheckpoints
     from services.coordinator.launch import PPOServices
     from services.coordinator.prompts import load_prompts
     from services.coordinator.run_state import RunTelemetry
@@ -164,9 +167,24 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
             if on_event is not None:
                 on_event(event)
 
+        checkpoints = None
+        if not cfg.ckpt.disable_ds:
+            checkpoints = RunCheckpoints(
+                CheckpointSettings(cfg.ckpt.ds_path, cfg.ckpt.max_num, cfg.ckpt.max_mem,
+                                   cfg.ckpt.save_hf), roles.actor, roles.critic)
+            latest = checkpoints.latest()
+            if not cfg.ckpt.load_enable and latest is not None:
+                raise ValueError(f"--ckpt.path {checkpoints.root} holds checkpoints of an "
+                                 "earlier run: pass --ckpt.load_enable to resume it, or give "
+                                 "another --ckpt.path / --ckpt.output_dir")
+            if cfg.ckpt.load_enable:
+                print(f"quartet ppo: resuming from {latest}" if latest else
+                      f"quartet ppo: no checkpoint in {checkpoints.root}; starting fresh",
+                      flush=True)
         loop = PPOLoop(roles, settings, prompts,
                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                       on_event=events)
+                       on_event=events, checkpoints=checkpoints,
+                       recovery=services.recovery())
         history = loop.run(stop)
     if history:
         plot_curves(history, out / "curves.png", title=f"quartet ppo: {run_id}")
@@ -202,6 +220,21 @@ def with_yaml_config(argv: list[str]) -> list[str]:
     return from_file + argv[:i] + argv[i + 2:]
 
 
+def stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT ask the run to stop: the current iteration finishes, a checkpoint is
+    saved, every started role process is stopped, and `quartet ppo` exits 0."""
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame) -> None:
+        print(f"\nquartet ppo: {signal.Signals(signum).name}: finishing the current iteration, "
+              "then saving and stopping", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     from quartet.clients.base import RoleCallError
     from quartet.data.sources import DataError
@@ -212,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     # stable across restarts of the same run (resume), distinct between run directories
     run_id = Path(cfg.ckpt.output_dir).resolve().name or "ppo"
     try:
-        run(cfg, run_id=run_id)
+        run(cfg, run_id=run_id, stop=stop_on_signals())
     except (DataError, RoleCallError, TimeoutError, RuntimeError, ValueError) as exc:
         # A clear one-line cause; service logs hold the details.
         print(f"quartet ppo: error: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ import grpc
 import torch
 
 from quartet.clients.base import GrpcRoleClient, RoleCallError
+from quartet.clients.checkpoints import CheckpointCalls
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
 from quartet.codec.dtypes import wire_dtype_named
@@ -17,7 +18,7 @@ from quartet.v1 import actor_pb2, actor_pb2_grpc, common_pb2
 from quartet.weightsync.specs import TensorSpec
 
 
-class GrpcActorClient(GrpcRoleClient):
+class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
     role = "actor"
 
     def __init__(self, address: str, **kwargs) -> None:
@@ -37,12 +38,6 @@ class GrpcActorClient(GrpcRoleClient):
         metrics = {m.name: m.value for m in resp.metrics}
         metrics["policy_version"] = float(resp.policy_version)
         return metrics
-
-    def save(self, output_dir: str, hf_export: bool = True, tag: str = ""
-             ) -> common_pb2.SaveResponse:
-        return self._call("Save", self.stub.Save,
-                          common_pb2.SaveRequest(output_dir=output_dir, hf_export=hf_export,
-                                                 tag=tag))
 
     def init_weight_group(self, master_address: str, master_port: int, world_size: int,
                           backend: str = "gloo", group_name: str = "quartet-weights",

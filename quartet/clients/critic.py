@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from quartet.clients.base import GrpcRoleClient
+from quartet.clients.checkpoints import CheckpointCalls
 from quartet.clients.scoring import merge_by_offset
 from quartet.codec import RowBatch, encode_token_batch, ragged_from_proto, token_batch_slices
 from quartet.ppo.batch import ValueLossSettings, ValueMiniBatch
@@ -12,7 +13,7 @@ from quartet.ppo.wire import encode_value_minibatch
 from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 
-class GrpcCriticClient(GrpcRoleClient):
+class GrpcCriticClient(CheckpointCalls, GrpcRoleClient):
     role = "critic"
 
     def __init__(self, address: str, **kwargs) -> None:
@@ -33,11 +34,6 @@ class GrpcCriticClient(GrpcRoleClient):
         resp = self._call("TrainStep", self.stub.TrainStep,
                           encode_value_minibatch(mb, loss, header or common_pb2.RequestHeader()))
         return {m.name: m.value for m in resp.metrics}
-
-    def save(self, output_dir: str, hf_export: bool = True, tag: str = ""):
-        return self._call("Save", self.stub.Save,
-                          common_pb2.SaveRequest(output_dir=output_dir, hf_export=hf_export,
-                                                 tag=tag))
 
     def info(self) -> common_pb2.ServiceInfo:
         return self._info(self.stub.GetInfo)

@@ -3,17 +3,24 @@
 Each service is a real `quartet serve <role>` process; it binds port 0 and reports the
 port through a file, so parallel runs and test sessions never collide on ports. Logs go to
 `<log_dir>/<role>.log`; a service that dies while starting raises with its log's tail.
+
+Supervision (the `RoleLauncher` interface the coordinator's recovery uses): `exited()` names
+the services whose process ended, `restart(name)` starts one again on the same port (so
+clients reconnect without new addresses), `retire(name)` stops one for good. On Linux every
+service gets SIGKILL when the process that started it dies, even by SIGKILL, so no role
+process outlives its launcher.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quartet.clients.health import wait_for_serving
@@ -27,6 +34,17 @@ DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
             "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK")
 
 
+PR_SET_PDEATHSIG = 1
+# Looked up here, not in the child: after fork only async-signal-safe work is safe.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGKILL when the launching thread dies."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 @dataclass
 class LocalService:
     name: str
@@ -37,6 +55,9 @@ class LocalService:
     port: int = 0
     serves_grpc: bool = True
     """False for ranks > 0 of a multi-rank role: no port, nothing to health-check."""
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
 
     @property
     def address(self) -> str:
@@ -68,19 +89,71 @@ class LocalCluster:
         if name in self.services:
             raise ValueError(f"a service named {name!r} is already running")
         port_file = self.log_dir / f"{name}.port"
-        port_file.unlink(missing_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", "quartet.cli.main", "serve", role, "--port", "0",
-               "--port-file", str(port_file), "--replica-id", name, *self.service_args, *args]
-        log.info("starting %s: %s", name, " ".join(cmd))
-        with open(log_path, "w") as log_file:
-            process = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**self.env, **(env or {})}, start_new_session=True,
-            )
-        svc = LocalService(name, role, process, port_file, log_path, serves_grpc=serves_grpc)
+        svc = LocalService(name, role, None, port_file, log_path,  # type: ignore[arg-type]
+                           serves_grpc=serves_grpc, args=list(args), env=dict(env or {}))
+        self._spawn(svc, port=0)
         self.services[name] = svc
         return svc
+
+    def _spawn(self, svc: LocalService, port: int) -> None:
+        svc.port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "quartet.cli.main", "serve", svc.role, "--port", str(port),
+               "--port-file", str(svc.port_file), "--replica-id", svc.name, *self.service_args,
+               *svc.args]
+        log.info("starting %s: %s", svc.name, " ".join(cmd))
+        with open(svc.log_path, "a" if svc.restarts else "w") as log_file:
+            if svc.restarts:
+                log_file.write(f"\n---- restart {svc.restarts} of {svc.name} ----\n")
+                log_file.flush()
+            svc.process = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**self.env, **svc.env}, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        svc.port = port
+
+    # ---------------------------------------------------------------- supervision
+    def exited(self) -> list[str]:
+        """Services whose process has ended (crashed, killed, or stopped on its own)."""
+        return [n for n, svc in self.services.items() if svc.process.poll() is not None]
+
+    def address_of(self, name: str) -> str:
+        return self.services[name].address
+
+    def role_of(self, name: str) -> str:
+        return self.services[name].role
+
+    def names(self) -> list[str]:
+        return list(self.services)
+
+    def restart(self, name: str, timeout_s: float = 300.0) -> str:
+        """Starts service `name` again with the same flags on the same port (killing what is
+        left of it first) and waits until it is SERVING; returns its address."""
+        svc = self.services[name]
+        if not svc.serves_grpc or any(not other.serves_grpc and other.role == svc.role
+                                      for other in self.services.values()):
+            raise RuntimeError(f"{name}: restarting a multi-rank role is not supported")
+        self._kill(svc)
+        svc.restarts += 1
+        self._spawn(svc, port=svc.port)
+        self.wait_healthy(timeout_s, [name])
+        log.info("%s restarted (restart %d) at %s", name, svc.restarts, svc.address)
+        return svc.address
+
+    def retire(self, name: str) -> None:
+        """Stops service `name` for good and forgets it."""
+        svc = self.services.pop(name)
+        self._kill(svc)
+
+    @staticmethod
+    def _kill(svc: LocalService) -> None:
+        """SIGKILL the service's whole process group (its engine workers included)."""
+        try:
+            os.killpg(svc.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        svc.process.wait()
 
     def _read_port(self, svc: LocalService, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -129,8 +202,11 @@ class LocalCluster:
                 codes[name] = svc.process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", name)
-                os.killpg(svc.process.pid, signal.SIGKILL)
-                codes[name] = svc.process.wait()
+                codes[name] = None
+            # Engine workers the service started (vLLM's engine core) share its process
+            # group; none may outlive it.
+            self._kill(svc)
+            codes[name] = svc.process.returncode if codes[name] is None else codes[name]
         self.services.clear()
         return codes
 

@@ -110,21 +110,41 @@ class TrainingRole:
         with phase_threads("train"):
             return self.updater.train_step(mb, loss, norm)
 
-    def save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
-        """DeepSpeed checkpoint under `deepspeed/<tag>`, HF export under `hf/<tag>`; every
-        rank takes part (ZeRO shards are saved by their owners)."""
+    def save(self, output_dir: str, tag: str, hf_export: bool,
+             hf_only: bool = False) -> tuple[str, str]:
+        """DeepSpeed checkpoint under `deepspeed/<tag>` (unless `hf_only`), HF export under
+        `hf/<tag>`; every rank takes part (ZeRO shards are saved by their owners)."""
         tag = tag or f"global_step{self.global_step}"
         with self.lock:
-            return self.ranks.call_all(self, "rank_save", output_dir, tag, hf_export)[0]
+            return self.ranks.call_all(self, "rank_save", output_dir, tag, hf_export,
+                                       hf_only)[0]
 
-    def rank_save(self, output_dir: str, tag: str, hf_export: bool) -> tuple[str, str]:
+    def rank_save(self, output_dir: str, tag: str, hf_export: bool,
+                  hf_only: bool = False) -> tuple[str, str]:
         out = Path(output_dir)
-        self.engine.save_checkpoint(out / "deepspeed", tag)
+        ckpt = ""
+        if not hf_only:
+            self.engine.save_checkpoint(out / "deepspeed", tag)
+            ckpt = str(out / "deepspeed" / tag)
         hf_dir = ""
         if hf_export:
             hf_dir = str(out / "hf" / tag)
             self.engine.save_hf(hf_dir, tokenizer=self.tokenizer)
-        return hf_dir, str(out / "deepspeed" / tag)
+        return hf_dir, ckpt
+
+    def load(self, checkpoint_dir: str, tag: str) -> int:
+        """Weights, optimizer, scheduler and step counter from a checkpoint `save` wrote, on
+        every rank; returns the restored global step."""
+        with self.lock:
+            return self.ranks.call_all(self, "rank_load", checkpoint_dir, tag)[0]
+
+    def rank_load(self, checkpoint_dir: str, tag: str) -> int:
+        from quartet.serving.errors import FailedPrecondition
+
+        if self.engine.load_checkpoint(checkpoint_dir, tag) is None:
+            raise FailedPrecondition(f"checkpoint_dir: no checkpoint {tag!r} in "
+                                     f"{checkpoint_dir}")
+        return self.global_step
 
 
 def save_response(role: TrainingRole, request):
@@ -134,5 +154,21 @@ def save_response(role: TrainingRole, request):
 
     if not request.output_dir:
         raise InvalidArgument("output_dir: must not be empty")
-    hf_dir, ckpt = role.save(request.output_dir, request.tag, request.hf_export)
+    if request.hf_only and not request.hf_export:
+        raise InvalidArgument("hf_only: needs hf_export (nothing would be written)")
+    hf_dir, ckpt = role.save(request.output_dir, request.tag, request.hf_export,
+                             request.hf_only)
     return common_pb2.SaveResponse(hf_dir=hf_dir, checkpoint_dir=ckpt)
+
+
+def load_response(role: TrainingRole, request):
+    """The Load RPC of both roles: validate, restore, answer the restored step."""
+    from quartet.serving.errors import FailedPrecondition, InvalidArgument
+    from quartet.v1 import common_pb2
+
+    if not request.checkpoint_dir or not request.tag:
+        raise InvalidArgument("checkpoint_dir, tag: both are required")
+    if not (Path(request.checkpoint_dir) / request.tag).is_dir():
+        raise FailedPrecondition(f"checkpoint_dir: {request.checkpoint_dir}/{request.tag} is "
+                                 "not a directory on this service's filesystem")
+    return common_pb2.LoadResponse(global_step=role.load(request.checkpoint_dir, request.tag))

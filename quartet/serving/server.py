@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -92,6 +93,7 @@ class RoleServer:
         self._stopped = threading.Event()
         self._finished = threading.Event()
         self._on_stop: list = []
+        self._stop_hooks: list[Callable[[], None]] = []
         self._reflection_enabled = False
         self.serving = False
         self.set_serving(False)
@@ -146,11 +148,21 @@ class RoleServer:
         self.grpc_server.started = True
         log.info("%s listening on %s", self.role, self.address)
 
+    def add_stop_hook(self, hook: Callable[[], None]) -> None:
+        """`hook` runs when the server stops, after health turns NOT_SERVING and before the
+        server closes: a role that owns work (the coordinator's runs) ends it there."""
+        self._stop_hooks.append(hook)
+
     def stop(self, grace_s: float | None = None) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.set_serving(False)
+        for hook in self._stop_hooks:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - one failing hook must not keep the server up
+                log.exception("%s: stop hook failed", self.role)
         self.health.enter_graceful_shutdown()
         self._server.stop(self.grace_s if grace_s is None else grace_s).wait()
         for callback in self._on_stop:

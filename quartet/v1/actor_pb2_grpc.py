@@ -55,6 +55,11 @@ class ActorStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/quartet.v1.Actor/Load',
+                request_serializer=quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
+                _registered_method=True)
         self.InitWeightGroup = channel.unary_unary(
                 '/quartet.v1.Actor/InitWeightGroup',
                 request_serializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.SerializeToString,
@@ -108,6 +113,13 @@ class ActorServicer:
 
     def PrepareRun(self, request, context):
         """Announce a run and its training settings before its first step (see PrepareRunRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Load(self, request, context):
+        """Restore a checkpoint Save wrote (resume, or rewind after a restart).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +182,11 @@ def add_ActorServicer_to_server(servicer, server):
                     servicer.PrepareRun,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=quartet_dot_v1_dot_common__pb2.LoadRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_common__pb2.LoadResponse.SerializeToString,
             ),
             'InitWeightGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.InitWeightGroup,
@@ -305,6 +322,33 @@ class Actor:
             '/quartet.v1.Actor/PrepareRun',
             quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Actor/Load',
+            quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+            quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,8 @@ class ActorStub:
     Save: _grpc.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]
     PrepareRun: _grpc.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+    Load: _grpc.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]
+    """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
     InitWeightGroup: _grpc.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _grpc.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]
@@ -67,6 +69,8 @@ class ActorAsyncStub(ActorStub):
     Save: _aio.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]  # type: ignore[assignment]
     PrepareRun: _aio.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]  # type: ignore[assignment]
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+    Load: _aio.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]  # type: ignore[assignment]
+    """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
     InitWeightGroup: _aio.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]  # type: ignore[assignment]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _aio.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]  # type: ignore[assignment]
@@ -112,6 +116,14 @@ class ActorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.PrepareRunResponse, _abc.Awaitable[_common_pb2.PrepareRunResponse]]:
         """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+
+    @_abc_1.abstractmethod
+    def Load(
+        self,
+        request: _common_pb2.LoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.LoadResponse, _abc.Awaitable[_common_pb2.LoadResponse]]:
+        """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
 
     @_abc_1.abstractmethod
     def InitWeightGroup(

@@ -316,12 +316,15 @@ class SaveRequest(_message.Message):
     OUTPUT_DIR_FIELD_NUMBER: _builtins.int
     HF_EXPORT_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
+    HF_ONLY_FIELD_NUMBER: _builtins.int
     output_dir: _builtins.str
     """Directory on the service's filesystem."""
     hf_export: _builtins.bool
     """Write a Hugging Face format export next to the DeepSpeed checkpoint."""
     tag: _builtins.str
     """Tag of the DeepSpeed checkpoint (e.g. "global_step12")."""
+    hf_only: _builtins.bool
+    """Write only the Hugging Face export (no DeepSpeed checkpoint); needs hf_export."""
     @_builtins.property
     def header(self) -> Global___RequestHeader: ...
     def __init__(
@@ -331,10 +334,11 @@ class SaveRequest(_message.Message):
         output_dir: _builtins.str = ...,
         hf_export: _builtins.bool = ...,
         tag: _builtins.str = ...,
+        hf_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hf_export", b"hf_export", "output_dir", b"output_dir", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "hf_export", b"hf_export", "hf_only", b"hf_only", "output_dir", b"output_dir", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +365,60 @@ class SaveResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SaveResponse: _TypeAlias = SaveResponse  # noqa: Y015
+
+@_typing.final
+class LoadRequest(_message.Message):
+    """Restore weights, optimizer, scheduler and step counter from a DeepSpeed checkpoint that
+    Save wrote (the coordinator's resume and its rewind after a role restart).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_DIR_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    checkpoint_dir: _builtins.str
+    """The directory Save wrote the DeepSpeed checkpoint under (SaveResponse.checkpoint_dir
+    without its last component).
+    """
+    tag: _builtins.str
+    """Tag of the checkpoint inside checkpoint_dir."""
+    @_builtins.property
+    def header(self) -> Global___RequestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___RequestHeader | None = ...,
+        checkpoint_dir: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_dir", b"checkpoint_dir", "header", b"header", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadRequest: _TypeAlias = LoadRequest  # noqa: Y015
+
+@_typing.final
+class LoadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GLOBAL_STEP_FIELD_NUMBER: _builtins.int
+    global_step: _builtins.int
+    """Optimizer steps taken by the restored state."""
+    def __init__(
+        self,
+        *,
+        global_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_step", b"global_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadResponse: _TypeAlias = LoadResponse  # noqa: Y015
 
 @_typing.final
 class ServiceInfo(_message.Message):

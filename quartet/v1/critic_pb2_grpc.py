@@ -55,6 +55,11 @@ class CriticStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
                 _registered_method=True)
+        self.Load = channel.unary_unary(
+                '/quartet.v1.Critic/Load',
+                request_serializer=quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
+                _registered_method=True)
         self.GetInfo = channel.unary_unary(
                 '/quartet.v1.Critic/GetInfo',
                 request_serializer=quartet_dot_v1_dot_common__pb2.GetInfoRequest.SerializeToString,
@@ -92,6 +97,13 @@ class CriticServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Load(self, request, context):
+        """Restore a checkpoint Save wrote (resume, or rewind after a restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInfo(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -120,6 +132,11 @@ def add_CriticServicer_to_server(servicer, server):
                     servicer.PrepareRun,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.PrepareRunRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.PrepareRunResponse.SerializeToString,
+            ),
+            'Load': grpc.unary_unary_rpc_method_handler(
+                    servicer.Load,
+                    request_deserializer=quartet_dot_v1_dot_common__pb2.LoadRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_common__pb2.LoadResponse.SerializeToString,
             ),
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
@@ -235,6 +252,33 @@ class Critic:
             '/quartet.v1.Critic/PrepareRun',
             quartet_dot_v1_dot_common__pb2.PrepareRunRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.PrepareRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Load(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Critic/Load',
+            quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
+            quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class CriticStub:
     Save: _grpc.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]
     PrepareRun: _grpc.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+    Load: _grpc.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]
+    """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
     GetInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]
 
 @_typing.type_check_only
@@ -51,6 +53,8 @@ class CriticAsyncStub(CriticStub):
     Save: _aio.UnaryUnaryMultiCallable[_common_pb2.SaveRequest, _common_pb2.SaveResponse]  # type: ignore[assignment]
     PrepareRun: _aio.UnaryUnaryMultiCallable[_common_pb2.PrepareRunRequest, _common_pb2.PrepareRunResponse]  # type: ignore[assignment]
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+    Load: _aio.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]  # type: ignore[assignment]
+    """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
     GetInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]  # type: ignore[assignment]
 
 class CriticServicer(metaclass=_abc_1.ABCMeta):
@@ -84,6 +88,14 @@ class CriticServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.PrepareRunResponse, _abc.Awaitable[_common_pb2.PrepareRunResponse]]:
         """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
+
+    @_abc_1.abstractmethod
+    def Load(
+        self,
+        request: _common_pb2.LoadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.LoadResponse, _abc.Awaitable[_common_pb2.LoadResponse]]:
+        """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
 
     @_abc_1.abstractmethod
     def GetInfo(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quartet.codec import chunk_tensor
 from quartet.codec.dtypes import torch_dtype
-from quartet.ppo.training_role import save_response
+from quartet.ppo.training_role import load_response, save_response
 from quartet.ppo.wire import decode_policy_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.serving.scoring import stream_logprobs
@@ -45,6 +45,9 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
 
     def Save(self, request, context):
         return save_response(self.actor, request)
+
+    def Load(self, request, context):
+        return load_response(self.actor, request)
 
     def InitWeightGroup(self, request, context):
         cfg = weight_group_config(request)

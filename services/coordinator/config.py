@@ -286,6 +286,23 @@ class AlgoGroup:
 
 
 @dataclass(frozen=True)
+class RestartGroup:
+    """``--restart.*``: what happens when a role process quartet ppo started dies."""
+
+    max_restarts: int = 3
+    """Restarts of one role process before it counts as gone (0: a dead role ends the run).
+    A restarted actor or critic reloads the last checkpoint and the run replays from it."""
+    min_rollout_replicas: int = 1
+    """Rollout replicas the run needs: a replica that cannot come back is retired while at
+    least this many remain."""
+
+    def __post_init__(self) -> None:
+        check(self.max_restarts >= 0, "max_restarts", f"must be >= 0, got {self.max_restarts}")
+        check(self.min_rollout_replicas >= 1, "min_rollout_replicas",
+              f"must be >= 1, got {self.min_rollout_replicas}")
+
+
+@dataclass(frozen=True)
 class PPOJobConfig:
     """PPO (and its critic-free variants) across six services."""
 
@@ -305,6 +322,7 @@ class PPOJobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trace: TraceConfig = field(default_factory=TraceConfig)
     cluster: RegistryConfig = flat_group(RegistryConfig)
+    restart: RestartGroup = field(default_factory=RestartGroup)
 
     def __post_init__(self) -> None:
         check(bool(self.actor.model_name_or_path) or bool(self.actor.address),
@@ -349,6 +367,12 @@ class PPOJobConfig:
             check(self.vllm.num_engines == 1, "--vllm.num_engines",
                   "starts local replicas, which registry mode never does: start more "
                   "`quartet serve rollout --registry URL` (compose: --scale rollout=N)")
+        check(not (self.ckpt.load_enable and self.ckpt.disable_ds), "--ckpt.load_enable",
+              "cannot resume with --ckpt.disable_ds (no resumable checkpoints are written)")
+        check(self.restart.min_rollout_replicas <= max(self.vllm.num_engines,
+                                                       len(self.vllm.address)),
+              "--restart.min_rollout_replicas",
+              f"{self.restart.min_rollout_replicas} is more than the rollout replicas")
         group = ("rloo", "group_norm", "dr_grpo", "reinforce_baseline")
         if self.algo.advantage.estimator in group:
             check(self.rollout.n_samples_per_prompt > 1, "--rollout.n_samples_per_prompt",

@@ -33,8 +33,12 @@ class LocalActor:
         metrics["policy_version"] = float(self.actor.global_step)
         return metrics
 
-    def save(self, output_dir: str, hf_export: bool = True, tag: str = ""):
-        return self.actor.save(output_dir, tag, hf_export)
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = "",
+             hf_only: bool = False):
+        return self.actor.save(output_dir, tag, hf_export, hf_only)
+
+    def load(self, checkpoint_dir: str, tag: str) -> int:
+        return self.actor.load(checkpoint_dir, tag)
 
 
 class LocalCritic:
@@ -46,6 +50,13 @@ class LocalCritic:
 
     def train_step(self, mb, loss: ValueLossSettings, header=None):
         return self.critic.train_step(mb, loss)
+
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = "",
+             hf_only: bool = False):
+        return self.critic.save(output_dir, tag, hf_export, hf_only)
+
+    def load(self, checkpoint_dir: str, tag: str) -> int:
+        return self.critic.load(checkpoint_dir, tag)
 
 
 class LocalReference:

@@ -37,7 +37,13 @@ from services.coordinator.config import PPOJobConfig
 from services.coordinator.membership import RolloutMembership, discover
 from services.coordinator.memory_budget import ppo_budget
 from services.coordinator.ppo_loop import PPORoles
-from services.coordinator.weight_sync import GroupWeightSync, StreamedWeightSync
+from services.coordinator.recovery import RestartPolicy, RoleRecovery
+from services.coordinator.weight_sync import (
+    GroupWeightSync,
+    StreamedWeightSync,
+    WeightSync,
+    WireVersions,
+)
 
 log = logging.getLogger("quartet.coordinator")
 
@@ -46,21 +52,36 @@ FROZEN_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 class RolloutReplica:
     """The loop's view of one rollout service: errors name the replica; `name` labels its
-    per-replica counters (the registry's replica id, or the address)."""
+    per-replica counters (the registry's replica id, or the address); weight versions are the
+    loop's policy versions (the replica sees `WireVersions`)."""
 
-    def __init__(self, client: GrpcRolloutClient, timeout_s: float, name: str = "") -> None:
+    def __init__(self, client: GrpcRolloutClient, timeout_s: float, name: str = "",
+                 versions: WireVersions | None = None) -> None:
         self.client = client
         self.timeout_s = timeout_s
         self.name = name or client.address
+        self.versions = versions or WireVersions()
+
+    @property
+    def address(self) -> str:
+        return self.client.address
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig,
                  header: common_pb2.RequestHeader | None = None) -> list[PromptOutput]:
+        if header is not None:
+            wire = common_pb2.RequestHeader()
+            wire.CopyFrom(header)
+            wire.policy_version = self.versions.to_wire(header.policy_version)
+            header = wire
         try:
-            return self.client.generate(prompts, sampling, return_text=True, header=header,
-                                        timeout_s=self.timeout_s)
+            outputs = self.client.generate(prompts, sampling, return_text=True, header=header,
+                                           timeout_s=self.timeout_s)
         except grpc.RpcError as exc:
             raise RoleCallError("rollout", self.client.address, "Generate", exc.code(),
                                 exc.details() or "") from None
+        for out in outputs:
+            out.weight_version = self.versions.from_wire(out.weight_version)
+        return outputs
 
 
 class RoundRobinReward:
@@ -138,6 +159,7 @@ class PPOServices:
         self.threads = thread_plan(cfg)
         self.addresses: dict[str, list[str]] = {}
         self.replica_names: dict[str, str] = {}
+        self.sync: WeightSync | None = None
         self.reward_replicas: list[str] = []
         """Registry mode: the replicas of the one discovered reward service."""
         self.registry = Registry(cfg.cluster.registry) if cfg.cluster.registry else None
@@ -279,6 +301,7 @@ class PPOServices:
                                              for x in self.reward_replicas]))
         weights = list(cfg.reward.weights) or [1.0] * len(rewards)
         backend = cfg.vllm.sync_backend
+        sync: WeightSync
         if backend == "grpc" or (backend == "auto" and self.registry is not None):
             sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype)
         else:
@@ -291,7 +314,8 @@ class PPOServices:
             sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
                                    cfg.vllm.sync_bucket_mb << 20, master_address=master)
         sync.setup()
-        replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""))
+        self.sync = sync
+        replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""), sync.versions)
                     for c in rollout_clients]
         return PPORoles(
             actor=actor,
@@ -315,9 +339,18 @@ class PPOServices:
         return RolloutMembership(
             self.registry, {r.name: r for r in replicas},
             make_replica=lambda rec: RolloutReplica(GrpcRolloutClient(rec.address), t,
-                                                    rec.replica),
+                                                    rec.replica, sync.versions),
             catch_up=lambda replica, version: sync.catch_up(replica.client, version),
             on_change=lambda current: sync.set_rollouts([r.client for r in current]))
+
+    def recovery(self) -> RoleRecovery | None:
+        """Restarts of the role processes started here (--restart.*); services given by
+        address are someone else's to restart. Call after roles()."""
+        if self.cfg.restart.max_restarts == 0:
+            return None
+        policy = RestartPolicy(self.cfg.restart.max_restarts,
+                               self.cfg.restart.min_rollout_replicas, self.start_timeout_s)
+        return RoleRecovery(self.cluster, policy, self.sync)
 
     def stop(self) -> None:
         if self.registry is not None:

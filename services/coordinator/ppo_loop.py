@@ -23,6 +23,7 @@ import torch
 
 from quartet.algos.kl import AdaptiveKLController, FixedKLController
 from quartet.algos.rewards import RunningMeanStd
+from quartet.clients.base import RoleCallError
 from quartet.codec.batches import RowBatch
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import (
@@ -35,6 +36,13 @@ from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.telemetry import ContextThreadPoolExecutor, PhaseTimer, iteration_trace
 from quartet.types import SamplingConfig
 from quartet.v1 import common_pb2
+from services.coordinator.checkpoint import (
+    CoordinatorState,
+    RunCheckpoints,
+    capture_rng,
+    restore_rng,
+)
+from services.coordinator.recovery import Repair
 from services.coordinator.rollouts import (
     FilterSettings,
     Prompt,
@@ -50,13 +58,25 @@ log = logging.getLogger("quartet.coordinator")
 PHASES = ("generate", "score", "advantage", "train", "sync", "checkpoint")
 
 
+class RewindNeeded(Exception):
+    """The actor or critic restarted: their state is the last checkpoint's now."""
+
+
 # --------------------------------------------------------------------------- role interfaces
 class ActorClient(Protocol):
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
     def train_step(self, mb, loss: PolicyLossSettings,
                    header: common_pb2.RequestHeader | None = None) -> dict[str, float]: ...
-    def save(self, output_dir: str, hf_export: bool = True, tag: str = "") -> Any: ...
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = "",
+             hf_only: bool = False) -> Any: ...
+    def load(self, checkpoint_dir: str, tag: str) -> int: ...
+
+
+class Recovery(Protocol):
+    """Restarts dead role processes (services/coordinator/recovery.py)."""
+
+    def repair(self, error: RoleCallError) -> Repair: ...
 
 
 class CriticClient(Protocol):
@@ -64,6 +84,9 @@ class CriticClient(Protocol):
                header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
     def train_step(self, mb, loss: ValueLossSettings,
                    header: common_pb2.RequestHeader | None = None) -> dict[str, float]: ...
+    def save(self, output_dir: str, hf_export: bool = True, tag: str = "",
+             hf_only: bool = False) -> Any: ...
+    def load(self, checkpoint_dir: str, tag: str) -> int: ...
 
 
 class ReferenceClient(Protocol):
@@ -115,6 +138,8 @@ class PPOLoopSettings:
     """Iterations at the start that train only the critic (value warm-up)."""
     save_steps: int = -1
     """Save a checkpoint every this many iterations; -1 only at the end."""
+    resume: bool = False
+    """Start from the latest checkpoint when there is one (--ckpt.load_enable)."""
     output_dir: str = "runs/ppo"
     seed: int = 42
     run_id: str = "ppo"
@@ -129,9 +154,16 @@ class PPOLoop:
         prompts: Sequence[Prompt],
         decode: Callable[[list[int]], str],
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        checkpoints: RunCheckpoints | None = None,
+        recovery: Recovery | None = None,
     ) -> None:
         self.roles = roles
         self.s = settings
+        self.checkpoints = checkpoints
+        """Resumable checkpoints; None saves only the final HF export (--ckpt.disable_ds)."""
+        self.recovery = recovery
+        """Restarts dead role processes; None lets a role failure end the run."""
+        self.start_iteration = 0
         self.on_event = on_event or (lambda event: None)
         self.version = 0
         self.rng = random.Random(settings.seed)
@@ -142,7 +174,8 @@ class PPOLoop:
             roles.rollouts, roles.rewards, prompts, settings.sampling,
             settings.prompts_per_iteration, shaping, settings.filtering, settings.seed,
             decode, settings.run_id)
-        self._pending: Future[Rollouts] | None = None
+        # async mode: the batch generating ahead, and the data position before it started
+        self._pending: tuple[Future[Rollouts], dict[str, Any]] | None = None
         self._background = ContextThreadPoolExecutor(max_workers=1,
                                                      thread_name_prefix="async-gen")
         self.kl_ctl = (
@@ -171,15 +204,26 @@ class PPOLoop:
 
     # ---------------------------------------------------------------- phases
     def rollouts(self, it: int) -> Rollouts:
-        """This iteration's samples: collected now, or by the background thread (async)."""
+        """This iteration's samples: collected now, or by the background thread (async).
+
+        A failed collection puts the data position back, so a re-run takes the same prompts
+        (a failed batch generated ahead is then regenerated with the current weights)."""
         if self._pending is not None:
-            rollouts, self._pending = self._pending.result(), None
+            (future, before), self._pending = self._pending, None
         else:
-            rollouts = self.collector.collect(it, self.version)
+            before = self.collector.state()
+            future = None
+        try:
+            rollouts = (future.result() if future is not None
+                        else self.collector.collect(it, self.version))
+        except RoleCallError:
+            self.collector.restore(before)
+            raise
         if self.s.async_generation and it + 1 < self.s.num_iterations:
             # generated with the current weights while this batch trains: staleness 1
-            self._pending = self._background.submit(self.collector.collect, it + 1,
-                                                    self.version, 1)
+            ahead = self.collector.state()
+            self._pending = (self._background.submit(self.collector.collect, it + 1,
+                                                     self.version, 1), ahead)
         return rollouts
 
     def one_pass(self, rows: int) -> bool:
@@ -254,7 +298,101 @@ class PPOLoop:
         self.version += 1
         if self.roles.sync_weights is None:
             return {}
-        return self.roles.sync_weights(self.version)
+        sync = self.roles.sync_weights
+        return self.repaired(lambda: sync(self.version))
+
+    # ---------------------------------------------------------------- role failures
+    def repaired(self, phase: Callable[[], Any], applies_updates: bool = False) -> Any:
+        """Runs `phase`; when a role call fails and the recovery restarted the dead process,
+        runs it again. Raises RewindNeeded when the actor or critic restarted, or when the
+        phase had applied updates (only a checkpoint undoes them)."""
+        while True:
+            try:
+                return phase()
+            except RoleCallError as exc:
+                if self.recovery is None:
+                    raise
+                repair = self.recovery.repair(exc)
+                self.on_event({"iteration": self.start_iteration, "phase": "recover",
+                               "restarted": repair.restarted, "retired": repair.retired})
+                if repair.retired:
+                    gone = set(repair.retired)
+                    self.collector.replicas = [r for r in self.collector.replicas
+                                               if getattr(r, "address", None) not in gone]
+                if repair.rewind or applies_updates:
+                    raise RewindNeeded(str(exc)) from exc
+                log.warning("re-running the interrupted phase after restarting %s",
+                            ", ".join(repair.restarted) or "nothing")
+
+    # ---------------------------------------------------------------- resumable state
+    def state(self, iteration: int) -> CoordinatorState:
+        """The coordinator's state after `iteration` iterations (waits for an async batch
+        generating ahead: it is part of the state)."""
+        pending = None
+        if self._pending is not None:
+            future, before = self._pending
+            try:
+                pending = future.result()
+            except RoleCallError:
+                # the next iteration regenerates it; the checkpoint keeps the data position
+                self._pending = None
+                self.collector.restore(before)
+        python_rng, torch_rng = capture_rng()
+        return CoordinatorState(
+            iteration=iteration, policy_version=self.version, seed=self.s.seed,
+            loop_rng=self.rng.getstate(), collector=self.collector.state(),
+            kl=self.kl_ctl.state_dict(), reward_stats=self.reward_stats.state_dict(),
+            history=list(self.history), pending=pending, python_rng=python_rng,
+            torch_rng=torch_rng)
+
+    def load_state(self, state: CoordinatorState) -> int:
+        """Restores `state`; returns the iteration to run next."""
+        if state.seed != self.s.seed:
+            raise ValueError(f"--ckpt.load_enable: the checkpoint was taken with --train.seed "
+                             f"{state.seed}, this run has {self.s.seed}")
+        if self._pending is not None:  # a batch generating ahead belongs to the abandoned past
+            self._pending[0].exception()
+            self._pending = None
+        self.version = state.policy_version
+        self.rng.setstate(state.loop_rng)
+        self.collector.restore(state.collector)
+        self.kl_ctl.load_state_dict(state.kl)
+        self.reward_stats.load_state_dict(state.reward_stats)
+        self.history = list(state.history)
+        if state.pending is not None:
+            done: Future[Rollouts] = Future()
+            done.set_result(state.pending)
+            self._pending = (done, self.collector.state())
+        restore_rng(state)
+        tmp = self.metrics_path.with_suffix(".jsonl.part")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history))
+        tmp.replace(self.metrics_path)
+        return state.iteration
+
+    def restore(self, rewinding: bool) -> int:
+        """Actor, critic and coordinator back to the latest checkpoint, and every rollout
+        replica to its policy; returns the iteration to run next."""
+        if self.checkpoints is None or (ckpt := self.checkpoints.latest()) is None:
+            if rewinding:
+                raise RuntimeError("the actor or critic restarted but there is no checkpoint "
+                                   "to rewind to (--ckpt.disable_ds is set)")
+            return 0
+        log.info("%s from checkpoint %s", "rewinding" if rewinding else "resuming", ckpt)
+        self.repaired(lambda: self.checkpoints.load_roles(ckpt))
+        it = self.load_state(self.checkpoints.load_state(ckpt))
+        # fresh replicas already serve version 0; after a rewind they serve a newer policy
+        if self.roles.sync_weights is not None and (rewinding or self.version > 0):
+            sync = self.roles.sync_weights
+            self.repaired(lambda: sync(self.version))
+        self.start_iteration = it
+        return it
+
+    def save_checkpoint(self, iteration: int) -> None:
+        if self.checkpoints is not None:
+            state = self.state(iteration)
+            path = self.repaired(lambda: self.checkpoints.save(state))
+            self.on_event({"iteration": iteration, "phase": "checkpoint", "path": str(path),
+                           "policy_version": self.version})
 
     # ---------------------------------------------------------------- one iteration
     def refresh_rollouts(self, it: int) -> dict[str, float]:
@@ -272,7 +410,7 @@ class PPOLoop:
                 membership = self.refresh_rollouts(it)
         self.on_event({"iteration": it, "phase": "generate"})
         with timer("generate"):
-            collected = self.rollouts(it)
+            collected = self.repaired(lambda: self.rollouts(it))
             timer.annotate(rows=len(collected))
         staleness = self.version - collected.weight_version
         rollouts = self.trim_to_minibatches(collected)
@@ -286,7 +424,8 @@ class PPOLoop:
         self.on_event({"iteration": it, "phase": "score"})
         one_pass = self.one_pass(len(batch))
         with timer("score"):
-            old_lp, ref_lp, values = self.score(batch, it, actor_pass=not one_pass)
+            old_lp, ref_lp, values = self.repaired(
+                lambda: self.score(batch, it, actor_pass=not one_pass))
         raw_reward = float(rewards.mean())
         self.on_event({"iteration": it, "phase": "advantage"})
         with timer("advantage"):
@@ -304,15 +443,12 @@ class PPOLoop:
                                   rollout_logprobs=rollouts.rollout_logprobs)
         self.on_event({"iteration": it, "phase": "train"})
         with timer("train"):
-            train_metrics = self.train(exp, it)
+            train_metrics = self.repaired(lambda: self.train(exp, it), applies_updates=True)
         self.on_event({"iteration": it, "phase": "sync"})
         with timer("sync"):
             sync_metrics = self.sync()
         stats = experience_stats(exp)
         self.kl_ctl.update(stats["kl"], len(exp))
-        if self.s.save_steps > 0 and (it + 1) % self.s.save_steps == 0:
-            with timer("checkpoint"):
-                self.save(f"iter{it + 1}")
         metrics: dict[str, float] = {
             "iteration": float(it + 1),
             **stats,
@@ -335,35 +471,73 @@ class PPOLoop:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.collector.close()
 
-    def save(self, tag: str) -> None:
+    def export_final(self) -> None:
+        """The policy as a Hugging Face model under checkpoints/hf/final."""
         path = str((self.out / "checkpoints").resolve())
-        self.roles.actor.save(path, hf_export=True, tag=tag)
+        self.repaired(lambda: self.roles.actor.save(path, hf_export=True, tag="final",
+                                                    hf_only=True))
         self.on_event({"iteration": len(self.history), "phase": "checkpoint",
-                       "path": f"{path}/hf/{tag}", "policy_version": self.version})
+                       "path": f"{path}/hf/final", "policy_version": self.version})
+
+    def rewind(self, reason: Exception) -> int:
+        """Back to the latest checkpoint after the actor or critic restarted (again, if it
+        dies during the rewind itself: each restart spends the recovery's budget)."""
+        while True:
+            log.warning("%s; rewinding to the last checkpoint", reason)
+            try:
+                return self.restore(rewinding=True)
+            except RewindNeeded as again:
+                reason = again
 
     def run(self, stop: threading.Event | None = None) -> list[dict[str, float]]:
-        """All iterations (or until `stop` is set), then the final checkpoint."""
+        """All iterations (or until `stop` is set: the current iteration finishes), then
+        the final checkpoint. With `resume`, starts after the latest checkpoint."""
         start = time.perf_counter()
         try:
-            for it in range(self.s.num_iterations):
-                if stop is not None and stop.is_set():
-                    log.info("stop requested; ending after %d iterations", it)
+            it = 0
+            if self.s.resume:
+                try:
+                    it = self.restore(rewinding=False)
+                except RewindNeeded as exc:
+                    it = self.rewind(exc)
+                if it:
+                    log.info("resumed after iteration %d (policy version %d)", it,
+                             self.version)
+            while True:
+                try:
+                    if self.recovery is not None and self.checkpoints is not None \
+                            and self.checkpoints.latest() is None:
+                        self.save_checkpoint(it)  # a restarted actor/critic reloads this
+                    stopping = stop is not None and stop.is_set()
+                    if it < self.s.num_iterations and not stopping:
+                        self.start_iteration = it
+                        self._one_iteration(it)
+                        it += 1
+                        if self.s.save_steps > 0 and it % self.s.save_steps == 0:
+                            self.save_checkpoint(it)
+                        continue
+                    if stopping:
+                        log.info("stop requested; ending after %d iterations", it)
+                    final = time.perf_counter()
+                    self.save_checkpoint(it)
+                    self.export_final()
+                    log.info("saved final checkpoint in %.1fs (run took %.1fs)",
+                             time.perf_counter() - final, final - start)
                     break
-                with iteration_trace(self.s.run_id, it, self.version) as traced:
-                    metrics = self.iteration(it)
-                    traced.record(metrics)
-                if not all(math.isfinite(v) for v in metrics.values()):
-                    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-                    raise FloatingPointError(f"iteration {it + 1}: non-finite metrics {bad}")
-                self.history.append(metrics)
-                with open(self.metrics_path, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                self.on_event({"iteration": it, "phase": "done", "metrics": metrics})
-            final = time.perf_counter()
-            self.save("final")
-            log.info("saved final checkpoint in %.1fs (run took %.1fs)",
-                     time.perf_counter() - final, final - start)
+                except RewindNeeded as exc:
+                    it = self.rewind(exc)
         finally:
             self.close()
         return self.history
 
+    def _one_iteration(self, it: int) -> None:
+        with iteration_trace(self.s.run_id, it, self.version) as traced:
+            metrics = self.iteration(it)
+            traced.record(metrics)
+        if not all(math.isfinite(v) for v in metrics.values()):
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            raise FloatingPointError(f"iteration {it + 1}: non-finite metrics {bad}")
+        self.history.append(metrics)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        self.on_event({"iteration": it, "phase": "done", "metrics": metrics})

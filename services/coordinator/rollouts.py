@@ -8,15 +8,15 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 import torch
 
 from quartet.algos.rewards import combine_rewards, overlong_penalty, stop_properly_penalty
 from quartet.codec.batches import RowBatch
 from quartet.rewards.base import RewardInputs, RewardResult
-from quartet.sharding import round_robin
+from quartet.sharding import contiguous
 from quartet.telemetry import ContextThreadPoolExecutor
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
@@ -134,6 +134,7 @@ class RolloutCollector:
         self.filtering = filtering
         self.decode = decode
         self.run_id = run_id
+        self.seed = seed
         self.rng = random.Random(seed)
         self._order: list[int] = []
         self.pool = ContextThreadPoolExecutor(max_workers=4 + len(self.replicas),
@@ -143,6 +144,21 @@ class RolloutCollector:
         return common_pb2.RequestHeader(run_id=self.run_id, iteration=iteration,
                                         policy_version=version,
                                         request_id=f"{self.run_id}/{iteration}/{what}")
+
+    # ---------------------------------------------------------------- resumable state
+    def state(self) -> dict[str, Any]:
+        """Data order and position: what a checkpoint needs to take the same next prompts."""
+        return {"rng": self.rng.getstate(), "order": list(self._order)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self._order = list(state["order"])
+
+    def sampling_seed(self, iteration: int, round_index: int) -> int:
+        """Seed of one generation round: a function of the run's seed and the round only, so
+        a resumed or replayed iteration samples exactly what the first attempt sampled (a
+        restarted replica's own RNG plays no part)."""
+        return random.Random(f"{self.seed}/{iteration}/{round_index}").getrandbits(40)
 
     def next_prompts(self, count: int) -> list[Prompt]:
         out = []
@@ -155,15 +171,19 @@ class RolloutCollector:
 
     # ---------------------------------------------------------------- generation
     def generate(self, prompts: list[Prompt], iteration: int, version: int,
-                 max_staleness: int) -> tuple[list[PromptOutput], dict[str, float]]:
-        """Round-robin over the replicas; each returns n samples per prompt. A sample made by
+                 max_staleness: int, round_index: int = 0
+                 ) -> tuple[list[PromptOutput], dict[str, float]]:
+        """Contiguous shards over the replicas; each returns n samples per prompt. Prompt i's
+        samples are seeded `seed + i * n + k` whichever replica serves them. A sample made by
         weights older than `version - max_staleness` is an error (sync did not take).
         Also returns per-replica counters (`rollout/<replica>/prompts|samples|seconds`)."""
         replicas = list(self.replicas)
-        shards = round_robin(len(prompts), len(replicas))
+        shards = contiguous(len(prompts), len(replicas))
         work = [(k, r, s) for k, (r, s) in enumerate(zip(replicas, shards, strict=True)) if s]
+        seed = self.sampling_seed(iteration, round_index)
         futures = [self.pool.submit(timed, r.generate, [prompts[i].tokens for i in s],
-                                    self.sampling, self.header(iteration, version, f"generate{k}"))
+                                    replace(self.sampling, seed=seed + s[0] * self.sampling.n),
+                                    self.header(iteration, version, f"generate{k}"))
                    for k, r, s in work]
         outputs: list[PromptOutput | None] = [None] * len(prompts)
         counters: dict[str, float] = {}
@@ -218,8 +238,9 @@ class RolloutCollector:
 
     # ---------------------------------------------------------------- one batch
     def _round(self, prompts: list[Prompt], iteration: int, version: int,
-               max_staleness: int) -> Rollouts:
-        outputs, counters = self.generate(prompts, iteration, version, max_staleness)
+               max_staleness: int, round_index: int = 0) -> Rollouts:
+        outputs, counters = self.generate(prompts, iteration, version, max_staleness,
+                                          round_index)
         rows, plens, texts_in, texts_out, labels, rollout_lp, truncated = ([] for _ in range(7))
         for prompt, out in zip(prompts, outputs, strict=True):
             for sample in out.samples:
@@ -248,9 +269,9 @@ class RolloutCollector:
                                max_staleness)
         kept: list[Rollouts] = []
         have = seen = 0
-        for _ in range(self.filtering.max_rounds):
+        for round_index in range(self.filtering.max_rounds):
             part = self._round(self.next_prompts(self.prompts_per_batch - have), iteration,
-                               version, max_staleness)
+                               version, max_staleness, round_index)
             means = part.rewards.reshape(-1, n).mean(dim=1)
             good = [g for g, m in enumerate(means.tolist())
                     if self.filtering.low < m < self.filtering.high]

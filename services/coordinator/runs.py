@@ -83,6 +83,7 @@ class RunManager:
             from quartet.cli.train_ppo import run as runner
         self.runner = runner
         self.runs: dict[str, Run] = {}
+        self.threads: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
 
     def start(self, config_yaml: str, run_id: str = "") -> Run:
@@ -97,8 +98,10 @@ class RunManager:
                 raise InvalidArgument(f"run_id: {run_id!r} already exists")
             run = Run(run_id, config)
             self.runs[run_id] = run
-        threading.Thread(target=self._execute, args=(run,), name=f"run-{run_id}",
-                         daemon=True).start()
+            thread = threading.Thread(target=self._execute, args=(run,), name=f"run-{run_id}",
+                                      daemon=True)
+            self.threads[run_id] = thread
+        thread.start()
         return run
 
     def get(self, run_id: str) -> Run:
@@ -113,6 +116,16 @@ class RunManager:
         self._record(run, RunEvent(run.iteration, "stop", run.state,
                                    message=reason or "stop requested"))
         return run
+
+    def shutdown(self, reason: str) -> None:
+        """Stops every active run and waits until each has saved its checkpoint and stopped
+        the role processes it started."""
+        active = [r for r in self.runs.values() if r.state not in TERMINAL]
+        for run in active:
+            self.stop(run.run_id, reason)
+        for run in active:
+            log.info("waiting for run %s to finish its iteration and save", run.run_id)
+            self.threads[run.run_id].join()
 
     def watch(self, run_id: str, is_active=lambda: True) -> Iterator[RunEvent]:
         """Every event of the run so far, then new ones until it ends (or the client leaves)."""

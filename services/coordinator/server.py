@@ -1,6 +1,7 @@
 """`quartet serve coordinator`: PPO runs as a service. StartRun takes the run's config as
 YAML (the `quartet ppo` flags, nested or dotted); GetRun/WatchRun report progress; StopRun
-ends a run after its current iteration with a final checkpoint."""
+ends a run after its current iteration with a final checkpoint. SIGTERM/SIGINT stop every
+active run the same way, and the role processes it started, before the service exits 0."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from services.coordinator.runs import RunManager
     from services.coordinator.servicer import CoordinatorServicer
 
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-        CoordinatorServicer(RunManager()), server.grpc_server)
+    runs = RunManager()
+    server.add_stop_hook(lambda: runs.shutdown("the coordinator service is stopping"))
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(runs),
+                                                           server.grpc_server)
     server.set_serving(True)

@@ -5,6 +5,13 @@ replica → actor broadcast → finish on each replica) and the bytes travel ove
 `torch.distributed` group whose rank 0 is the actor (NCCL on GPU, gloo on CPU).
 `StreamedWeightSync` is the fallback when no group can be formed: the coordinator relays the
 actor's chunk stream into each replica's PushWeights call.
+
+Both survive role restarts the same way (`WeightSync`): a restarted (or newly arrived)
+rollout replica is brought to the current weights alone with `bring_up` over the streamed
+path, before it serves, and the group is re-formed before the next broadcast; a replica that
+cannot come back is dropped with `retire`; after the actor restarts, `reform` re-forms the
+group. Policy versions go back on a rewind to a checkpoint while a replica only accepts newer
+ones, so the versions on the wire are `WireVersions`, counting up for the whole run.
 """
 
 from __future__ import annotations
@@ -28,19 +35,111 @@ from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
 log = logging.getLogger("quartet.coordinator")
 
 
-class GroupWeightSync:
+class WireVersions:
+    """The loop's policy versions (checkpointed, rewound on a restart) and the versions the
+    replicas see (only ever increasing): `wire = version + offset`."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.last_wire = 0
+
+    def next_wire(self, version: int) -> int:
+        """The wire version of a new update to `version`; bumps the offset after a rewind."""
+        wire = version + self.offset
+        if wire <= self.last_wire:
+            self.offset = self.last_wire + 1 - version
+            wire = self.last_wire + 1
+        self.last_wire = wire
+        return wire
+
+    def to_wire(self, version: int) -> int:
+        return version + self.offset
+
+    def from_wire(self, wire: int) -> int:
+        return wire - self.offset
+
+
+class WeightSync:
+    """What both data planes share: the manifest, versions, and per-replica recovery."""
+
+    def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
+                 dtype: str = "float32", chunk_bytes: int = 4 << 20) -> None:
+        self.actor = actor
+        self.rollouts = list(rollouts)
+        float_dtype(dtype, "vllm.dtype")
+        self.dtype = dtype
+        self.chunk_bytes = chunk_bytes
+        self.versions = WireVersions()
+        self._specs: list[TensorSpec] | None = None
+
+    def setup(self) -> None:
+        return None
+
+    def reform(self) -> None:
+        """The actor or a replica restarted: the data plane must be rebuilt before the next
+        update (nothing to do for the streamed path)."""
+
+    def manifest(self) -> list[TensorSpec]:
+        """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once
+        (under ZeRO-3 answering it gathers every parameter)."""
+        if self._specs is None:
+            self._specs = self.actor.weight_manifest(self.dtype)
+        return self._specs
+
+    def push_streamed(self, rollout: GrpcRolloutClient, wire_version: int) -> float:
+        """The actor's weights relayed into one replica's PushWeights; returns load seconds."""
+        specs = self.manifest()
+
+        def requests():
+            yield rollout_pb2.PushWeightsRequest(version=wire_version,
+                                                 tensors=[s.to_proto() for s in specs])
+            for chunk in self.actor.stream_weights(self.chunk_bytes, self.dtype):
+                yield rollout_pb2.PushWeightsRequest(chunk=chunk)
+
+        return push_to_replica(rollout, requests()).load_seconds
+
+    def set_rollouts(self, rollouts: Sequence[GrpcRolloutClient]) -> None:
+        """The replicas the next update goes to (cluster mode: they come and go)."""
+        self.rollouts = list(rollouts)
+        self.reform()
+
+    def catch_up(self, rollout: GrpcRolloutClient, version: int) -> float:
+        """Brings one replica (new, or restarted) to policy `version` alone, before it serves;
+        the others keep serving. Returns the seconds it took (0 when it already serves it)."""
+        start = time.perf_counter()
+        wire = self.versions.to_wire(version)
+        if wire <= 0 or rollout.info().weight_version >= wire:
+            return 0.0
+        self.push_streamed(rollout, wire)
+        return time.perf_counter() - start
+
+    def bring_up(self, address: str) -> None:
+        """The replica that restarted at `address` gets the current weights (`catch_up`);
+        the group is re-formed before the next update."""
+        replica = next((r for r in self.rollouts if r.address == address), None)
+        if replica is None:
+            raise KeyError(f"no rollout replica at {address} in the weight sync")
+        seconds = self.catch_up(replica, self.versions.from_wire(self.versions.last_wire))
+        log.info("rollout at %s brought to weight version %d alone in %.1fs", address,
+                 self.versions.last_wire, seconds)
+        self.reform()
+
+    def retire(self, address: str) -> None:
+        """Stops sending weights to the replica at `address` (it is gone for good)."""
+        self.rollouts = [r for r in self.rollouts if r.address != address]
+        self.reform()
+
+
+class GroupWeightSync(WeightSync):
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
                  backend: str = "gloo", dtype: str = "float32", bucket_bytes: int = 256 << 20,
                  master_address: str = "127.0.0.1", timeout_s: float = 600.0) -> None:
-        self.actor = actor
-        self.rollouts = list(rollouts)
+        super().__init__(actor, rollouts, dtype)
         self.backend = backend
-        float_dtype(dtype, "vllm.dtype")
-        self.dtype = dtype
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
         self.timeout_s = timeout_s
-        self._specs: list[TensorSpec] | None = None
+        self._formed = False
 
     def setup(self) -> None:
         """Every member joins the group concurrently (rendezvous through the actor's store)."""
@@ -52,20 +151,21 @@ class GroupWeightSync:
         self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
                                      cfg.backend, cfg.group_name, cfg.timeout_s)
         await_joins(self.rollouts, futures)
+        self._formed = True
         log.info("weight group formed: actor + %d rollout replica(s) over %s",
                  len(self.rollouts), self.backend)
 
-    def manifest(self) -> list[TensorSpec]:
-        """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once."""
-        if self._specs is None:
-            self._specs = self.actor.weight_manifest(self.dtype)
-        return self._specs
+    def reform(self) -> None:
+        self._formed = False
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
+        if not self._formed:
+            self.setup()
+        wire = self.versions.next_wire(version)
         sent, results = update_replicas(
-            self.rollouts, version, self.manifest(), self.bucket_bytes,
-            lambda: self.actor.broadcast_weights(version, self.bucket_bytes, self.dtype),
+            self.rollouts, wire, self.manifest(), self.bucket_bytes,
+            lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype),
             self.timeout_s)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "broadcast_seconds": sent.seconds,
@@ -75,55 +175,15 @@ class GroupWeightSync:
                 "buckets": float(sent.num_buckets)}
 
 
-class StreamedWeightSync:
+class StreamedWeightSync(WeightSync):
     """Fallback data plane: actor.StreamWeights relayed into rollout.PushWeights."""
-
-    def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
-                 dtype: str = "float32", chunk_bytes: int = 4 << 20) -> None:
-        self.actor = actor
-        self.rollouts = list(rollouts)
-        float_dtype(dtype, "vllm.dtype")
-        self.dtype = dtype
-        self.chunk_bytes = chunk_bytes
-        self._specs: list[TensorSpec] | None = None
-
-    def setup(self) -> None:
-        return None
-
-    def manifest(self) -> list[TensorSpec]:
-        """Asked once per run, as in GroupWeightSync."""
-        if self._specs is None:
-            self._specs = self.actor.weight_manifest(self.dtype)
-        return self._specs
-
-    def _push_one(self, rollout: GrpcRolloutClient, version: int,
-                  specs: list[TensorSpec]) -> float:
-        def requests():
-            yield rollout_pb2.PushWeightsRequest(version=version,
-                                                 tensors=[s.to_proto() for s in specs])
-            for chunk in self.actor.stream_weights(self.chunk_bytes, self.dtype):
-                yield rollout_pb2.PushWeightsRequest(chunk=chunk)
-
-        return push_to_replica(rollout, requests()).load_seconds
-
-    def set_rollouts(self, rollouts: Sequence[GrpcRolloutClient]) -> None:
-        """The replicas the next update goes to (cluster mode: they come and go)."""
-        self.rollouts = list(rollouts)
-
-    def catch_up(self, rollout: GrpcRolloutClient, version: int) -> float:
-        """Brings one replica (new, or restarted) to `version` alone, before it serves; the
-        others keep serving. Returns the seconds it took (0 when it already serves it)."""
-        start = time.perf_counter()
-        if rollout.info().weight_version >= version:
-            return 0.0
-        self._push_one(rollout, version, self.manifest())
-        return time.perf_counter() - start
 
     def __call__(self, version: int) -> dict[str, float]:
         start = time.perf_counter()
+        wire = self.versions.next_wire(version)
         specs = self.manifest()
         with ContextThreadPoolExecutor(len(self.rollouts)) as pool:
-            loads = list(pool.map(lambda r: self._push_one(r, version, specs), self.rollouts))
+            loads = list(pool.map(lambda r: self.push_streamed(r, wire), self.rollouts))
         seconds = time.perf_counter() - start
         mbytes = len(self.rollouts) * sum(s.nbytes for s in specs) / 1e6
         return {"seconds": seconds, "load_seconds": max(loads), "mbytes": mbytes,

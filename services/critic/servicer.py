@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from quartet.codec import decode_token_batch, ragged_to_proto
-from quartet.ppo.training_role import save_response
+from quartet.ppo.training_role import load_response, save_response
 from quartet.ppo.wire import decode_value_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
@@ -37,6 +37,9 @@ class CriticServicer(critic_pb2_grpc.CriticServicer):
 
     def Save(self, request, context):
         return save_response(self.critic, request)
+
+    def Load(self, request, context):
+        return load_response(self.critic, request)
 
     def GetInfo(self, request, context):
         return common_pb2.ServiceInfo(role="critic",
