@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-# Keys that measure the machine, not the run: excluded when runs are compared.
-VOLATILE_PREFIXES = ("time/", "sync/")
+# Keys that measure the machine, not the run, or that name a replica by its address:
+# excluded when runs are compared.
+VOLATILE_PREFIXES = ("time/", "sync/", "rollout/")
 VOLATILE_SUFFIXES = ("seconds", "_per_s")
 
 
