@@ -25,6 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import grpc
+
 from quartet.clients.base import RoleCallError
 
 log = logging.getLogger("quartet.coordinator")
@@ -61,6 +63,11 @@ class RestartPolicy:
     """How long a restarted process may take to report SERVING."""
     exit_wait_s: float = 5.0
     """How long to wait, after a failed call, for the dead process to be seen exited."""
+    reconnect_wait_s: float = 2.5
+    """A client's channel to a process that just came back may still be in its reconnect
+    backoff (at most 2 s, quartet/clients/channel.py): UNAVAILABLE from it is retried after
+    this long, a few times, instead of ending the run."""
+    reconnect_tries: int = 4
 
 
 @dataclass
@@ -82,6 +89,8 @@ class RoleRecovery:
         self.weights = weights
         self.restarts: Counter[str] = Counter()
         self.history: list[Repair] = []
+        self._reconnecting: Counter[str] = Counter()
+        """Addresses restarted, and how many UNAVAILABLE answers they may still give."""
 
     def _exited(self) -> list[str]:
         deadline = time.monotonic() + self.policy.exit_wait_s
@@ -110,6 +119,13 @@ class RoleRecovery:
     def repair(self, error: RoleCallError) -> Repair:
         dead = self._exited()
         if not dead:
+            if (error.code == grpc.StatusCode.UNAVAILABLE
+                    and self._reconnecting[error.address] > 0):
+                self._reconnecting[error.address] -= 1
+                log.info("%s is back but its channel is still reconnecting; re-running",
+                         error.address)
+                time.sleep(self.policy.reconnect_wait_s)
+                return Repair()
             raise error
         result = Repair()
         came_back: list[str] = []
@@ -118,6 +134,7 @@ class RoleRecovery:
             address = self.launcher.address_of(name)
             if self._restart(name, error):
                 result.restarted.append(name)
+                self._reconnecting[address] = self.policy.reconnect_tries
                 if role in TRAINABLE:
                     result.rewind = True
                 elif role == "rollout":

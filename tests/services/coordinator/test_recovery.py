@@ -117,3 +117,16 @@ def test_wire_versions_only_increase_across_a_rewind():
     assert v.next_wire(1) == 4  # rewound to version 1: the replicas see 4
     assert v.from_wire(4) == 1 and v.to_wire(2) == 5
     assert v.next_wire(2) == 5
+
+
+def test_unavailable_from_a_process_that_just_came_back_is_rerun_a_few_times():
+    launcher = FakeLauncher(ROLES)
+    launcher.dead = {"rollout0"}
+    rec = RoleRecovery(launcher, RestartPolicy(exit_wait_s=0.0, reconnect_wait_s=0.0,
+                                               reconnect_tries=2), FakeWeights())
+    rec.repair(ERROR)
+    stale = RoleCallError("rollout", "addr-rollout0", "Generate", grpc.StatusCode.UNAVAILABLE,
+                          "connections to all backends failing")
+    assert rec.repair(stale).restarted == [] and rec.repair(stale).restarted == []
+    with pytest.raises(RoleCallError):
+        rec.repair(stale)
