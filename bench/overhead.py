@@ -47,7 +47,9 @@ def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
         "--ds.zero_stage", "0", "--ds.param_dtype", "fp32", "--lr_scheduler", "constant",
         "--vllm.backend", args.backend, "--algo.advantage.estimator", args.estimator,
     ] + (["--rollout.n_samples_per_prompt", "2"] if args.estimator != "gae" else [])
-      + (["--train.async_enable", "--algo.is_correction_cap", "2.0"] if async_enable else []))
+      + (["--train.async_enable", "--algo.advantage.is_correction_level", "token",
+          "--algo.advantage.is_correction_mode", "clip",
+          "--algo.advantage.is_correction_threshold", "2.0"] if async_enable else []))
 
 
 def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:

@@ -3,7 +3,8 @@
 Modules, one job each: :mod:`~quartet.algos.masked` (masked reductions, global whitening),
 :mod:`~quartet.algos.kl` (KL estimators and controllers), :mod:`~quartet.algos.rewards`
 (scalar to per-token rewards, reward adjustments), :mod:`~quartet.algos.advantages`
-(GAE and critic-free estimators) and :mod:`~quartet.algos.losses` (every loss).
+(GAE and critic-free estimators), :mod:`~quartet.algos.off_policy` (importance-sampling
+correction of rollout/trainer mismatch) and :mod:`~quartet.algos.losses` (every loss).
 Conventions are written down in ``docs/algorithms.md``.
 """
 
@@ -14,6 +15,7 @@ from quartet.algos.advantages import (
     compute_advantages,
     discounted_returns,
     dr_grpo,
+    flash_reinforce,
     gae,
     group_norm,
     reinforce,
@@ -22,8 +24,11 @@ from quartet.algos.advantages import (
 )
 from quartet.algos.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, approx_kl
 from quartet.algos.losses import (
+    DPO_LOSS_TYPES,
+    POLICY_LOSS_TYPES,
     REDUCTIONS,
     RM_LOSS_TYPES,
+    SFT_REDUCTIONS,
     DPOLossOutput,
     PolicyLossOutput,
     ValueLossOutput,
@@ -35,7 +40,6 @@ from quartet.algos.losses import (
     policy_loss,
     sft_loss,
     token_logprobs,
-    truncated_is_weights,
     value_loss,
 )
 from quartet.algos.masked import (
@@ -46,6 +50,7 @@ from quartet.algos.masked import (
     masked_var,
     masked_whiten,
 )
+from quartet.algos.off_policy import ISCorrection, ISCorrectionOutput, is_correction_coefficients
 from quartet.algos.rewards import (
     RunningMeanStd,
     clip_rewards,
@@ -58,6 +63,12 @@ from quartet.algos.rewards import (
 )
 
 __all__ = [
+    "DPO_LOSS_TYPES",
+    "POLICY_LOSS_TYPES",
+    "SFT_REDUCTIONS",
+    "ISCorrection",
+    "ISCorrectionOutput",
+    "is_correction_coefficients",
     "ESTIMATORS",
     "KL_ESTIMATORS",
     "REDUCTIONS",
@@ -80,6 +91,7 @@ __all__ = [
     "discounted_returns",
     "dpo_loss",
     "dr_grpo",
+    "flash_reinforce",
     "entropy_from_logits",
     "gae",
     "group_norm",
@@ -100,6 +112,5 @@ __all__ = [
     "shape_rewards",
     "stop_properly_penalty",
     "token_logprobs",
-    "truncated_is_weights",
     "value_loss",
 ]

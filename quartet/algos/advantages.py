@@ -29,6 +29,7 @@ __all__ = [
     "compute_advantages",
     "discounted_returns",
     "dr_grpo",
+    "flash_reinforce",
     "gae",
     "group_norm",
     "reinforce",
@@ -36,11 +37,12 @@ __all__ = [
     "rloo",
 ]
 
-ESTIMATORS = ("gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
+ESTIMATORS = ("gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo",
+              "flash_reinforce")
 
 # Estimators whose advantages OpenRLHF whitens over the whole batch afterwards (with global
 # statistics, see quartet.algos.masked.masked_whiten). The group estimators are already
-# normalised per prompt and are left alone.
+# normalised per prompt and are left alone; so is flash_reinforce (batch-mean baseline only).
 WHITENED_ESTIMATORS = frozenset({"gae", "reinforce", "reinforce_baseline"})
 
 
@@ -171,7 +173,19 @@ def dr_grpo(rewards: Tensor, n_samples_per_prompt: int) -> Tensor:
     return _zero_constant_groups(g, g - g.mean(dim=-1, keepdim=True))
 
 
+def flash_reinforce(rewards: Tensor, n_samples_per_prompt: int = 1) -> Tensor:
+    """FlashREINFORCE (OpenRLHF 0.11's ``flash_reinforce``): the reward minus the mean reward of
+    the whole rollout batch, no group and no std division; made for one sample per prompt and
+    paired with a sequence-level IS trust region and the ``sequence_mean`` reduction.
+    ``n_samples_per_prompt`` is ignored (the baseline spans every prompt). A batch whose
+    rewards are all equal gets exactly 0."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [B], got {tuple(rewards.shape)}")
+    return _zero_constant_groups(rewards.view(1, -1), rewards - rewards.mean())
+
+
 _GROUP_ESTIMATORS = {
+    "flash_reinforce": flash_reinforce,
     "reinforce_baseline": reinforce_baseline,
     "rloo": rloo,
     "group_norm": group_norm,

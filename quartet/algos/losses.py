@@ -7,7 +7,6 @@ means the same thing for every loss. Metrics returned next to a loss are detache
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -16,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from quartet.algos.kl import approx_kl
+from quartet.algos.kl import KL_CLAMP, approx_kl
 from quartet.algos.masked import as_bool_mask, masked_mean, masked_sum
+from quartet.algos.off_policy import ISCorrection, is_correction_coefficients
 
 __all__ = [
     "REDUCTIONS",
     "RM_LOSS_TYPES",
+    "SFT_REDUCTIONS",
+    "DPO_LOSS_TYPES",
     "DPOLossOutput",
     "LossNormaliser",
+    "POLICY_LOSS_TYPES",
     "PolicyLossOutput",
     "ValueLossOutput",
     "aggregate_loss",
@@ -34,7 +37,6 @@ __all__ = [
     "policy_loss",
     "sft_loss",
     "token_logprobs",
-    "truncated_is_weights",
     "value_loss",
 ]
 
@@ -184,9 +186,20 @@ def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
 # --------------------------------------------------------------------------- SFT / RM / DPO
 
 
-def sft_loss(logprobs: Tensor, loss_mask: Tensor) -> Tensor:
-    """Token-mean negative log-likelihood over ``loss_mask`` (0 with a zero grad if empty)."""
-    return aggregate_loss(-logprobs, loss_mask, "token_mean")
+SFT_REDUCTIONS = ("token_mean", "sequence_mean")
+
+
+def sft_loss(logprobs: Tensor, loss_mask: Tensor, reduction: str = "token_mean") -> Tensor:
+    """Negative log-likelihood over ``loss_mask`` (0 with a zero grad if empty).
+
+    ``token_mean`` weighs every target token the same (OpenRLHF's default); ``sequence_mean``
+    averages within each row first, so every sample weighs the same (OpenRLHF's
+    ``token_level_loss=False``). With packed rows pass one row per sample.
+    """
+    if reduction not in SFT_REDUCTIONS:
+        raise ValueError(f"unknown SFT reduction {reduction!r}; allowed: "
+                         f"{', '.join(SFT_REDUCTIONS)}")
+    return aggregate_loss(-logprobs, loss_mask, reduction)
 
 
 def pairwise_rm_loss(
@@ -211,8 +224,16 @@ def pairwise_rm_loss(
     return F.softplus(-diff).mean()
 
 
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero",
+                  "sigmoid_norm")
+
+
 class DPOLossOutput(NamedTuple):
-    """``loss`` scalar; implicit rewards ``beta * (policy - ref)`` per pair, detached."""
+    """``loss`` scalar; implicit rewards ``beta * (policy - ref)`` per pair, detached.
+
+    The rewards always use the *summed* log-ratios (the standard metric, as TRL), whatever
+    length normalisation the loss itself applies.
+    """
 
     loss: Tensor
     chosen_rewards: Tensor
@@ -227,34 +248,81 @@ def dpo_loss(
     beta: float,
     label_smoothing: float = 0.0,
     ipo: bool = False,
+    loss_type: str = "sigmoid",
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    bco_delta: float | Tensor = 0.0,
 ) -> DPOLossOutput:
-    """DPO (Rafailov et al. 2023) on summed sequence log-probs ``[B]``; mean over pairs.
+    """The DPO family on summed sequence log-probs ``[B]``; mean over pairs.
 
-    With ``h = (pi_c - pi_r) - (ref_c - ref_r)``:
+    With chosen/rejected log-ratios ``c = pi_c - ref_c``, ``r = pi_r - ref_r`` and
+    ``h = c - r``:
 
-    - DPO: ``-log sigmoid(beta * h)``;
-    - cDPO (Mitchell 2023, "A note on DPO with noisy preferences"), ``label_smoothing = eps``:
-      ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``;
-    - IPO (Azar et al. 2023): ``(h - 1 / (2 beta))^2`` (pass length-averaged log-probs, as the
-      IPO paper does; this function does not average).
+    - ``sigmoid`` (DPO, Rafailov et al. 2023; cDPO, Mitchell 2023, with
+      ``label_smoothing = eps``): ``-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)``;
+    - ``hinge`` (SLiC, Zhao et al. 2023): ``relu(1 - beta h)``;
+    - ``ipo`` (Azar et al. 2023): ``(h' - 1 / (2 beta))^2`` where ``h'`` uses log-probs divided
+      by the response lengths ``chosen_lengths`` / ``rejected_lengths`` (IPO's length
+      normalisation; without lengths the log-probs are taken as already averaged).
+      ``ipo=True`` is the same as ``loss_type="ipo"``;
+    - ``robust`` (rDPO, Chowdhury et al. 2024): ``(-(1 - eps) log sigmoid(beta h)
+      + eps log sigmoid(-beta h)) / (1 - 2 eps)``;
+    - ``bco_pair`` (BCO, Jung et al. 2024): ``-log sigmoid(beta c - delta)
+      - log sigmoid(-(beta r - delta))``, ``delta`` = running mean of the implicit rewards,
+      kept by the caller and passed as ``bco_delta``;
+    - ``sppo_hard`` (SPPO, Wu et al. 2024): ``(c - 1 / (2 beta))^2 + (r + 1 / (2 beta))^2``;
+    - ``apo_zero`` (APO, D'Oosterlinck et al. 2024): ``(1 - sigmoid(beta c)) + sigmoid(beta r)``;
+    - ``sigmoid_norm`` (TRL's length-normalised DPO):
+      ``-log sigmoid(beta (c / |y_c| - r / |y_r|))``.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    h = (policy_chosen_logps - policy_rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
     if ipo:
-        losses = (h - 1.0 / (2.0 * beta)) ** 2
-    else:
+        loss_type = "ipo"
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"unknown DPO loss_type {loss_type!r}; allowed: "
+                         f"{', '.join(DPO_LOSS_TYPES)}")
+    c = policy_chosen_logps - ref_chosen_logps
+    r = policy_rejected_logps - ref_rejected_logps
+    h = c - r
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("pass both chosen_lengths and rejected_lengths, or neither")
+    if chosen_lengths is not None:
+        c_len = chosen_lengths.to(c.dtype).clamp(min=1.0)
+        r_len = rejected_lengths.to(c.dtype).clamp(min=1.0)
+        h_norm = c / c_len - r / r_len
+    else:  # the caller passed length-averaged log-probs already
+        h_norm = h
+    if loss_type == "sigmoid":
         losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h)
         if label_smoothing:
             losses = losses - label_smoothing * F.logsigmoid(-beta * h)
-    chosen_rewards = (beta * (policy_chosen_logps - ref_chosen_logps)).detach()
-    rejected_rewards = (beta * (policy_rejected_logps - ref_rejected_logps)).detach()
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * h)
+    elif loss_type == "ipo":
+        losses = (h_norm - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "robust":
+        losses = (-(1.0 - label_smoothing) * F.logsigmoid(beta * h)
+                  + label_smoothing * F.logsigmoid(-beta * h)) / (1.0 - 2.0 * label_smoothing)
+    elif loss_type == "bco_pair":
+        losses = -F.logsigmoid(beta * c - bco_delta) - F.logsigmoid(-(beta * r - bco_delta))
+    elif loss_type == "sppo_hard":
+        losses = (c - 1.0 / (2.0 * beta)) ** 2 + (r + 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "apo_zero":
+        losses = (1.0 - torch.sigmoid(beta * c)) + torch.sigmoid(beta * r)
+    else:  # sigmoid_norm
+        losses = -F.logsigmoid(beta * h_norm)
+    chosen_rewards = (beta * c).detach()
+    rejected_rewards = (beta * r).detach()
     return DPOLossOutput(losses.mean(), chosen_rewards, rejected_rewards)
 
 
 # --------------------------------------------------------------------------- PPO
+
+
+POLICY_LOSS_TYPES = ("ppo", "gspo")
 
 
 class PolicyLossOutput(NamedTuple):
@@ -264,6 +332,8 @@ class PolicyLossOutput(NamedTuple):
     ``dual_clip_fraction``: tokens (negative advantage) where the dual-clip bound was taken.
     ``approx_kl``: k1 estimate of ``KL(old || new)``, mean ``old_logprobs - logprobs``.
     ``ratio_mean``: mean ``pi / pi_old``.
+    ``vllm_kl`` / ``is_filter_ratio``: IS-correction metrics (None without correction), see
+    :mod:`quartet.algos.off_policy`.
     """
 
     loss: Tensor
@@ -271,25 +341,18 @@ class PolicyLossOutput(NamedTuple):
     dual_clip_fraction: Tensor
     approx_kl: Tensor
     ratio_mean: Tensor
+    vllm_kl: Tensor | None = None
+    is_filter_ratio: Tensor | None = None
 
 
-def truncated_is_weights(
-    old_logprobs: Tensor, rollout_logprobs: Tensor, action_mask: Tensor, cap: float = 2.0
-) -> Tensor:
-    """Truncated importance-sampling weights ``min(pi_old / pi_rollout, cap)``, detached.
-
-    The rollout engine (vLLM) and the trainer compute slightly different probabilities, and
-    async rollouts may come from an older policy; TIS (Yao et al. 2025, "Your Efficient RL
-    Framework Secretly Brings You Off-Policy RL Training") reweights the per-token loss by this
-    truncated ratio. Pass the result to :func:`policy_loss` as ``is_weights``. Masked
-    positions get 0.
-    """
-    if cap <= 0:
-        raise ValueError(f"cap must be > 0, got {cap}")
-    m = as_bool_mask(action_mask)
-    log_w = torch.where(m, old_logprobs - rollout_logprobs, torch.zeros_like(old_logprobs))
-    w = log_w.clamp(max=math.log(cap)).exp()
-    return torch.where(m, w, torch.zeros_like(w)).detach()
+def _policy_ratio(log_ratio: Tensor, m: Tensor, policy_loss_type: str) -> Tensor:
+    """Per-token ``rho`` [B, T]: PPO's token ratio, or GSPO's sequence ratio broadcast."""
+    if policy_loss_type == "ppo":
+        return log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
+    # GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"): the length-normalised
+    # sequence log-ratio, exponent bounded like PPO's, shared by every token of the row.
+    seq = masked_mean(log_ratio, m, dim=-1, keepdim=True)
+    return seq.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp().expand_as(log_ratio)
 
 
 def policy_loss(
@@ -304,29 +367,53 @@ def policy_loss(
     is_weights: Tensor | None = None,
     norm_length: float | None = None,
     normaliser: LossNormaliser | None = None,
+    policy_loss_type: str = "ppo",
+    rollout_logprobs: Tensor | None = None,
+    is_correction: ISCorrection | None = None,
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping.
+    """PPO clipped surrogate (Schulman et al. 2017) with asymmetric and dual clipping, or GSPO.
 
     Per token, ``rho = exp(clamp(logprobs - old_logprobs, -20, 20))`` and
     ``L = -min(rho * A, clip(rho, 1 - clip_eps_low, 1 + clip_eps_high) * A)``.
     ``clip_eps_high > clip_eps_low`` is DAPO's clip-higher (Yu et al. 2025). ``dual_clip = c``
     (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"), ``c > 1``: for
     ``A < 0`` the loss is additionally capped at ``-c * A``, so a huge ratio on a bad action
-    cannot blow up the update. ``is_weights`` (e.g. :func:`truncated_is_weights`) multiply the
-    per-token loss. The loss is reduced with :func:`aggregate_loss` (a share of the
-    mini-batch loss when a ``normaliser`` is given).
+    cannot blow up the update.
+
+    ``policy_loss_type="gspo"``: ``rho`` is the sequence ratio
+    ``exp(clamp(mean_t (logprobs - base), -20, 20))`` for every token of a row, where ``base``
+    is ``rollout_logprobs`` when an IS correction is enabled and ``old_logprobs`` otherwise;
+    the reduction is always ``sequence_mean`` (as OpenRLHF 0.11), and the IS coefficients are
+    not applied.
+
+    ``is_correction`` (with ``rollout_logprobs``) multiplies the PPO per-token loss by the
+    coefficients of :func:`quartet.algos.off_policy.is_correction_coefficients`; ``is_weights``
+    multiply it too (any other per-token weights). The loss is reduced with
+    :func:`aggregate_loss` (a share of the mini-batch loss when a ``normaliser`` is
+    given).
     """
+    if policy_loss_type not in POLICY_LOSS_TYPES:
+        raise ValueError(f"unknown policy_loss_type {policy_loss_type!r}; allowed: "
+                         f"{', '.join(POLICY_LOSS_TYPES)}")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     if clip_eps_low < 0 or clip_eps_high < 0:
         raise ValueError(f"clip eps must be >= 0, got ({clip_eps_low}, {clip_eps_high})")
+    correcting = is_correction is not None and is_correction.enabled
+    if correcting and rollout_logprobs is None:
+        raise ValueError("is_correction needs rollout_logprobs (the sampler's log-probs)")
     m = as_bool_mask(action_mask)
     zeros = torch.zeros_like(logprobs)
     # Zero the log-ratio at padding before exp: garbage there must not overflow into NaN grads.
     log_ratio = torch.where(m, logprobs - old_logprobs, zeros)
-    # OpenRLHF 0.11 clamps the exponent to [-20, 20] (exp(20) ~ 4.9e8): a token whose policy
-    # moved absurdly far gives a bounded loss and a zero gradient instead of 1e16 or inf.
-    ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
+    if policy_loss_type == "gspo":
+        base = rollout_logprobs if correcting else old_logprobs
+        ratio = _policy_ratio(torch.where(m, logprobs - base, zeros), m, "gspo")
+        reduction = "sequence_mean"
+    else:
+        # OpenRLHF 0.11 clamps the exponent to [-20, 20] (exp(20) ~ 4.9e8): a token whose policy
+        # moved absurdly far gives a bounded loss and a zero gradient instead of 1e16 or inf.
+        ratio = _policy_ratio(log_ratio, m, "ppo")
     adv = torch.where(m, advantages, torch.zeros_like(advantages))
     surr_unclipped = ratio * adv
     surr_clipped = ratio.clamp(1.0 - clip_eps_low, 1.0 + clip_eps_high) * adv
@@ -338,6 +425,11 @@ def policy_loss(
     else:
         dual_taken = torch.zeros_like(m)
     per_token = -surr
+    vllm_kl = is_filter_ratio = None
+    if correcting and policy_loss_type == "ppo":
+        corr = is_correction_coefficients(old_logprobs, rollout_logprobs, m, is_correction)
+        per_token = per_token * corr.coef
+        vllm_kl, is_filter_ratio = corr.vllm_kl, corr.is_filter_ratio
     if is_weights is not None:
         per_token = per_token * is_weights.detach()
     loss = aggregate_loss(per_token, m, reduction, norm_length, normaliser)
@@ -349,6 +441,8 @@ def policy_loss(
             dual_clip_fraction=masked_mean(dual_taken.float(), m),
             approx_kl=masked_mean(-log_ratio.detach(), m),
             ratio_mean=masked_mean(ratio.detach(), m),
+            vllm_kl=vllm_kl,
+            is_filter_ratio=is_filter_ratio,
         )
 
 
@@ -392,11 +486,33 @@ def kl_loss(
     estimator: str = "k3",
     reduction: str = "token_mean",
     normaliser: LossNormaliser | None = None,
+    old_logprobs: Tensor | None = None,
+    unbiased_gradient: bool = False,
 ) -> Tensor:
     """KL penalty as a loss term (GRPO style, Shao et al. 2024), instead of in the reward.
 
     The per-token estimate of ``KL(policy || reference)`` from :func:`approx_kl` (GRPO uses
     ``k3``), reduced with :func:`aggregate_loss`; the trainer adds ``kl_coef * kl_loss``.
+
+    ``unbiased_gradient`` (OpenRLHF 0.11's ``--algo.kl.unbiased_gradient``): the value stays
+    the chosen estimator's, but the gradient is the importance-weighted reverse-KL gradient
+    ``rho * (log pi - log p_ref) * grad log pi`` with ``rho = pi / pi_old`` (tokens were
+    sampled from ``pi_old``), whose expectation is ``grad KL(pi || p_ref)``. Differentiating
+    k3 directly gives ``(1 - p_ref / pi) grad log pi`` instead: in expectation the gradient of
+    the *forward* KL, and unbounded where ``pi`` is small. ``rho`` uses the PPO exponent bound
+    ``[-20, 20]`` and ``log pi - log p_ref`` the KL clamp ``[-10, 10]``; both are constants.
     """
     kl = approx_kl(logprobs, ref_logprobs, estimator, mask=action_mask)
+    if unbiased_gradient:
+        if old_logprobs is None:
+            raise ValueError("unbiased_gradient needs old_logprobs (the sampling policy's)")
+        m = as_bool_mask(action_mask)
+        zeros = torch.zeros_like(logprobs)
+        with torch.no_grad():
+            rho = torch.where(m, logprobs - old_logprobs, zeros)
+            rho = rho.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()
+            k1 = torch.where(m, logprobs - ref_logprobs, zeros).clamp(-KL_CLAMP, KL_CLAMP)
+        lp = torch.where(m, logprobs, zeros)
+        # value: kl; gradient: rho * k1 * d(log pi)
+        kl = kl.detach() + rho * k1 * (lp - lp.detach())
     return aggregate_loss(kl, action_mask, reduction, normaliser=normaliser)

@@ -12,14 +12,16 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from quartet.config.base import config_to_dict, parse_config
+from quartet.config.renamed import RENAMED_PPO_FLAGS
 from quartet.logs import setup_logging
 from quartet.ppo.batch import PolicyLossSettings, ValueLossSettings
 from quartet.ppo.experience import AdvantageSettings
 from quartet.tracking.curves import plot_curves
+from quartet.tracking.tracker import Tracker
 from quartet.types import SamplingConfig
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings
@@ -61,12 +63,15 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
             estimator=algo.advantage.estimator, gamma=algo.advantage.gamma,
             lam=algo.advantage.lambd, kl_estimator=algo.kl.estimator,
             reward_clip=cfg.reward.clip_range, whiten=algo.advantage.whiten,
+            no_std_norm=algo.advantage.no_std_norm,
         ),
         policy_loss=PolicyLossSettings(
             clip_eps_low=algo.clip_eps_low, clip_eps_high=algo.clip_eps_high,
             dual_clip=algo.dual_clip, entropy_coef=algo.entropy_coef,
             kl_estimator=algo.kl.estimator, reduction=algo.loss_reduction,
-            temperature=r.temperature, is_correction_cap=algo.is_correction_cap,
+            temperature=r.temperature, policy_loss_type=cfg.actor.policy_loss_type,
+            is_correction=algo.advantage.is_correction(),
+            kl_unbiased_gradient=algo.kl.unbiased_gradient,
         ),
         value_loss=ValueLossSettings(clip_eps=cfg.critic.value_clip or None),
         init_kl_coef=algo.kl.init_coef,
@@ -97,14 +102,23 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
 
 
 class ProgressPrinter:
-    """A live line per phase (on a terminal) and one summary line per iteration."""
+    """A live line per phase (on a terminal) and one summary line per iteration; silent with
+    ``--no-logger.progress_bar_enable``."""
 
-    def __init__(self, total: int, stream=sys.stdout) -> None:
+    def __init__(self, total: int, stream=sys.stdout, enabled: bool = True) -> None:
         self.total = total
         self.stream = stream
         self.tty = stream.isatty()
+        self.enabled = enabled
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def __call__(self, event: dict) -> None:
+        if not self.enabled:
+            return
         it = event["iteration"] + 1
         if event["phase"] != "done":
             if self.tty:
@@ -146,6 +160,11 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                                            gguf_file=cfg.actor.gguf_file),
                                cfg.data.tokenizer_chat_template)
     prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
+    # read before any service starts, so a bad eval set fails fast
+    eval_prompts = (load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len,
+                                 split=cfg.eval.split, dataset=cfg.eval.dataset,
+                                 max_samples=cfg.eval.max_samples)
+                    if cfg.eval.dataset else [])
     settings = loop_settings(cfg, str(out), run_id)
     log.info("PPO: %d prompts, estimator %s, %d iterations; settings %s", len(prompts),
              cfg.algo.advantage.estimator, cfg.train.num_iterations,
@@ -159,10 +178,25 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
         roles = services.roles()
         print(f"quartet ppo: services ready in {time.perf_counter() - started:.0f}s; "
               f"training {cfg.train.num_iterations} iterations", flush=True)
-        printer = ProgressPrinter(cfg.train.num_iterations)
+        printer = ProgressPrinter(cfg.train.num_iterations,
+                                  enabled=cfg.logger.progress_bar_enable)
+        decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        tracker = Tracker(cfg.logger, str(out), run_id, cfg.train.num_iterations, 0,
+                          is_main=True, config=config_to_dict(cfg), default_jsonl=False,
+                          bar=False)
+        evaluator = build_evaluator(cfg, roles, settings, eval_prompts, decode, run_id)
+        loop: PPOLoop | None = None
 
         def events(event: dict) -> None:
             printer(event)
+            if event["phase"] == "done":
+                it = event["iteration"]
+                if (it + 1) % cfg.logger.logging_steps == 0:
+                    tracker.log(event["metrics"], it + 1)
+                if evaluator is not None and evaluator.due(it) and loop is not None:
+                    scores = evaluator.evaluate(it, loop.version)
+                    tracker.log(scores, it + 1)
+                    log_eval(out, it, scores, printer)
             telemetry.on_event(event)
             if on_event is not None:
                 on_event(event)
@@ -181,17 +215,43 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                 print(f"quartet ppo: resuming from {latest}" if latest else
                       f"quartet ppo: no checkpoint in {checkpoints.root}; starting fresh",
                       flush=True)
-        loop = PPOLoop(roles, settings, prompts,
-                       decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-                       on_event=events, checkpoints=checkpoints,
-                       recovery=services.recovery())
-        history = loop.run(stop)
+        loop = PPOLoop(roles, settings, prompts, decode=decode, on_event=events,
+                       checkpoints=checkpoints, recovery=services.recovery())
+        try:
+            history = loop.run(stop)
+        finally:
+            tracker.close()
+            if evaluator is not None:
+                evaluator.close()
     if history:
         plot_curves(history, out / "curves.png", title=f"quartet ppo: {run_id}")
     print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
           f"{out / 'metrics.jsonl'}, curves in {out / 'curves.png'}, traces: "
           f"{telemetry.where}, policy in {out / 'checkpoints' / 'hf' / 'final'}", flush=True)
     return history
+
+
+def build_evaluator(cfg: PPOJobConfig, roles, settings: PPOLoopSettings, prompts, decode,
+                    run_id: str):
+    """The held-out evaluator of `--eval.dataset` on `prompts`, or None without one."""
+    if not cfg.eval.dataset:
+        return None
+    from services.coordinator.evaluation import HeldOutEvaluator
+
+    shaping = settings.shaping
+    if not shaping.weights and roles.reward_weights:
+        shaping = replace(shaping, weights=roles.reward_weights)
+    return HeldOutEvaluator(roles.rollouts, roles.rewards, prompts, settings.sampling, shaping,
+                            decode, cfg.eval.steps, cfg.train.num_iterations, run_id)
+
+
+def log_eval(out: Path, iteration: int, scores: dict[str, float], printer) -> None:
+    """Eval metrics go to `<output_dir>/eval_metrics.jsonl` (one line per evaluation)."""
+    with open(out / "eval_metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": iteration, **scores}) + "\n")
+    printer.line(f"[eval after iter {iteration + 1}] reward={scores['eval/reward']:.3f} "
+                 f"len={scores['eval/response_length']:.1f} "
+                 f"({int(scores['eval/num_prompts'])} prompts, greedy)")
 
 
 def with_yaml_config(argv: list[str]) -> list[str]:
@@ -240,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     from quartet.data.sources import DataError
 
     cfg = parse_config(PPOJobConfig, with_yaml_config(list(sys.argv[1:] if argv is None
-                                                          else argv)), prog="quartet ppo")
+                                                          else argv)), prog="quartet ppo",
+                       renamed=RENAMED_PPO_FLAGS)
     setup_logging("coordinator", "WARNING")
     # stable across restarts of the same run (resume), distinct between run directories
     run_id = Path(cfg.ckpt.output_dir).resolve().name or "ppo"

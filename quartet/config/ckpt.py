@@ -19,8 +19,9 @@ class CkptConfig:
     """Save a DeepSpeed checkpoint every N optimizer steps (-1: only at the end)."""
     max_num: int = 3
     """Keep at most this many DeepSpeed checkpoints (oldest deleted first)."""
-    max_mem: int = 1000
-    """Keep DeepSpeed checkpoints under this many GB (oldest deleted first)."""
+    max_mem: float = 1000
+    """Keep checkpoints under this many GB (2**30 bytes) in total, oldest deleted first; the
+    newest is always kept."""
     load_enable: bool = False
     """Resume from the latest DeepSpeed checkpoint in --ckpt.path if there is one."""
     save_hf: bool = False
@@ -30,6 +31,7 @@ class CkptConfig:
 
     def __post_init__(self) -> None:
         check(self.max_num >= 1, "max_num", f"must be >= 1, got {self.max_num}")
+        check(self.max_mem > 0, "max_mem", f"must be > 0 GB, got {self.max_mem}")
         check(self.save_steps == -1 or self.save_steps > 0, "save_steps",
               f"must be -1 or > 0, got {self.save_steps}")
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
 
 from quartet.config.base import check
 
@@ -51,3 +52,12 @@ class DataConfig:
                   f"must contain '{{}}' where the prompt goes, got {self.input_template!r}")
         check(not self.multiturn or self.apply_chat_template, "multiturn",
               "requires --data.apply_chat_template")
+
+
+def reject_unused_keys(data: DataConfig, unused: Mapping[str, str], user: str) -> None:
+    """Fail (naming the flag and why) when a ``--data.*`` key that ``user`` never reads was set
+    to anything but its default: a flag must not parse and then do nothing."""
+    defaults = {f.name: f.default for f in fields(data) if f.default is not MISSING}
+    for name, why in unused.items():
+        check(getattr(data, name) == defaults[name], f"--data.{name}",
+              f"is not used by {user}: {why}")

@@ -7,6 +7,12 @@ from typing import Literal
 
 from quartet.config.base import check
 
+NO_RING_ATTENTION = (
+    "RingAttention (sequence parallelism over ranks) is not implemented in quartet: it needs a "
+    "ring-attention kernel (ring-flash-attn on GPU), sequence-sharded batches and a loss that "
+    "gathers over the ring, none of which exists yet; long contexts need gradient "
+    "checkpointing and smaller micro-batches instead")
+
 
 @dataclass(frozen=True)
 class LoraConfig:
@@ -59,14 +65,16 @@ class DeepSpeedConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings."""
     ring_attn_size: int = 1
-    """RingAttention group size (sequence parallelism); only 1 is supported."""
+    """RingAttention group size (sequence parallelism); only 1 is supported (see below)."""
     ring_attn_head_stride: int = 1
-    """Heads processed per RingAttention step; only meaningful with ring_attn_size > 1."""
+    """Heads processed per RingAttention step; only 1 (RingAttention is not implemented)."""
 
     def __post_init__(self) -> None:
         check(self.zpg >= 1, "zpg", f"must be >= 1, got {self.zpg}")
         check(self.ring_attn_size == 1, "ring_attn_size",
-              f"RingAttention is not implemented in quartet; got {self.ring_attn_size}, use 1")
+              f"got {self.ring_attn_size}, use 1: {NO_RING_ATTENTION}")
+        check(self.ring_attn_head_stride == 1, "ring_attn_head_stride",
+              f"got {self.ring_attn_head_stride}, use 1: {NO_RING_ATTENTION}")
         check(self.value_head_prefix.isidentifier(), "value_head_prefix",
               f"must be a Python identifier, got {self.value_head_prefix!r}")
         check(not self.load_in_4bit or self.lora.rank > 0, "load_in_4bit",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from quartet.config.base import check, flat_group, group_under
 from quartet.config.ckpt import CkptConfig
-from quartet.config.data import DataConfig
+from quartet.config.data import DataConfig, reject_unused_keys
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.eval import EvalConfig
 from quartet.config.logger import LoggerConfig
@@ -18,6 +18,9 @@ from quartet.config.objectives import DPOObjectiveConfig, RMObjectiveConfig, SFT
 from quartet.config.optim import AdamConfig, MuonConfig, OptimConfig
 from quartet.config.ref import RefConfig
 from quartet.config.train import TrainConfig
+
+PAIRS_HAVE_NO_OUTPUT = ("preference rows have --data.chosen_key and --data.rejected_key "
+                        "responses, no single --data.output_key")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class SFTJobConfig(TrainerJobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        pairs = "SFT trains on one response per row, not preference pairs"
+        reject_unused_keys(self.data, {"chosen_key": pairs, "rejected_key": pairs,
+                                       "margin_key": pairs,
+                                       "prompt_key": "SFT reads the prompt from --data.input_key"},
+                           "train_sft")
         if not self.sft.pretrain_mode_enable and not self.data.multiturn:
             check(self.data.output_key is not None, "--data.output_key",
                   "is required unless --model.pretrain_mode_enable or --data.multiturn")
@@ -64,6 +72,10 @@ class RMJobConfig(TrainerJobConfig):
 
     rm: RMObjectiveConfig = group_under(RMObjectiveConfig, "model")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        reject_unused_keys(self.data, {"output_key": PAIRS_HAVE_NO_OUTPUT}, "train_rm")
+
 
 @dataclass(frozen=True)
 class DPOJobConfig(TrainerJobConfig):
@@ -71,3 +83,10 @@ class DPOJobConfig(TrainerJobConfig):
 
     dpo: DPOObjectiveConfig = group_under(DPOObjectiveConfig, "model")
     ref: RefConfig = field(default_factory=RefConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        reject_unused_keys(self.data, {
+            "output_key": PAIRS_HAVE_NO_OUTPUT,
+            "margin_key": "DPO has no per-pair margin (that is train_rm's "
+                          "--model.margin_loss_enable)"}, "train_dpo")

@@ -18,6 +18,9 @@ class SFTObjectiveConfig:
 
     pretrain_mode_enable: bool = False
     """Next-token loss on the whole sequence (continued pre-training), not just the response."""
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    """token-mean: every target token weighs the same; seq-mean-token-mean: mean NLL of each
+    sample, then the mean over samples (every sample weighs the same)."""
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,30 @@ class DPOObjectiveConfig:
 
     beta: float = 0.1
     """DPO temperature: higher stays closer to the reference."""
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero",
+                       "sigmoid_norm"] = "sigmoid"
+    """Preference loss (TRL's names): sigmoid (DPO/cDPO), hinge (SLiC), ipo (length-normalised),
+    robust (rDPO), bco_pair, sppo_hard, apo_zero, sigmoid_norm (length-normalised DPO)."""
     ipo_enable: bool = False
-    """Use the IPO loss instead of the sigmoid DPO loss."""
+    """Use the IPO loss (same as --model.loss_type ipo; OpenRLHF's spelling)."""
     label_smoothing: float = 0.0
-    """cDPO label smoothing, in [0, 0.5)."""
+    """cDPO / robust-DPO label smoothing, in [0, 0.5)."""
     nll_loss_coef: float = 0.0
-    """Weight of an NLL term on the chosen response (Llama 3.1 recipe)."""
+    """Weight of an NLL term on the chosen response (Llama 3.1 recipe): each chosen response's
+    mean token NLL, averaged over pairs (as OpenRLHF)."""
 
     def __post_init__(self) -> None:
         check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
         check(0 <= self.label_smoothing < 0.5, "label_smoothing",
               f"must be in [0, 0.5), got {self.label_smoothing}")
         check(self.nll_loss_coef >= 0, "nll_loss_coef", f"must be >= 0, got {self.nll_loss_coef}")
+        check(not (self.ipo_enable and self.loss_type not in ("sigmoid", "ipo")), "ipo_enable",
+              f"contradicts --model.loss_type {self.loss_type}; give one of them")
+        check(self.label_smoothing == 0 or self.loss_type in ("sigmoid", "robust"),
+              "label_smoothing", f"applies to loss_type sigmoid or robust only, not "
+              f"{self.loss_type}")
+
+    @property
+    def effective_loss_type(self) -> str:
+        """``loss_type``, with ``ipo_enable`` meaning ``ipo``."""
+        return "ipo" if self.ipo_enable else self.loss_type

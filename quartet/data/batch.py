@@ -61,6 +61,14 @@ class TokenBatch:
         out = token_values.new_zeros(self.num_samples)
         return out.index_add(0, index.reshape(-1), values.reshape(-1))
 
+    def per_sample_mean(self, token_values: Tensor, mask: Tensor,
+                        sample_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean of ``token_values`` over each sample's masked tokens and the token counts, both
+        ``[num_samples]`` (a sample without tokens has mean 0 and count 0); packing-safe."""
+        sums = self.per_sample_sum(token_values, mask, sample_ids)
+        counts = self.per_sample_sum(torch.ones_like(token_values), mask, sample_ids)
+        return sums / counts.clamp(min=1.0), counts
+
 
 def collate(
     samples: Sequence[TokenizedSample], pad_token_id: int, packed: bool = False

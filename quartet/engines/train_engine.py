@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, MuonConfig, OptimConfig
 from quartet.data.batch import TokenBatch
+from quartet.engines.checkpoint_rotation import prune_checkpoints
 from quartet.engines.distributed import World, barrier
 from quartet.engines.ds_config import build_ds_config
 from quartet.engines.optim import decay_groups, trainable_parameters
@@ -183,20 +183,18 @@ class TrainEngine:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, directory: str | Path, tag: str,
-                        client_state: dict[str, Any] | None = None, max_num: int | None = None
-                        ) -> None:
+                        client_state: dict[str, Any] | None = None, max_num: int | None = None,
+                        max_mem_gb: float | None = None) -> None:
         """DeepSpeed checkpoint (model, optimizer, scheduler, ``client_state``) as ``tag``.
 
-        Keeps the ``max_num`` newest tags (rank 0 deletes older ones).
+        Keeps at most the ``max_num`` newest tags and ``max_mem_gb`` GB of them (rank 0 deletes
+        the oldest; see :func:`quartet.engines.checkpoint_rotation.prune_checkpoints`).
         """
         state = dict(client_state or {})
         state["quartet_global_step"] = self.global_step
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=state)
-        if max_num is not None and self.world.is_main:
-            tags = sorted((p for p in Path(directory).iterdir() if p.is_dir()),
-                          key=lambda p: p.stat().st_mtime)
-            for old in tags[:-max_num]:
-                shutil.rmtree(old, ignore_errors=True)
+        if self.world.is_main:
+            prune_checkpoints(directory, max_num=max_num, max_mem_gb=max_mem_gb)
         barrier()
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None

@@ -8,10 +8,11 @@ On the wire, per-token fields are ragged (one value per response token). The los
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from quartet.algos.off_policy import ISCorrection
 from quartet.codec.batches import RowBatch
 
 
@@ -27,11 +28,14 @@ class PolicyLossSettings:
     kl_estimator: str = "k3"
     reduction: str = "token_mean"
     temperature: float = 1.0
-    is_correction_cap: float = 0.0
     old_logprobs_from_forward: bool = False
     """One-pass PPO: no old log-probs travel; the step's own forward gives them (detached).
     Exact only for the first update on the weights the rollout was scored with: one epoch
     and one mini-batch per iteration (`quartet.ppo.passes.old_logprobs_from_forward`)."""
+    policy_loss_type: str = "ppo"
+    is_correction: ISCorrection = field(default_factory=ISCorrection)
+    """Correction of rollout vs actor log-probs (needs the rollout log-probs when enabled)."""
+    kl_unbiased_gradient: bool = False
 
 
 @dataclass

@@ -29,6 +29,8 @@ class AdvantageSettings:
     kl_estimator: str = "k1"
     reward_clip: float | None = None
     whiten: bool = True
+    no_std_norm: bool = False
+    """Whitening subtracts the mean only (OpenRLHF's --algo.advantage.no_std_norm)."""
 
 
 @dataclass
@@ -100,7 +102,7 @@ def make_experience(
     )
     advantages = result.advantages
     if settings.whiten and settings.estimator in WHITENED_ESTIMATORS:
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, divide_by_std=not settings.no_std_norm)
     split = [int(n) for n in mask.sum(dim=1).tolist()]
     return Experience(
         batch=batch, rollout_logprobs=rollout_logprobs, old_logprobs=old_logprobs,

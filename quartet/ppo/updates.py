@@ -22,7 +22,6 @@ from quartet.algos.losses import (
     kl_loss,
     policy_loss,
     token_logprobs,
-    truncated_is_weights,
     value_loss,
 )
 from quartet.algos.masked import masked_mean
@@ -137,18 +136,23 @@ class PolicyUpdater(_Updater):
             else:
                 old = pad_response_values(micro.old_logprobs, width)[0].to(dev)
             adv = pad_response_values(micro.advantages, width)[0].to(dev)
-            is_weights = None
-            if loss_cfg.is_correction_cap > 0 and micro.rollout_logprobs is not None:
+            rollout = None
+            if loss_cfg.is_correction.enabled:
+                if micro.rollout_logprobs is None:
+                    raise InvalidArgument("rollout_logprobs: required with is_correction_level "
+                                          f"{loss_cfg.is_correction.level}")
                 rollout = pad_response_values(micro.rollout_logprobs, width)[0].to(dev)
-                is_weights = truncated_is_weights(old, rollout, mask,
-                                                  cap=loss_cfg.is_correction_cap)
             pl = policy_loss(new, old, adv, mask, loss_cfg.clip_eps_low, loss_cfg.clip_eps_high,
-                             loss_cfg.dual_clip, loss_cfg.reduction, is_weights=is_weights,
-                             normaliser=norm)
+                             loss_cfg.dual_clip, loss_cfg.reduction, normaliser=norm,
+                             policy_loss_type=loss_cfg.policy_loss_type,
+                             rollout_logprobs=rollout, is_correction=loss_cfg.is_correction)
             # keeps the graph connected when every response in the micro-batch is empty
             loss = pl.loss + 0.0 * logits.sum()
             m = {"policy_loss": pl.loss.item(), "clip_fraction": float(pl.clip_fraction),
                  "approx_kl": float(pl.approx_kl), "ratio": float(pl.ratio_mean)}
+            if pl.vllm_kl is not None:
+                m["vllm_kl"] = float(pl.vllm_kl)
+                m["is_filter_ratio"] = float(pl.is_filter_ratio)
             # entropy is always reported; it joins the graph only with an entropy bonus
             with torch.set_grad_enabled(loss_cfg.entropy_coef > 0):
                 ent, _ = pad_rows(gather_rows(
@@ -159,7 +163,8 @@ class PolicyUpdater(_Updater):
             m["entropy"] = float(entropy.detach())
             if loss_cfg.kl_coef > 0 and micro.ref_logprobs is not None:
                 ref = pad_response_values(micro.ref_logprobs, width)[0].to(dev)
-                kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator, normaliser=norm)
+                kl = kl_loss(new, ref, mask, loss_cfg.kl_estimator, normaliser=norm,
+                             old_logprobs=old, unbiased_gradient=loss_cfg.kl_unbiased_gradient)
                 loss = loss + loss_cfg.kl_coef * kl
                 m["kl_loss"] = float(kl.detach())
             if out.aux_loss is not None:

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from quartet.algos.losses import POLICY_LOSS_TYPES
+from quartet.algos.off_policy import ISCorrection
 from quartet.codec import (
     CodecError,
     check_per_token,
@@ -40,8 +42,12 @@ def policy_loss_to_proto(s: PolicyLossSettings) -> actor_pb2.PolicyLossConfig:
         clip_eps_low=s.clip_eps_low, clip_eps_high=s.clip_eps_high,
         dual_clip=s.dual_clip or 0.0, entropy_coef=s.entropy_coef, kl_coef=s.kl_coef,
         kl_estimator=s.kl_estimator, reduction=s.reduction, temperature=s.temperature,
-        is_correction_cap=s.is_correction_cap,
         old_logprobs_from_forward=s.old_logprobs_from_forward,
+        policy_loss_type=s.policy_loss_type, is_correction_level=s.is_correction.level,
+        is_correction_mode=s.is_correction.mode, is_correction_gating=s.is_correction.gating,
+        is_correction_low=s.is_correction.threshold[0],
+        is_correction_high=s.is_correction.threshold[1],
+        kl_unbiased_gradient=s.kl_unbiased_gradient,
     )
 
 
@@ -56,12 +62,24 @@ def policy_loss_from_proto(msg: actor_pb2.PolicyLossConfig) -> PolicyLossSetting
                          f"expected one of {', '.join(KL_ESTIMATORS)}, got {msg.kl_estimator!r}")
     if msg.temperature < 0:
         raise CodecError(f"{f}.temperature", f"must be > 0, got {msg.temperature}")
+    if msg.policy_loss_type and msg.policy_loss_type not in POLICY_LOSS_TYPES:
+        raise CodecError(f"{f}.policy_loss_type", f"expected one of "
+                         f"{', '.join(POLICY_LOSS_TYPES)}, got {msg.policy_loss_type!r}")
+    try:
+        correction = ISCorrection(
+            level=msg.is_correction_level or "off", mode=msg.is_correction_mode or "mask",
+            gating=msg.is_correction_gating or "ratio",
+            threshold=(msg.is_correction_low, msg.is_correction_high),
+        ) if msg.is_correction_level not in ("", "off") else ISCorrection()
+    except ValueError as exc:
+        raise CodecError(f"{f}.is_correction_*", str(exc)) from None
     return PolicyLossSettings(
         clip_eps_low=msg.clip_eps_low, clip_eps_high=msg.clip_eps_high,
         dual_clip=msg.dual_clip or None, entropy_coef=msg.entropy_coef, kl_coef=msg.kl_coef,
         kl_estimator=msg.kl_estimator or "k3", reduction=msg.reduction or "token_mean",
-        temperature=msg.temperature or 1.0, is_correction_cap=msg.is_correction_cap,
         old_logprobs_from_forward=msg.old_logprobs_from_forward,
+        temperature=msg.temperature or 1.0, policy_loss_type=msg.policy_loss_type or "ppo",
+        is_correction=correction, kl_unbiased_gradient=msg.kl_unbiased_gradient,
     )
 
 
@@ -139,9 +157,10 @@ def decode_policy_minibatch(
                 raise CodecError("ref_logprobs", "required when loss.kl_coef > 0")
             ref = ragged_from_proto(req.ref_logprobs, "ref_logprobs")
             check_per_token(ref, lengths, "ref_logprobs")
-        if loss.is_correction_cap > 0:
+        if loss.is_correction.enabled:
             if not req.HasField("rollout_logprobs"):
-                raise CodecError("rollout_logprobs", "required when loss.is_correction_cap > 0")
+                raise CodecError("rollout_logprobs",
+                                 "required when loss.is_correction_level is token or seq")
             roll = ragged_from_proto(req.rollout_logprobs, "rollout_logprobs")
             check_per_token(roll, lengths, "rollout_logprobs")
         parts.append(PolicyMiniBatch(batch, old, adv, ref, roll))

@@ -17,17 +17,22 @@ class Tracker:
     """``log(metrics, step)`` to jsonl, TensorBoard and W&B; ``advance`` moves the bar."""
 
     def __init__(self, cfg: LoggerConfig, output_dir: str, run_name: str, total_steps: int,
-                 initial_step: int, is_main: bool, config: dict[str, Any] | None = None) -> None:
+                 initial_step: int, is_main: bool, config: dict[str, Any] | None = None,
+                 default_jsonl: bool = True, bar: bool = True) -> None:
+        """``default_jsonl=False``: write jsonl only to an explicit ``--logger.metrics_file``
+        (for a caller that writes ``<output_dir>/metrics.jsonl`` itself); ``bar=False``: no
+        tqdm bar (for a caller with its own progress display)."""
         self.is_main = is_main
         self.sinks: list[Any] = []
         self.bar = ProgressBar(total_steps, initial_step, run_name,
-                               enabled=is_main and cfg.progress_bar_enable)
+                               enabled=bar and is_main and cfg.progress_bar_enable)
         self.history: list[dict[str, Any]] = []
         self.started = time.time()
         if not is_main:
             return
         out = Path(output_dir)
-        self.sinks.append(JsonlWriter(cfg.metrics_file or out / "metrics.jsonl"))
+        if cfg.metrics_file or default_jsonl:
+            self.sinks.append(JsonlWriter(cfg.metrics_file or out / "metrics.jsonl"))
         tb = cfg.tensorboard_dir or str(out / "tensorboard")
         if tb.lower() != "none":
             from quartet.tracking.tensorboard import TensorBoardWriter

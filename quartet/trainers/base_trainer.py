@@ -127,7 +127,8 @@ class BaseTrainer(ABC):
         state = {"epoch": epoch, "micro_in_epoch": micro_in_epoch,
                  "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}
         tag = f"global_step{self.engine.global_step}"
-        self.engine.save_checkpoint(ckpt.ds_path, tag, state, max_num=ckpt.max_num)
+        self.engine.save_checkpoint(ckpt.ds_path, tag, state, max_num=ckpt.max_num,
+                                    max_mem_gb=ckpt.max_mem)
         if ckpt.save_hf:
             self.engine.save_hf(Path(ckpt.ds_path) / f"{tag}_hf", self.tokenizer)
 

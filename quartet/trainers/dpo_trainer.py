@@ -1,18 +1,23 @@
-"""DPO against a frozen reference (IPO, cDPO, optional NLL on the chosen response)."""
+"""DPO and its family (TRL's loss types) against a frozen reference, optional NLL on the chosen
+response and MoE aux loss."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from quartet.algos.losses import dpo_loss, sft_loss
+from quartet.algos.losses import dpo_loss
+from quartet.algos.masked import masked_mean
+from quartet.algos.rewards import RunningMeanStd
 from quartet.config.jobs import DPOJobConfig
 from quartet.data.batch import TokenBatch, collate
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
 from quartet.data.sources import RowSource
 from quartet.engines.scoring import response_start
+from quartet.engines.train_engine import TrainEngine
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
 from quartet.trainers.frozen import ReferencedPolicy
-from quartet.trainers.logps import sequence_logps
+from quartet.trainers.logps import sequence_logp_stats
 
 __all__ = ["DPOTrainer"]
 
@@ -24,10 +29,15 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
     def build_samples(self, sources: list[RowSource]) -> list[PreferenceSample]:
         return build_preference_samples(sources, self.tokenizer, self.job.data)
 
+    def build_engine(self) -> TrainEngine:
+        self.bco_running = RunningMeanStd()  # BCO's running reward mean (bco_pair only)
+        return super().build_engine()
+
     def _sequence_logps(self, batch: TokenBatch, logits: Tensor,
                         start: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-sample summed response log-probs, token log-probs and the target mask."""
-        return sequence_logps(batch, logits, self.job.dpo.ipo_enable, start)
+        """Per-sample summed response log-probs, their token counts, and each sample's mean
+        token log-prob."""
+        return sequence_logp_stats(batch, logits, start)
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, dict[str, Tensor], int]:
         n = len(samples)
@@ -35,21 +45,34 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
         batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
         # logits only from the first response position on: prompts never reach the LM head
         start = response_start(batch)
-        policy_logits = self.engine.forward(batch, start).logits
-        policy, token_lp, mask = self._sequence_logps(batch, policy_logits, start)
+        out = self.engine.forward(batch, start)
+        policy, counts, means = self._sequence_logps(batch, out.logits, start)
         ref_logits = self.reference.logits(batch, start).to(policy.device)
         ref, _, _ = self._sequence_logps(batch, ref_logits, start)
         cfg = self.job.dpo
-        out = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta=cfg.beta,
-                       label_smoothing=cfg.label_smoothing, ipo=cfg.ipo_enable)
-        loss = out.loss
-        parts = {"chosen_reward": out.chosen_rewards, "rejected_reward": out.rejected_rewards}
+        loss_type = cfg.effective_loss_type
+        bco_delta = 0.0
+        if loss_type == "bco_pair":
+            # BCO's reward shift: running mean of the batch-mean implicit reward (as TRL).
+            with torch.no_grad():
+                implicit = cfg.beta * torch.cat([policy[:n] - ref[:n], policy[n:] - ref[n:]])
+                self.bco_running.update(implicit.mean().reshape(1))
+            bco_delta = self.bco_running.mean
+        dpo = dpo_loss(policy[:n], policy[n:], ref[:n], ref[n:], beta=cfg.beta,
+                       label_smoothing=cfg.label_smoothing, loss_type=loss_type,
+                       chosen_lengths=counts[:n], rejected_lengths=counts[n:],
+                       bco_delta=bco_delta)
+        loss = dpo.loss
+        parts = {"chosen_reward": dpo.chosen_rewards, "rejected_reward": dpo.rejected_rewards}
         if cfg.nll_loss_coef > 0:
-            sample_ids = batch.shifted()[2][:, start:].to(mask.device)
-            nll = sft_loss(token_lp, mask & (sample_ids < n))
+            # OpenRLHF: the chosen responses' mean token NLL, averaged over pairs.
+            nll = masked_mean(-means[:n], counts[:n] > 0)
             loss = loss + cfg.nll_loss_coef * nll
             parts["nll_loss"] = nll.detach()
-        parts["dpo_loss"] = out.loss.detach()
+        if self.job.model.aux_loss_coef > 0 and out.aux_loss is not None:
+            loss = loss + self.job.model.aux_loss_coef * out.aux_loss
+            parts["aux_loss"] = out.aux_loss.detach()
+        parts["dpo_loss"] = dpo.loss.detach()
         return loss, parts, batch.num_tokens
 
     @staticmethod
@@ -67,8 +90,9 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
             "rejected_reward": float(r.mean()),
             "reward_margin": float((c - r).mean()),
         }
-        if "nll_loss" in parts:
-            metrics["nll_loss"] = float(parts["nll_loss"])
+        for name in ("nll_loss", "aux_loss"):
+            if name in parts:
+                metrics[name] = float(parts[name])
         return loss, metrics, n_tokens
 
     def eval_sums(self, samples: list[PreferenceSample]) -> dict[str, float]:

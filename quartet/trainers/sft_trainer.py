@@ -1,10 +1,11 @@
-"""SFT: token-mean NLL over response tokens (all tokens in pretrain mode)."""
+"""SFT: token-mean (or sequence-mean) NLL over response tokens (all tokens in pretrain mode)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from quartet.algos.losses import sft_loss, token_logprobs
+from quartet.algos.masked import masked_mean
 from quartet.config.jobs import SFTJobConfig
 from quartet.data.batch import collate
 from quartet.data.sft_dataset import build_sft_samples
@@ -34,7 +35,13 @@ class SFTTrainer(BaseTrainer):
         labels, mask, _ = batch.shifted()
         device = out.logits.device
         logprobs = token_logprobs(out.logits[:, :-1], labels.to(device))
-        return sft_loss(logprobs, mask.to(device)), out, batch.num_tokens
+        mask = mask.to(device)
+        if self.job.sft.loss_agg_mode == "seq-mean-token-mean":
+            # per sample, packing-safe: a packed row holds several samples
+            means, counts = batch.to(device).per_sample_mean(logprobs, mask,
+                                                               batch.shifted()[2].to(device))
+            return masked_mean(-means, counts > 0), out, batch.num_tokens
+        return sft_loss(logprobs, mask), out, batch.num_tokens
 
     def compute_loss(self, samples: list[TokenizedSample]) -> LossOutput:
         loss, out, n_tokens = self._nll(samples)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quartet.v1 import common_pb2 as quartet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quartet/v1/actor.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xf5\x01\n\x10PolicyLossConfig\x12\x14\n\x0c\x63lip_eps_low\x18\x01 \x01(\x01\x12\x15\n\rclip_eps_high\x18\x02 \x01(\x01\x12\x11\n\tdual_clip\x18\x03 \x01(\x01\x12\x14\n\x0c\x65ntropy_coef\x18\x04 \x01(\x01\x12\x0f\n\x07kl_coef\x18\x05 \x01(\x01\x12\x14\n\x0ckl_estimator\x18\x06 \x01(\t\x12\x11\n\treduction\x18\x07 \x01(\t\x12\x13\n\x0btemperature\x18\x08 \x01(\x01\x12\x19\n\x11is_correction_cap\x18\t \x01(\x01\x12!\n\x19old_logprobs_from_forward\x18\n \x01(\x08\"\xd6\x02\n\x15\x41\x63torTrainStepRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12(\n\x0cold_logprobs\x18\x03 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12&\n\nadvantages\x18\x04 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12(\n\x0cref_logprobs\x18\x05 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12,\n\x10rollout_logprobs\x18\x06 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12*\n\x04loss\x18\x07 \x01(\x0b\x32\x1c.quartet.v1.PolicyLossConfig\x12\x12\n\ntotal_rows\x18\x08 \x01(\x03\"e\n\x11TrainStepResponse\x12#\n\x07metrics\x18\x01 \x03(\x0b\x32\x12.quartet.v1.Metric\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x13\n\x0bglobal_step\x18\x03 \x01(\x03\"\x8d\x01\n\x17\x42roadcastWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_bytes\x18\x03 \x01(\x03\x12 \n\x05\x64type\x18\x04 \x01(\x0e\x32\x11.quartet.v1.DType\"g\n\x18GetWeightManifestRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\"{\n\x18\x42roadcastWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\x03\x12\x13\n\x0bnum_buckets\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"x\n\x14StreamWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x13\n\x0b\x63hunk_bytes\x18\x02 \x01(\x03\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.quartet.v1.DType\"J\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.quartet.v1.TensorSpec2\x86\x06\n\x05\x41\x63tor\x12I\n\x08LogProbs\x12\x1b.quartet.v1.LogProbsRequest\x1a\x1c.quartet.v1.LogProbsResponse(\x01\x30\x01\x12O\n\tTrainStep\x12!.quartet.v1.ActorTrainStepRequest\x1a\x1d.quartet.v1.TrainStepResponse(\x01\x12\x39\n\x04Save\x12\x17.quartet.v1.SaveRequest\x1a\x18.quartet.v1.SaveResponse\x12K\n\nPrepareRun\x12\x1d.quartet.v1.PrepareRunRequest\x1a\x1e.quartet.v1.PrepareRunResponse\x12\x39\n\x04Load\x12\x17.quartet.v1.LoadRequest\x1a\x18.quartet.v1.LoadResponse\x12Z\n\x0fInitWeightGroup\x12\".quartet.v1.InitWeightGroupRequest\x1a#.quartet.v1.InitWeightGroupResponse\x12U\n\x11GetWeightManifest\x12$.quartet.v1.GetWeightManifestRequest\x1a\x1a.quartet.v1.WeightManifest\x12]\n\x10\x42roadcastWeights\x12#.quartet.v1.BroadcastWeightsRequest\x1a$.quartet.v1.BroadcastWeightsResponse\x12L\n\rStreamWeights\x12 .quartet.v1.StreamWeightsRequest\x1a\x17.quartet.v1.TensorChunk0\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quartet/v1/actor.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xb9\x03\n\x10PolicyLossConfig\x12\x14\n\x0c\x63lip_eps_low\x18\x01 \x01(\x01\x12\x15\n\rclip_eps_high\x18\x02 \x01(\x01\x12\x11\n\tdual_clip\x18\x03 \x01(\x01\x12\x14\n\x0c\x65ntropy_coef\x18\x04 \x01(\x01\x12\x0f\n\x07kl_coef\x18\x05 \x01(\x01\x12\x14\n\x0ckl_estimator\x18\x06 \x01(\t\x12\x11\n\treduction\x18\x07 \x01(\t\x12\x13\n\x0btemperature\x18\x08 \x01(\x01\x12!\n\x19old_logprobs_from_forward\x18\n \x01(\x08\x12\x18\n\x10policy_loss_type\x18\x0b \x01(\t\x12\x1b\n\x13is_correction_level\x18\x0c \x01(\t\x12\x1a\n\x12is_correction_mode\x18\r \x01(\t\x12\x1c\n\x14is_correction_gating\x18\x0e \x01(\t\x12\x19\n\x11is_correction_low\x18\x0f \x01(\x01\x12\x1a\n\x12is_correction_high\x18\x10 \x01(\x01\x12\x1c\n\x14kl_unbiased_gradient\x18\x11 \x01(\x08J\x04\x08\t\x10\nR\x11is_correction_cap\"\xd6\x02\n\x15\x41\x63torTrainStepRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12(\n\x0cold_logprobs\x18\x03 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12&\n\nadvantages\x18\x04 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12(\n\x0cref_logprobs\x18\x05 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12,\n\x10rollout_logprobs\x18\x06 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12*\n\x04loss\x18\x07 \x01(\x0b\x32\x1c.quartet.v1.PolicyLossConfig\x12\x12\n\ntotal_rows\x18\x08 \x01(\x03\"e\n\x11TrainStepResponse\x12#\n\x07metrics\x18\x01 \x03(\x0b\x32\x12.quartet.v1.Metric\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x13\n\x0bglobal_step\x18\x03 \x01(\x03\"\x8d\x01\n\x17\x42roadcastWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x62ucket_bytes\x18\x03 \x01(\x03\x12 \n\x05\x64type\x18\x04 \x01(\x0e\x32\x11.quartet.v1.DType\"g\n\x18GetWeightManifestRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\"{\n\x18\x42roadcastWeightsResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_tensors\x18\x02 \x01(\x03\x12\x13\n\x0bnum_buckets\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\"x\n\x14StreamWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x13\n\x0b\x63hunk_bytes\x18\x02 \x01(\x03\x12 \n\x05\x64type\x18\x03 \x01(\x0e\x32\x11.quartet.v1.DType\"J\n\x0eWeightManifest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x07tensors\x18\x02 \x03(\x0b\x32\x16.quartet.v1.TensorSpec2\x86\x06\n\x05\x41\x63tor\x12I\n\x08LogProbs\x12\x1b.quartet.v1.LogProbsRequest\x1a\x1c.quartet.v1.LogProbsResponse(\x01\x30\x01\x12O\n\tTrainStep\x12!.quartet.v1.ActorTrainStepRequest\x1a\x1d.quartet.v1.TrainStepResponse(\x01\x12\x39\n\x04Save\x12\x17.quartet.v1.SaveRequest\x1a\x18.quartet.v1.SaveResponse\x12K\n\nPrepareRun\x12\x1d.quartet.v1.PrepareRunRequest\x1a\x1e.quartet.v1.PrepareRunResponse\x12\x39\n\x04Load\x12\x17.quartet.v1.LoadRequest\x1a\x18.quartet.v1.LoadResponse\x12Z\n\x0fInitWeightGroup\x12\".quartet.v1.InitWeightGroupRequest\x1a#.quartet.v1.InitWeightGroupResponse\x12U\n\x11GetWeightManifest\x12$.quartet.v1.GetWeightManifestRequest\x1a\x1a.quartet.v1.WeightManifest\x12]\n\x10\x42roadcastWeights\x12#.quartet.v1.BroadcastWeightsRequest\x1a$.quartet.v1.BroadcastWeightsResponse\x12L\n\rStreamWeights\x12 .quartet.v1.StreamWeightsRequest\x1a\x17.quartet.v1.TensorChunk0\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.v1.actor_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POLICYLOSSCONFIG']._serialized_start=64
-  _globals['_POLICYLOSSCONFIG']._serialized_end=309
-  _globals['_ACTORTRAINSTEPREQUEST']._serialized_start=312
-  _globals['_ACTORTRAINSTEPREQUEST']._serialized_end=654
-  _globals['_TRAINSTEPRESPONSE']._serialized_start=656
-  _globals['_TRAINSTEPRESPONSE']._serialized_end=757
-  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_start=760
-  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_end=901
-  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_start=903
-  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_end=1006
-  _globals['_BROADCASTWEIGHTSRESPONSE']._serialized_start=1008
-  _globals['_BROADCASTWEIGHTSRESPONSE']._serialized_end=1131
-  _globals['_STREAMWEIGHTSREQUEST']._serialized_start=1133
-  _globals['_STREAMWEIGHTSREQUEST']._serialized_end=1253
-  _globals['_WEIGHTMANIFEST']._serialized_start=1255
-  _globals['_WEIGHTMANIFEST']._serialized_end=1329
-  _globals['_ACTOR']._serialized_start=1332
-  _globals['_ACTOR']._serialized_end=2106
+  _globals['_POLICYLOSSCONFIG']._serialized_end=505
+  _globals['_ACTORTRAINSTEPREQUEST']._serialized_start=508
+  _globals['_ACTORTRAINSTEPREQUEST']._serialized_end=850
+  _globals['_TRAINSTEPRESPONSE']._serialized_start=852
+  _globals['_TRAINSTEPRESPONSE']._serialized_end=953
+  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_start=956
+  _globals['_BROADCASTWEIGHTSREQUEST']._serialized_end=1097
+  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_start=1099
+  _globals['_GETWEIGHTMANIFESTREQUEST']._serialized_end=1202
+  _globals['_BROADCASTWEIGHTSRESPONSE']._serialized_start=1204
+  _globals['_BROADCASTWEIGHTSRESPONSE']._serialized_end=1327
+  _globals['_STREAMWEIGHTSREQUEST']._serialized_start=1329
+  _globals['_STREAMWEIGHTSREQUEST']._serialized_end=1449
+  _globals['_WEIGHTMANIFEST']._serialized_start=1451
+  _globals['_WEIGHTMANIFEST']._serialized_end=1525
+  _globals['_ACTOR']._serialized_start=1528
+  _globals['_ACTOR']._serialized_end=2302
 # @@protoc_insertion_point(module_scope)

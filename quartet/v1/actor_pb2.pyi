@@ -35,8 +35,14 @@ class PolicyLossConfig(_message.Message):
     KL_ESTIMATOR_FIELD_NUMBER: _builtins.int
     REDUCTION_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
-    IS_CORRECTION_CAP_FIELD_NUMBER: _builtins.int
     OLD_LOGPROBS_FROM_FORWARD_FIELD_NUMBER: _builtins.int
+    POLICY_LOSS_TYPE_FIELD_NUMBER: _builtins.int
+    IS_CORRECTION_LEVEL_FIELD_NUMBER: _builtins.int
+    IS_CORRECTION_MODE_FIELD_NUMBER: _builtins.int
+    IS_CORRECTION_GATING_FIELD_NUMBER: _builtins.int
+    IS_CORRECTION_LOW_FIELD_NUMBER: _builtins.int
+    IS_CORRECTION_HIGH_FIELD_NUMBER: _builtins.int
+    KL_UNBIASED_GRADIENT_FIELD_NUMBER: _builtins.int
     clip_eps_low: _builtins.float
     clip_eps_high: _builtins.float
     dual_clip: _builtins.float
@@ -49,12 +55,23 @@ class PolicyLossConfig(_message.Message):
     reduction: _builtins.str
     """"token_mean", "sequence_mean", ..."""
     temperature: _builtins.float
-    is_correction_cap: _builtins.float
-    """Truncation cap of importance-sampling weights for off-policy rollouts; 0 disables."""
     old_logprobs_from_forward: _builtins.bool
     """One-pass PPO (one epoch, one mini-batch per iteration): old_logprobs is not sent; the
     step's own forward, on the same weights, gives them (detached).
     """
+    policy_loss_type: _builtins.str
+    """"ppo" (token ratio) or "gspo" (sequence ratio, sequence-mean loss); empty means "ppo"."""
+    is_correction_level: _builtins.str
+    """Importance-sampling correction of rollout vs actor log-probs (quartet.algos.off_policy):
+    level "off" (or empty) / "token" / "seq"; mode "mask" / "clip"; gating "ratio" /
+    "binary_kl" / "tv"; the band [is_correction_low, is_correction_high].
+    """
+    is_correction_mode: _builtins.str
+    is_correction_gating: _builtins.str
+    is_correction_low: _builtins.float
+    is_correction_high: _builtins.float
+    kl_unbiased_gradient: _builtins.bool
+    """KL loss: keep the estimator's value, use the importance-weighted reverse-KL gradient."""
     def __init__(
         self,
         *,
@@ -66,12 +83,18 @@ class PolicyLossConfig(_message.Message):
         kl_estimator: _builtins.str = ...,
         reduction: _builtins.str = ...,
         temperature: _builtins.float = ...,
-        is_correction_cap: _builtins.float = ...,
         old_logprobs_from_forward: _builtins.bool = ...,
+        policy_loss_type: _builtins.str = ...,
+        is_correction_level: _builtins.str = ...,
+        is_correction_mode: _builtins.str = ...,
+        is_correction_gating: _builtins.str = ...,
+        is_correction_low: _builtins.float = ...,
+        is_correction_high: _builtins.float = ...,
+        kl_unbiased_gradient: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_cap", b"is_correction_cap", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "old_logprobs_from_forward", b"old_logprobs_from_forward", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_gating", b"is_correction_gating", "is_correction_high", b"is_correction_high", "is_correction_level", b"is_correction_level", "is_correction_low", b"is_correction_low", "is_correction_mode", b"is_correction_mode", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "kl_unbiased_gradient", b"kl_unbiased_gradient", "old_logprobs_from_forward", b"old_logprobs_from_forward", "policy_loss_type", b"policy_loss_type", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -107,7 +130,9 @@ class ActorTrainStepRequest(_message.Message):
 
     @_builtins.property
     def rollout_logprobs(self) -> _common_pb2.Ragged:
-        """Needed only with is_correction_cap > 0: log-probs the rollout engine sampled with."""
+        """Needed only with loss.is_correction_level token/seq: log-probs the rollout engine sampled
+        with.
+        """
 
     @_builtins.property
     def loss(self) -> Global___PolicyLossConfig:

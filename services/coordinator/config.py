@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from quartet.algos.off_policy import ISCorrection
 from quartet.config.base import check, flat_group
 from quartet.config.ckpt import CkptConfig
-from quartet.config.data import DataConfig
+from quartet.config.data import DataConfig, reject_unused_keys
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.eval import EvalConfig
 from quartet.config.logger import LoggerConfig
@@ -33,8 +34,21 @@ class PromptDataConfig(DataConfig):
     label_key: str | None = None
     """Row key of the reference answer passed to reward functions as `labels`."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        pairs = "RL has no preference pairs"
+        reject_unused_keys(self, {
+            "output_key": "RL samples the responses; there is no target response",
+            "chosen_key": pairs, "rejected_key": pairs, "margin_key": pairs,
+            "prompt_key": "RL reads the prompt from --data.input_key",
+            "multiturn": "RL prompts are single prompts; multi-turn rows are not supported",
+            "max_len": "RL bounds prompts with --rollout.prompt_max_len and responses with "
+                       "--rollout.max_new_tokens",
+        }, "quartet ppo")
 
-ESTIMATORS = ("gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo")
+
+ESTIMATORS = ("gae", "reinforce", "reinforce_baseline", "rloo", "group_norm", "dr_grpo",
+              "flash_reinforce")
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,8 @@ class ActorGroup:
     """Recompute activations in backward to save memory."""
     freezing_steps: int = 0
     """Iterations at the start that train only the critic."""
+    policy_loss_type: Literal["ppo", "gspo"] = "ppo"
+    """Policy loss: PPO's token ratio, or GSPO's sequence ratio (always a sequence-mean loss)."""
 
     def __post_init__(self) -> None:
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
@@ -220,14 +236,39 @@ class AdvantageGroup:
     """``--algo.advantage.*``."""
 
     estimator: Literal["gae", "reinforce", "reinforce_baseline", "rloo", "group_norm",
-                       "dr_grpo"] = "gae"
-    """Advantage estimator; all but gae run without a critic."""
+                       "dr_grpo", "flash_reinforce"] = "gae"
+    """Advantage estimator; all but gae run without a critic. flash_reinforce: reward minus
+    the rollout-batch mean (no group, no whitening)."""
     gamma: float = 1.0
     """Discount factor."""
     lambd: float = 0.95
     """GAE lambda."""
     whiten: bool = True
     """Whiten advantages with global statistics (gae, reinforce, reinforce_baseline)."""
+    no_std_norm: bool = False
+    """Whitening only subtracts the mean (no division by the standard deviation)."""
+    is_correction_level: Literal["off", "token", "seq"] = "off"
+    """Importance-sampling correction of sampler vs actor log-probs (off-policy rollouts):
+    gate each token or each sequence."""
+    is_correction_mode: Literal["mask", "clip"] = "mask"
+    """mask: drop out-of-band units, keep the token ratio on the rest (ICEPOP); clip: clamp the
+    token ratio into the band (TIS; token level and ratio gating only)."""
+    is_correction_gating: Literal["ratio", "binary_kl", "tv"] = "ratio"
+    """Gated statistic: the ratio pi_actor/pi_rollout (geometric mean per sequence), or the
+    sampled-token binary KL / total variation (upper bound only)."""
+    is_correction_threshold: tuple[float, ...] = (0.5, 5.0)
+    """LOW HIGH band of the gated statistic; one value is an upper bound only."""
+
+    def __post_init__(self) -> None:
+        try:
+            self.is_correction()
+        except ValueError as exc:
+            check(False, "is_correction_*", str(exc))
+
+    def is_correction(self) -> ISCorrection:
+        """The validated correction settings."""
+        return ISCorrection(self.is_correction_level, self.is_correction_mode,
+                            self.is_correction_gating, tuple(self.is_correction_threshold))
 
 
 @dataclass(frozen=True)
@@ -244,6 +285,9 @@ class KLGroup:
     """Adaptive KL controller target; None keeps the coefficient fixed."""
     horizon: int = 10000
     """Adaptive KL controller horizon."""
+    unbiased_gradient: bool = False
+    """KL loss (with --algo.kl.use_loss): keep the estimator's value, use the
+    importance-weighted reverse-KL gradient (unbiased under the sampling policy)."""
 
 
 @dataclass(frozen=True)
@@ -270,9 +314,6 @@ class AlgoGroup:
     """Exclusive range of a kept group's mean reward."""
     dynamic_filtering_max_rounds: int = 4
     """Generation rounds per iteration to fill the batch before training on what passed."""
-    is_correction_cap: float = 0.0
-    """Truncated importance sampling of sampler vs actor log-probs (for async rollouts);
-    weights capped at this value; 0 disables."""
 
     def __post_init__(self) -> None:
         check(self.dual_clip is None or self.dual_clip > 1, "dual_clip",
@@ -281,8 +322,6 @@ class AlgoGroup:
         check(lo < hi, "dynamic_filtering_reward_range", f"low must be < high, got {lo} {hi}")
         check(self.dynamic_filtering_max_rounds >= 1, "dynamic_filtering_max_rounds",
               f"must be >= 1, got {self.dynamic_filtering_max_rounds}")
-        check(self.is_correction_cap >= 0, "is_correction_cap",
-              f"must be >= 0, got {self.is_correction_cap}")
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ class PPOLoopSettings:
     filtering: FilterSettings = field(default_factory=FilterSettings)
     async_generation: bool = False
     """Generate iteration k+1 while iteration k trains (staleness 1); pair with
-    policy_loss.is_correction_cap for truncated importance sampling."""
+    policy_loss.is_correction for importance-sampling correction."""
     freeze_actor_steps: int = 0
     """Iterations at the start that train only the critic (value warm-up)."""
     save_steps: int = -1

@@ -10,6 +10,7 @@ from quartet.algos.advantages import (
     compute_advantages,
     discounted_returns,
     dr_grpo,
+    flash_reinforce,
     gae,
     group_norm,
     reinforce,
@@ -235,3 +236,12 @@ def test_compute_advantages_rloo_and_dr_grpo_run_end_to_end():
         assert torch.isfinite(out.advantages).all()
         assert out.advantages[2:].abs().sum().item() == 0.0  # zero-variance second group
         assert (out.advantages[~mask.bool()] == 0).all()
+
+
+def test_flash_reinforce_subtracts_the_batch_mean():
+    torch.testing.assert_close(flash_reinforce(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])),
+                               torch.tensor([0.4, -0.6, -0.6, 0.4, 0.4]))
+    assert flash_reinforce(torch.full((3,), 0.1)).abs().sum().item() == 0.0
+    out = compute_advantages("flash_reinforce", torch.tensor([2.0, 0.0]),
+                             torch.tensor([[1, 1], [1, 0]]))
+    torch.testing.assert_close(out.advantages, torch.tensor([[1.0, 1.0], [-1.0, 0.0]]))

@@ -15,7 +15,6 @@ from quartet.algos.losses import (
     policy_loss,
     sft_loss,
     token_logprobs,
-    truncated_is_weights,
     value_loss,
 )
 
@@ -238,15 +237,11 @@ def test_policy_loss_dual_clip():
         policy_loss(logp, old, adv, mask, dual_clip=1.0)
 
 
-def test_policy_loss_is_weights_and_truncation():
+def test_policy_loss_is_weights():
     logp, old, adv, mask = policy_case([1.0, 1.0], [1.0, 1.0])
     w = torch.tensor([[2.0], [0.5]])
     out = policy_loss(logp, old, adv, mask, is_weights=w)
     assert out.loss.item() == pytest.approx((-2.0 - 0.5) / 2)
-    old_lp = torch.tensor([[0.0, 0.0, 5.0]])
-    rollout_lp = torch.tensor([[-math.log(3), math.log(2), float("nan")]])
-    weights = truncated_is_weights(old_lp, rollout_lp, torch.tensor([[1, 1, 0]]), cap=2.0)
-    torch.testing.assert_close(weights, torch.tensor([[2.0, 0.5, 0.0]]))  # 3 capped at 2
 
 
 def test_policy_loss_left_padding_equals_right_and_garbage_is_safe():
@@ -356,3 +351,98 @@ def test_normalised_shares_add_up_to_the_whole_batch_loss(reduction):
         w = max(max(lengths[i] for i in rows), 1)
         shares += aggregate_loss(loss[rows, :w], mask[rows, :w], reduction, normaliser=norm)
     assert float(shares) == pytest.approx(float(whole), rel=1e-6, abs=1e-7)
+
+
+def test_gspo_uses_the_sequence_ratio_and_sequence_mean():
+    # row 0: log-ratios 0.2, -0.4 -> mean -0.1 -> rho = 0.904837 for both tokens (inside the clip)
+    # row 1: log-ratio 0.5 -> rho = 1.648721, A = 1 -> clipped at 1.2
+    old = torch.zeros(2, 2)
+    logp = torch.tensor([[0.2, -0.4], [0.5, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]], dtype=torch.bool)
+    out = policy_loss(logp, old, torch.ones(2, 2), mask, policy_loss_type="gspo")
+    assert out.loss.item() == pytest.approx((-0.9048374180359595 - 1.2) / 2, rel=1e-6)
+    assert out.clip_fraction.item() == pytest.approx(1 / 3)
+    out.loss.backward()
+    # d/dlogp_t of -mean_rows(rho): row 0 has rho / 2 per token, halved by the row mean
+    g = 0.9048374180359595 / 4
+    torch.testing.assert_close(logp.grad, torch.tensor([[-g, -g], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("gap", [40.0, 100.0, -40.0, -100.0])
+def test_gspo_extreme_log_ratios_stay_finite(gap):
+    logp = torch.tensor([[gap, gap]], requires_grad=True)
+    out = policy_loss(logp, torch.zeros(1, 2), torch.tensor([[-1.0, -1.0]]),
+                      torch.ones(1, 2, dtype=torch.bool), policy_loss_type="gspo")
+    out.loss.backward()
+    assert math.isfinite(out.loss.item()) and torch.isfinite(logp.grad).all()
+
+
+def test_kl_loss_unbiased_gradient_keeps_value_changes_gradient():
+    # pi = 0.5, p_ref = 0.25, pi_old = 0.25: rho = 2, k1 = log 2, k3 = 0.5 - 1 + log 2
+    logp = torch.tensor([[math.log(0.5)]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25)]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    plain = kl_loss(logp, ref, mask, "k3")
+    (g_plain,) = torch.autograd.grad(plain, logp)
+    assert g_plain.item() == pytest.approx(0.5)  # 1 - p_ref / pi
+    unbiased = kl_loss(logp, ref, mask, "k3", old_logprobs=ref, unbiased_gradient=True)
+    assert unbiased.item() == pytest.approx(plain.item()) == pytest.approx(0.5 - 1 + math.log(2))
+    (g,) = torch.autograd.grad(unbiased, logp)
+    assert g.item() == pytest.approx(2 * math.log(2))  # rho * k1
+    with pytest.raises(ValueError, match="old_logprobs"):
+        kl_loss(logp, ref, mask, "k3", unbiased_gradient=True)
+
+
+@pytest.mark.parametrize("gap", [40.0, 100.0, -40.0, -100.0])
+@pytest.mark.parametrize("est", ["k1", "k2", "k3"])
+def test_kl_loss_unbiased_extreme_log_ratios_stay_finite(gap, est):
+    logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    ref = logp.detach() - gap
+    old = logp.detach() + gap
+    out = kl_loss(logp, ref, torch.ones(1, 2), est, old_logprobs=old, unbiased_gradient=True)
+    out.backward()
+    assert math.isfinite(out.item()) and torch.isfinite(logp.grad).all()
+
+
+def test_sft_loss_sequence_mean():
+    logp = torch.tensor([[-1.0, -2.0, 0.0], [-4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert sft_loss(logp, mask).item() == pytest.approx(7 / 3)
+    assert sft_loss(logp, mask, "sequence_mean").item() == pytest.approx((1.5 + 4) / 2)
+    with pytest.raises(ValueError, match="token_mean, sequence_mean"):
+        sft_loss(logp, mask, "seq_mean_token_sum")
+
+
+# pi_c = -1, pi_r = -3, ref = -2 / -2: c = 1, r = -1, h = 2; lengths 2 and 4; beta = 0.5
+DPO_ARGS = (torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]))
+DPO_LENGTHS = dict(chosen_lengths=torch.tensor([2]), rejected_lengths=torch.tensor([4]))
+
+
+@pytest.mark.parametrize("loss_type, extra, expected", [
+    ("sigmoid", {}, 0.31326168751822286),                        # log(1 + e^-1)
+    ("hinge", {}, 0.0),                                           # relu(1 - 0.5 * 2)
+    ("ipo", {}, 0.0625),                                          # (1/2 + 1/4 - 1)^2
+    ("robust", {"label_smoothing": 0.1}, 0.1882616875182229),    # (.9*.31326 - .1*1.31326) / .8
+    ("bco_pair", {"bco_delta": 0.2}, 0.9575412933539851),        # log(1+e^-0.3) + log(1+e^-0.7)
+    ("sppo_hard", {}, 0.0),                                       # (1 - 1)^2 + (-1 + 1)^2
+    ("apo_zero", {}, 0.7550813375962908),                        # (1 - sig(0.5)) + sig(-0.5)
+    ("sigmoid_norm", {}, 0.52312326413984),                      # log(1 + e^-0.375)
+])
+def test_dpo_loss_family_hand_computed(loss_type, extra, expected):
+    out = dpo_loss(*DPO_ARGS, beta=0.5, loss_type=loss_type, **DPO_LENGTHS, **extra)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    # reward metrics: beta * summed log-ratio, whatever the loss normalises
+    assert out.chosen_rewards.item() == pytest.approx(0.5)
+    assert out.rejected_rewards.item() == pytest.approx(-0.5)
+
+
+def test_dpo_sppo_hard_off_target():
+    out = dpo_loss(*DPO_ARGS, beta=0.25, loss_type="sppo_hard")
+    assert out.loss.item() == pytest.approx(2.0)  # (1 - 2)^2 + (-1 + 2)^2
+
+
+def test_dpo_loss_type_errors():
+    with pytest.raises(ValueError, match="hinge"):
+        dpo_loss(*DPO_ARGS, beta=0.5, loss_type="nope")
+    with pytest.raises(ValueError, match="chosen_lengths"):
+        dpo_loss(*DPO_ARGS, beta=0.5, loss_type="ipo", chosen_lengths=torch.tensor([2]))

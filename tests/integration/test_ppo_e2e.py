@@ -152,7 +152,9 @@ def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_mode
     corrects for it, and groups whose samples all score the same are filtered out."""
     history = run_grpo(tmp_path / "async", tiny_model_path, tiny_data["prompts"],
                        "--train.batch_size", "8", "--train.num_iterations", "4",
-                       "--train.async_enable", "--algo.is_correction_cap", "2.0",
+                       "--train.async_enable", "--algo.advantage.is_correction_level", "token",
+                       "--algo.advantage.is_correction_mode", "clip",
+                       "--algo.advantage.is_correction_threshold", "2.0",
                        "--algo.dynamic_filtering_enable",
                        "--algo.dynamic_filtering_reward_range", "0", "1")
     trained = [m for m in history if not m.get("skipped")]
@@ -163,6 +165,35 @@ def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_mode
     assert all(0 < m["filter/kept_fraction"] <= 1 for m in history)
     # the sampler's policy lags the actor's by one update, so their log-probs now differ
     assert max(m["rollout_logprob_diff"] for m in trained[1:]) > 1e-3
+
+
+def test_flash_reinforce_with_trust_region_eval_and_loggers(tmp_path, tiny_model_path,
+                                                           tiny_data, monkeypatch):
+    """FlashREINFORCE (one sample per prompt, batch-mean baseline) with OpenRLHF's sequence
+    trust region (binary KL gate), a held-out greedy evaluation every 2 iterations, and the
+    metrics in TensorBoard and an offline W&B run (no network)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "flash"
+    history = run_grpo(out, tiny_model_path, tiny_data["prompts"],
+                       "--algo.advantage.estimator", "flash_reinforce",
+                       "--rollout.n_samples_per_prompt", "1", "--train.num_iterations", "3",
+                       "--algo.advantage.is_correction_level", "seq",
+                       "--algo.advantage.is_correction_gating", "binary_kl",
+                       "--algo.advantage.is_correction_threshold", "0.5",
+                       "--algo.loss_reduction", "sequence_mean",
+                       "--eval.dataset", str(tiny_data["prompts"]), "--eval.split", "train",
+                       "--eval.steps", "2", "--eval.max_samples", "6",
+                       "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q")
+    assert len(history) == 3
+    for m in history:
+        assert 0.0 <= m["actor/is_filter_ratio"] <= 1.0
+        assert abs(m["actor/vllm_kl"]) < 1.0  # sampler and actor hold the same weights
+    evals = [json.loads(x) for x in (out / "eval_metrics.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in evals] == [1, 2]  # after iteration 2 and after the last
+    assert all(e["eval/num_prompts"] == 6 and 0.0 <= e["eval/reward"] <= 1.0 for e in evals)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
 def test_ppo_with_an_external_http_reward_server(tmp_path, tiny_model_path, tiny_data):

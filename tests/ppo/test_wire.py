@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from quartet.algos.off_policy import ISCorrection
 from quartet.codec import CodecError, RowBatch
 from quartet.ppo.batch import (
     PolicyLossSettings,
@@ -73,6 +74,29 @@ def test_bad_loss_settings_and_out_of_order_slices():
         decode_policy_minibatch([reqs[1], reqs[0], *reqs[2:]])
     with pytest.raises(CodecError, match="total_rows"):
         decode_policy_minibatch(reqs[:-1])
+
+
+def test_gspo_is_correction_and_unbiased_kl_cross_the_wire():
+    mb = _policy_mb()
+    mb.rollout_logprobs = [t - 0.1 for t in mb.old_logprobs]
+    loss = PolicyLossSettings(
+        kl_coef=0.1, policy_loss_type="gspo", kl_unbiased_gradient=True,
+        is_correction=ISCorrection(level="seq", gating="binary_kl", threshold=(0.0, 0.005)))
+    reqs = list(encode_policy_minibatch(mb, loss, common_pb2.RequestHeader(), max_bytes=80))
+    out, out_loss, _ = decode_policy_minibatch(reqs)
+    assert out_loss == loss
+    for a, b in zip(out.rollout_logprobs, mb.rollout_logprobs, strict=True):
+        assert torch.equal(a, b)
+    mb.rollout_logprobs = None  # the correction needs the sampler's log-probs
+    with pytest.raises(CodecError, match="rollout_logprobs"):
+        decode_policy_minibatch(list(encode_policy_minibatch(mb, loss,
+                                                             common_pb2.RequestHeader())))
+    reqs = list(encode_policy_minibatch(mb, PolicyLossSettings(), common_pb2.RequestHeader()))
+    reqs[0].loss.is_correction_level = "token"
+    reqs[0].loss.is_correction_mode = "clip"
+    reqs[0].loss.is_correction_gating = "tv"
+    with pytest.raises(CodecError, match="is_correction"):
+        decode_policy_minibatch(reqs)
 
 
 def test_value_minibatch_round_trip():

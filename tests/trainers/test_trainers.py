@@ -79,6 +79,7 @@ def test_dpo_preference_accuracy_rises(world, tmp_path, tiny_model_path, separab
 @pytest.mark.parametrize("variant", [
     {"model.ipo_enable": True}, {"model.label_smoothing": 0.1},
     {"model.nll_loss_coef": 0.5, "ref.offload": True},
+    {"model.loss_type": "bco_pair", "model.aux_loss_coef": 0.01},
 ])
 def test_dpo_variants_train(world, tmp_path, tiny_model_path, separable, variant):
     job = _pref_job(DPOJobConfig, tmp_path, tiny_model_path, separable, **variant)
@@ -192,3 +193,25 @@ def test_saved_rm_loads_as_sequence_classifier(world, tmp_path, tiny_model_path,
     with torch.no_grad():
         logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, 0]
     assert torch.allclose(logits, torch.cat([chosen, rejected]), atol=1e-4)
+
+
+def test_sft_sequence_mean_loss_weighs_samples_equally(world, tmp_path, tiny_model_path,
+                                                       tiny_data):
+    """--model.loss_agg_mode seq-mean-token-mean: mean over samples of each sample's mean NLL,
+    the same packed or padded; a sample without targets is left out."""
+    trainer = SFTTrainer(_sft_job(tmp_path, tiny_model_path, tiny_data,
+                                  **{"model.loss_agg_mode": "seq-mean-token-mean"}), world)
+    a, b = trainer.train_samples[0], trainer.train_samples[1]
+    empty = TokenizedSample(a.input_ids[:5], [0] * 5)
+    per_sample = []
+    with torch.no_grad():
+        for s in (a, b):
+            ids = torch.tensor([s.input_ids])
+            logits = trainer.engine.module(input_ids=ids).logits[0, :-1]
+            targets = torch.tensor(s.target_mask[1:], dtype=torch.bool)
+            per_sample.append(float(F.cross_entropy(logits[targets], ids[0, 1:][targets])))
+    job = trainer.job
+    for packed in (False, True):
+        trainer.job = replace(job, ds=replace(job.ds, packing_samples=packed))
+        loss, _, _ = trainer.compute_loss([a, empty, b])
+        assert float(loss) == pytest.approx(sum(per_sample) / 2, rel=1e-5)
