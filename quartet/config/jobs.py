@@ -75,6 +75,10 @@ class RMJobConfig(TrainerJobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         reject_unused_keys(self.data, {"output_key": PAIRS_HAVE_NO_OUTPUT}, "train_rm")
+        check(self.model.aux_loss_coef == 0, "--model.aux_loss_coef",
+              "is not supported by train_rm: the reward model runs the decoder without its LM "
+              "head, and Hugging Face computes the MoE load-balancing loss only in the "
+              "*ForCausalLM forward; train an MoE reward model with 0")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from quartet.config.base import check, group_under
-from quartet.config.data import DataConfig
+from quartet.config.data import DataConfig, reject_unused_keys
 from quartet.config.jobs import SFTJobConfig, TrainerJobConfig
 from quartet.config.ref import RefConfig
 
@@ -30,10 +30,7 @@ __all__ = [
 def reject_unused_data(data: DataConfig, names: tuple[str, ...], command: str) -> None:
     """``--data.<name>`` flags a command does not read must keep their defaults: a set value
     would otherwise be silently ignored."""
-    defaults = DataConfig()
-    for name in names:
-        check(getattr(data, name) == getattr(defaults, name), f"--data.{name}",
-              f"is not used by {command}")
+    reject_unused_keys(data, dict.fromkeys(names, "the command never reads this key"), command)
 
 
 @dataclass(frozen=True)

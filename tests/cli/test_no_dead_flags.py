@@ -3,8 +3,9 @@
 How it works (and what it can and cannot see):
 
 1. The flags of each CLI come from its real parser (`train_sft`, `train_rm`, `train_dpo`,
-   `quartet ppo`, `quartet serve <role>`); a flag's *field* is the last part of its name
-   (`--ckpt.max_mem` -> `max_mem`, `--max-message-mb` -> `max_message_mb`).
+   `train_kto`, `train_kd`, `quartet ppo`, `quartet serve <role>`); a flag's *field* is the
+   last part of its name (`--ckpt.max_mem` -> `max_mem`, `--max-message-mb` ->
+   `max_message_mb`).
 2. The code a CLI runs is every module reachable from its entry module through `import`
    statements (also those inside functions) within `quartet/` and `services/`. Importing
    `a.b.c` follows `a/b/c.py` only, not the re-exports of the package `a/__init__.py`, so
@@ -35,6 +36,7 @@ import pytest
 
 from quartet.config.base import build_parser
 from quartet.config.jobs import DPOJobConfig, RMJobConfig, SFTJobConfig
+from quartet.config.methods import KDJobConfig, KTOJobConfig
 from quartet.config.renamed import RENAMED_FLAGS, RENAMED_PPO_FLAGS
 from quartet.roles import ROLES, server_module
 from services.coordinator.config import PPOJobConfig
@@ -212,17 +214,19 @@ def _defaults(job_cls, base: list[str]) -> dict:
 
 
 TRAINERS = {
-    "train_sft": (SFTJobConfig, "quartet/cli/train_sft.py"),
-    "train_rm": (RMJobConfig, "quartet/cli/train_rm.py"),
-    "train_dpo": (DPOJobConfig, "quartet/cli/train_dpo.py"),
+    "train_sft": (SFTJobConfig, "quartet/cli/train_sft.py", []),
+    "train_rm": (RMJobConfig, "quartet/cli/train_rm.py", []),
+    "train_dpo": (DPOJobConfig, "quartet/cli/train_dpo.py", []),
+    "train_kto": (KTOJobConfig, "quartet/cli/train_kto.py", []),
+    "train_kd": (KDJobConfig, "quartet/cli/train_kd.py", ["--teacher.model_name_or_path", "t"]),
 }
 
 
 @pytest.mark.parametrize("cli", sorted(TRAINERS))
 def test_trainer_flags_are_read_or_rejected(cli):
-    job_cls, entry = TRAINERS[cli]
+    job_cls, entry, extra = TRAINERS[cli]
     parser = _typed_parser(job_cls, RENAMED_FLAGS)
-    base = BASE_ARGS["trainer"]
+    base = BASE_ARGS["trainer"] + extra
     assert dead_flags(parser, (entry,), base, _defaults(job_cls, base)) == []
 
 
@@ -268,3 +272,22 @@ def test_old_ppo_flags_name_their_replacement(old, new, capsys):
     with pytest.raises(SystemExit):
         parse_config(PPOJobConfig, BASE_ARGS["ppo"] + [old, "1"], renamed=RENAMED_PPO_FLAGS)
     assert new.split()[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("job_cls, args, why", [
+    (RMJobConfig, ["--model.aux_loss_coef", "0.01"], "ForCausalLM"),
+    (SFTJobConfig, ["--ds.ring_attn_size", "2"], "RingAttention"),
+    (DPOJobConfig, ["--ds.ring_attn_head_stride", "2"], "RingAttention"),
+    (SFTJobConfig, ["--data.chosen_key", "c"], "preference pairs"),
+    (DPOJobConfig, ["--data.output_key", "o"], "no single --data.output_key"),
+    (PPOJobConfig, ["--data.max_len", "64"], "--rollout.prompt_max_len"),
+    (PPOJobConfig, ["--data.output_key", "o"], "samples the responses"),
+])
+def test_rejections_say_why(job_cls, args, why, capsys):
+    from quartet.config.base import parse_config
+
+    base = BASE_ARGS["ppo" if job_cls is PPOJobConfig else "trainer"]
+    with pytest.raises(SystemExit):
+        parse_config(job_cls, base + args)
+    err = capsys.readouterr().err
+    assert args[0] in err and why in err
