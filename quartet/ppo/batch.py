@@ -37,6 +37,13 @@ class PolicyLossSettings:
     """Correction of rollout vs actor log-probs (needs the rollout log-probs when enabled)."""
     kl_unbiased_gradient: bool = False
 
+    def __post_init__(self) -> None:
+        # `PolicyLossSettings(**asdict(other))` (and JSON) turn the nested value into a dict
+        if isinstance(self.is_correction, dict):
+            c = dict(self.is_correction)
+            c["threshold"] = tuple(c.get("threshold", (0.5, 5.0)))
+            self.is_correction = ISCorrection(**c)
+
 
 @dataclass
 class ValueLossSettings:

@@ -121,3 +121,13 @@ def test_one_pass_minibatch_travels_without_old_logprobs():
     assert out.old_logprobs is None and out_loss.old_logprobs_from_forward
     with pytest.raises(ValueError, match="old_logprobs"):
         list(encode_policy_minibatch(mb, PolicyLossSettings(), common_pb2.RequestHeader()))
+
+
+def test_policy_loss_settings_survive_asdict_round_trip():
+    """The PPO loop rebuilds the settings with `**asdict(...)` (KL in the loss)."""
+    from dataclasses import asdict
+
+    loss = PolicyLossSettings(is_correction=ISCorrection(level="token", mode="clip",
+                                                         threshold=2.0))
+    again = PolicyLossSettings(**{**asdict(loss), "kl_coef": 0.1})
+    assert again.is_correction == loss.is_correction and again.is_correction.enabled
