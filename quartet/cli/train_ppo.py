@@ -71,7 +71,7 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
             kl_estimator=algo.kl.estimator, reduction=algo.loss_reduction,
             temperature=r.temperature, policy_loss_type=cfg.actor.policy_loss_type,
             is_correction=algo.advantage.is_correction(),
-            kl_unbiased_gradient=algo.kl.unbiased_gradient,
+            kl_unbiased_gradient=algo.kl.unbiased_gradient, ptx_coef=cfg.actor.ptx_coef,
         ),
         value_loss=ValueLossSettings(clip_eps=cfg.critic.value_clip or None),
         init_kl_coef=algo.kl.init_coef,
@@ -165,6 +165,14 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                                  split=cfg.eval.split, dataset=cfg.eval.dataset,
                                  max_samples=cfg.eval.max_samples)
                     if cfg.eval.dataset else [])
+    pretrain = None
+    if cfg.data.pretrain_dataset:
+        from services.coordinator.ptx import PretrainRows, load_pretrain_samples
+
+        pretrain = PretrainRows(load_pretrain_samples(
+            cfg.data.pretrain_dataset, cfg.data.pretrain_split, cfg.data.pretrain_key,
+            cfg.rollout.prompt_max_len + cfg.rollout.max_new_tokens, cfg.data.max_samples,
+            tokenizer), cfg.train.seed)
     settings = loop_settings(cfg, str(out), run_id)
     log.info("PPO: %d prompts, estimator %s, %d iterations; settings %s", len(prompts),
              cfg.algo.advantage.estimator, cfg.train.num_iterations,
@@ -176,6 +184,10 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
             if addresses:
                 print(f"  {role:<9} {', '.join(addresses)}", flush=True)
         roles = services.roles()
+        if pretrain is not None:
+            from services.coordinator.ptx import PtxActor
+
+            roles = replace(roles, actor=PtxActor(roles.actor, pretrain))
         print(f"quartet ppo: services ready in {time.perf_counter() - started:.0f}s; "
               f"training {cfg.train.num_iterations} iterations", flush=True)
         printer = ProgressPrinter(cfg.train.num_iterations,

@@ -195,4 +195,7 @@ RENAMED_PPO_FLAGS: dict[str, str] = {
     "--gradient_checkpointing": "--actor.gradient_checkpointing_enable",
     "--lora_rank": "--ds.lora.rank",
     "--target_modules": "--ds.lora.target_modules",
+    "--ptx_coef": "--actor.ptx_coef",
+    "--pretrain_data": "--data.pretrain_dataset",
+    "--pretrain_split": "--data.pretrain_split",
 }

@@ -36,6 +36,8 @@ class PolicyLossSettings:
     is_correction: ISCorrection = field(default_factory=ISCorrection)
     """Correction of rollout vs actor log-probs (needs the rollout log-probs when enabled)."""
     kl_unbiased_gradient: bool = False
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of the next-token loss on the mini-batch's pre-training rows."""
 
     def __post_init__(self) -> None:
         # `PolicyLossSettings(**asdict(other))` (and JSON) turn the nested value into a dict
@@ -58,6 +60,8 @@ class PolicyMiniBatch:
     advantages: list[torch.Tensor]
     ref_logprobs: list[torch.Tensor] | None = None
     rollout_logprobs: list[torch.Tensor] | None = None
+    ptx: RowBatch | None = None
+    """PPO-ptx pre-training rows, one per policy row (prompt length 1), or None."""
 
     def slice(self, start: int, end: int) -> PolicyMiniBatch:
         return PolicyMiniBatch(
@@ -66,6 +70,7 @@ class PolicyMiniBatch:
             self.advantages[start:end],
             self.ref_logprobs[start:end] if self.ref_logprobs is not None else None,
             self.rollout_logprobs[start:end] if self.rollout_logprobs is not None else None,
+            self.ptx.slice(start, end) if self.ptx is not None else None,
         )
 
     @staticmethod
@@ -76,11 +81,15 @@ class PolicyMiniBatch:
                 return None
             return [t for v in lists for t in v]
 
+        ptx = None
+        if all(p.ptx is not None for p in parts):
+            ptx = RowBatch([r for p in parts for r in p.ptx.rows],
+                           [n for p in parts for n in p.ptx.prompt_lengths])
         return PolicyMiniBatch(
             RowBatch([r for p in parts for r in p.batch.rows],
                        [n for p in parts for n in p.batch.prompt_lengths]),
             cat("old_logprobs"), cat("advantages") or [], cat("ref_logprobs"),
-            cat("rollout_logprobs"),
+            cat("rollout_logprobs"), ptx,
         )
 
 

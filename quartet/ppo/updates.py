@@ -45,7 +45,7 @@ from quartet.ppo.batch import (
 )
 from quartet.serving.errors import InvalidArgument
 
-SHARE_METRICS = ("policy_loss", "kl_loss", "entropy", "value_loss")
+SHARE_METRICS = ("policy_loss", "kl_loss", "entropy", "value_loss", "ptx_loss")
 """Metrics that are shares of a mini-batch quantity (see module doc): summed, not averaged,
 over micro-batches and ranks."""
 
@@ -117,6 +117,8 @@ class PolicyUpdater(_Updater):
         """One optimizer step; `norm` counts the whole mini-batch (default: `mb` is all of
         it)."""
         norm = norm or LossNormaliser.of_lengths([a.numel() for a in mb.advantages])
+        ptx_norm = (LossNormaliser.of_lengths(mb.ptx.response_lengths())
+                    if mb.ptx is not None else None)
         metrics: list[dict[str, float]] = []
         info = None
         for micro, batch in self._micro_batches(mb):
@@ -167,11 +169,27 @@ class PolicyUpdater(_Updater):
                              old_logprobs=old, unbiased_gradient=loss_cfg.kl_unbiased_gradient)
                 loss = loss + loss_cfg.kl_coef * kl
                 m["kl_loss"] = float(kl.detach())
+            if loss_cfg.ptx_coef > 0 and micro.ptx is not None:
+                ptx = self._ptx_loss(micro.ptx, ptx_norm)
+                loss = loss + loss_cfg.ptx_coef * ptx
+                m["ptx_loss"] = float(ptx.detach())
             if out.aux_loss is not None:
                 m["aux_loss"] = float(out.aux_loss)
             info = self._step(loss) or info
             metrics.append(m)
         return self._summary(metrics, info)
+
+
+    def _ptx_loss(self, rows: RowBatch, norm: LossNormaliser) -> torch.Tensor:
+        """PPO-ptx (InstructGPT): this micro-batch's share of the token-mean next-token NLL
+        over the mini-batch's pre-training rows (`norm` counts this rank's rows; each rank's
+        share is divided by the world size, so ranks average)."""
+        batch = to_model_batch(rows, self.pad_id, self.packed)
+        logits = self.engine.forward(batch).logits[:, :-1]
+        labels, mask, _ = batch.shifted()
+        lp = token_logprobs(logits, labels.to(logits.device))
+        share = aggregate_loss(-lp, mask.to(logits.device), "token_mean", normaliser=norm)
+        return share / self.engine.world.world_size + 0.0 * logits.sum()
 
 
 class ValueUpdater(_Updater):

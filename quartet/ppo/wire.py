@@ -47,7 +47,7 @@ def policy_loss_to_proto(s: PolicyLossSettings) -> actor_pb2.PolicyLossConfig:
         is_correction_mode=s.is_correction.mode, is_correction_gating=s.is_correction.gating,
         is_correction_low=s.is_correction.threshold[0],
         is_correction_high=s.is_correction.threshold[1],
-        kl_unbiased_gradient=s.kl_unbiased_gradient,
+        kl_unbiased_gradient=s.kl_unbiased_gradient, ptx_coef=s.ptx_coef,
     )
 
 
@@ -62,6 +62,8 @@ def policy_loss_from_proto(msg: actor_pb2.PolicyLossConfig) -> PolicyLossSetting
                          f"expected one of {', '.join(KL_ESTIMATORS)}, got {msg.kl_estimator!r}")
     if msg.temperature < 0:
         raise CodecError(f"{f}.temperature", f"must be > 0, got {msg.temperature}")
+    if msg.ptx_coef < 0:
+        raise CodecError(f"{f}.ptx_coef", f"must be >= 0, got {msg.ptx_coef}")
     if msg.policy_loss_type and msg.policy_loss_type not in POLICY_LOSS_TYPES:
         raise CodecError(f"{f}.policy_loss_type", f"expected one of "
                          f"{', '.join(POLICY_LOSS_TYPES)}, got {msg.policy_loss_type!r}")
@@ -80,6 +82,7 @@ def policy_loss_from_proto(msg: actor_pb2.PolicyLossConfig) -> PolicyLossSetting
         old_logprobs_from_forward=msg.old_logprobs_from_forward,
         temperature=msg.temperature or 1.0, policy_loss_type=msg.policy_loss_type or "ppo",
         is_correction=correction, kl_unbiased_gradient=msg.kl_unbiased_gradient,
+        ptx_coef=msg.ptx_coef,
     )
 
 
@@ -107,6 +110,8 @@ def encode_policy_minibatch(
             req.ref_logprobs.CopyFrom(_f32(sub.ref_logprobs))
         if sub.rollout_logprobs is not None:
             req.rollout_logprobs.CopyFrom(_f32(sub.rollout_logprobs))
+        if sub.ptx is not None:
+            req.ptx_batch.CopyFrom(encode_token_batch(sub.ptx))
         if first:
             req.loss.CopyFrom(policy_loss_to_proto(loss))
             first = False
@@ -163,7 +168,15 @@ def decode_policy_minibatch(
                                  "required when loss.is_correction_level is token or seq")
             roll = ragged_from_proto(req.rollout_logprobs, "rollout_logprobs")
             check_per_token(roll, lengths, "rollout_logprobs")
-        parts.append(PolicyMiniBatch(batch, old, adv, ref, roll))
+        ptx = None
+        if loss.ptx_coef > 0:
+            if not req.HasField("ptx_batch"):
+                raise CodecError("ptx_batch", "required when loss.ptx_coef > 0")
+            ptx = decode_token_batch(req.ptx_batch, "ptx_batch", vocab_size, max_len)
+            if len(ptx) != len(batch):
+                raise CodecError("ptx_batch", f"has {len(ptx)} rows for the slice's "
+                                 f"{len(batch)} policy rows")
+        parts.append(PolicyMiniBatch(batch, old, adv, ref, roll, ptx))
     return PolicyMiniBatch.concat(parts), loss, reqs[0].header
 
 

@@ -43,6 +43,7 @@ class PolicyLossConfig(_message.Message):
     IS_CORRECTION_LOW_FIELD_NUMBER: _builtins.int
     IS_CORRECTION_HIGH_FIELD_NUMBER: _builtins.int
     KL_UNBIASED_GRADIENT_FIELD_NUMBER: _builtins.int
+    PTX_COEF_FIELD_NUMBER: _builtins.int
     clip_eps_low: _builtins.float
     clip_eps_high: _builtins.float
     dual_clip: _builtins.float
@@ -72,6 +73,8 @@ class PolicyLossConfig(_message.Message):
     is_correction_high: _builtins.float
     kl_unbiased_gradient: _builtins.bool
     """KL loss: keep the estimator's value, use the importance-weighted reverse-KL gradient."""
+    ptx_coef: _builtins.float
+    """PPO-ptx: weight of the next-token loss on ptx_batch added to the policy loss; 0 disables."""
     def __init__(
         self,
         *,
@@ -91,10 +94,11 @@ class PolicyLossConfig(_message.Message):
         is_correction_low: _builtins.float = ...,
         is_correction_high: _builtins.float = ...,
         kl_unbiased_gradient: _builtins.bool = ...,
+        ptx_coef: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_gating", b"is_correction_gating", "is_correction_high", b"is_correction_high", "is_correction_level", b"is_correction_level", "is_correction_low", b"is_correction_low", "is_correction_mode", b"is_correction_mode", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "kl_unbiased_gradient", b"kl_unbiased_gradient", "old_logprobs_from_forward", b"old_logprobs_from_forward", "policy_loss_type", b"policy_loss_type", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_eps_high", b"clip_eps_high", "clip_eps_low", b"clip_eps_low", "dual_clip", b"dual_clip", "entropy_coef", b"entropy_coef", "is_correction_gating", b"is_correction_gating", "is_correction_high", b"is_correction_high", "is_correction_level", b"is_correction_level", "is_correction_low", b"is_correction_low", "is_correction_mode", b"is_correction_mode", "kl_coef", b"kl_coef", "kl_estimator", b"kl_estimator", "kl_unbiased_gradient", b"kl_unbiased_gradient", "old_logprobs_from_forward", b"old_logprobs_from_forward", "policy_loss_type", b"policy_loss_type", "ptx_coef", b"ptx_coef", "reduction", b"reduction", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -114,6 +118,7 @@ class ActorTrainStepRequest(_message.Message):
     ROLLOUT_LOGPROBS_FIELD_NUMBER: _builtins.int
     LOSS_FIELD_NUMBER: _builtins.int
     TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    PTX_BATCH_FIELD_NUMBER: _builtins.int
     total_rows: _builtins.int
     """Rows in the whole mini-batch (all slices), so the server knows when it has them all."""
     @_builtins.property
@@ -138,6 +143,12 @@ class ActorTrainStepRequest(_message.Message):
     def loss(self) -> Global___PolicyLossConfig:
         """Set on the first slice; ignored on the others."""
 
+    @_builtins.property
+    def ptx_batch(self) -> _common_pb2.SequenceBatch:
+        """PPO-ptx: pre-training rows (prompt_length 1: every later token is a target), as many as
+        `batch` carries and sliced the same way. Needed only when loss.ptx_coef > 0.
+        """
+
     def __init__(
         self,
         *,
@@ -149,10 +160,11 @@ class ActorTrainStepRequest(_message.Message):
         rollout_logprobs: _common_pb2.Ragged | None = ...,
         loss: Global___PolicyLossConfig | None = ...,
         total_rows: _builtins.int = ...,
+        ptx_batch: _common_pb2.SequenceBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["advantages", b"advantages", "batch", b"batch", "header", b"header", "loss", b"loss", "old_logprobs", b"old_logprobs", "ref_logprobs", b"ref_logprobs", "rollout_logprobs", b"rollout_logprobs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advantages", b"advantages", "batch", b"batch", "header", b"header", "loss", b"loss", "old_logprobs", b"old_logprobs", "ptx_batch", b"ptx_batch", "ref_logprobs", b"ref_logprobs", "rollout_logprobs", b"rollout_logprobs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advantages", b"advantages", "batch", b"batch", "header", b"header", "loss", b"loss", "old_logprobs", b"old_logprobs", "ref_logprobs", b"ref_logprobs", "rollout_logprobs", b"rollout_logprobs", "total_rows", b"total_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advantages", b"advantages", "batch", b"batch", "header", b"header", "loss", b"loss", "old_logprobs", b"old_logprobs", "ptx_batch", b"ptx_batch", "ref_logprobs", b"ref_logprobs", "rollout_logprobs", b"rollout_logprobs", "total_rows", b"total_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

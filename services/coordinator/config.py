@@ -33,6 +33,12 @@ class PromptDataConfig(DataConfig):
     """Unused by RL (responses are sampled)."""
     label_key: str | None = None
     """Row key of the reference answer passed to reward functions as `labels`."""
+    pretrain_dataset: str | None = None
+    """PPO-ptx pre-training text (same formats as --data.dataset); needs --actor.ptx_coef."""
+    pretrain_split: str = "train"
+    """Split of --data.pretrain_dataset."""
+    pretrain_key: str = "text"
+    """Row key of the pre-training text."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +75,9 @@ class ActorGroup:
     """Iterations at the start that train only the critic."""
     policy_loss_type: Literal["ppo", "gspo"] = "ppo"
     """Policy loss: PPO's token ratio, or GSPO's sequence ratio (always a sequence-mean loss)."""
+    ptx_coef: float = 0.0
+    """PPO-ptx: weight of a next-token loss on --data.pretrain_dataset rows added to every
+    actor step (InstructGPT); 0 disables."""
 
     def __post_init__(self) -> None:
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
@@ -388,6 +397,10 @@ class PPOJobConfig:
               f"--rollout.n_samples_per_prompt = {rows}")
         check(not self.reward.offload or bool(self.reward.model_name_or_path),
               "--reward.offload", "applies to reward models; give --reward.model_name_or_path")
+        check((self.actor.ptx_coef > 0) == bool(self.data.pretrain_dataset), "--actor.ptx_coef",
+              "and --data.pretrain_dataset go together (PPO-ptx: a next-token loss on the "
+              "pre-training rows, weighted by ptx_coef > 0)")
+        check(self.actor.ptx_coef >= 0, "--actor.ptx_coef", "must be >= 0")
         if self.algo.dynamic_filtering_enable:
             check(self.rollout.n_samples_per_prompt > 1, "--algo.dynamic_filtering_enable",
                   "needs --rollout.n_samples_per_prompt > 1 (it filters prompt groups)")

@@ -170,8 +170,8 @@ def test_async_grpo_with_dynamic_filtering_and_is_correction(tmp_path, tiny_mode
 def test_flash_reinforce_with_trust_region_eval_and_loggers(tmp_path, tiny_model_path,
                                                            tiny_data, monkeypatch):
     """FlashREINFORCE (one sample per prompt, batch-mean baseline) with OpenRLHF's sequence
-    trust region (binary KL gate), a held-out greedy evaluation every 2 iterations, and the
-    metrics in TensorBoard and an offline W&B run (no network)."""
+    trust region (binary KL gate), PPO-ptx, a held-out greedy evaluation every 2 iterations,
+    and the metrics in TensorBoard and an offline W&B run (no network)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "flash"
@@ -184,8 +184,11 @@ def test_flash_reinforce_with_trust_region_eval_and_loggers(tmp_path, tiny_model
                        "--algo.loss_reduction", "sequence_mean",
                        "--eval.dataset", str(tiny_data["prompts"]), "--eval.split", "train",
                        "--eval.steps", "2", "--eval.max_samples", "6",
-                       "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q")
+                       "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q",
+                       "--actor.ptx_coef", "0.1", "--data.pretrain_dataset",
+                       str(tiny_data["sft"]), "--data.pretrain_key", "input")
     assert len(history) == 3
+    assert all(m["actor/ptx_loss"] > 0 for m in history)  # PPO-ptx rode along
     for m in history:
         assert 0.0 <= m["actor/is_filter_ratio"] <= 1.0
         assert abs(m["actor/vllm_kl"]) < 1.0  # sampler and actor hold the same weights

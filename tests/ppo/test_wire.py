@@ -131,3 +131,19 @@ def test_policy_loss_settings_survive_asdict_round_trip():
                                                          threshold=2.0))
     again = PolicyLossSettings(**{**asdict(loss), "kl_coef": 0.1})
     assert again.is_correction == loss.is_correction and again.is_correction.enabled
+
+
+def test_ptx_rows_cross_the_wire_sliced_like_the_batch():
+    mb = _policy_mb()
+    mb.ptx = RowBatch([torch.arange(1, 4 + i) for i in range(len(mb.batch))],
+                      [1] * len(mb.batch))
+    loss = PolicyLossSettings(ptx_coef=0.5)
+    reqs = list(encode_policy_minibatch(mb, loss, common_pb2.RequestHeader(), max_bytes=80))
+    assert len(reqs) > 1
+    out, out_loss, _ = decode_policy_minibatch(reqs)
+    assert out_loss.ptx_coef == 0.5
+    assert [r.tolist() for r in out.ptx.rows] == [r.tolist() for r in mb.ptx.rows]
+    mb.ptx = None
+    with pytest.raises(CodecError, match="ptx_batch"):
+        decode_policy_minibatch(list(encode_policy_minibatch(mb, loss,
+                                                             common_pb2.RequestHeader())))
