@@ -186,7 +186,7 @@ def test_flash_reinforce_with_trust_region_eval_and_loggers(tmp_path, tiny_model
                        "--eval.steps", "2", "--eval.max_samples", "6",
                        "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q",
                        "--actor.ptx_coef", "0.1", "--data.pretrain_dataset",
-                       str(tiny_data["sft"]), "--data.pretrain_key", "input")
+                       str(tiny_data["sft"]), "--data.pretrain_key", "question")
     assert len(history) == 3
     assert all(m["actor/ptx_loss"] > 0 for m in history)  # PPO-ptx rode along
     for m in history:
