@@ -29,8 +29,8 @@ class LoggerConfig:
 
     logging_steps: int = 1
     """Log every N optimizer steps."""
-    tensorboard_dir: str | None = None
-    """TensorBoard log directory (default: ``<output_dir>/tensorboard``); ``none`` disables."""
+    tensorboard_dir: str = ""
+    """TensorBoard log directory (empty: ``<output_dir>/tensorboard``); ``none`` disables."""
     metrics_file: str | None = None
     """jsonl metrics file (default: ``<output_dir>/metrics.jsonl``)."""
     progress_bar_enable: bool = True
