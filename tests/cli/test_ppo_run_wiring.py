@@ -34,35 +34,37 @@ class InProcessServices:
         return self._roles
 
 
-def test_flash_reinforce_eval_loggers_and_ptx_reach_the_run(tmp_path, tiny_model_path,
-                                                            tiny_data, monkeypatch):
+def in_process_run(monkeypatch, model, prompts, out, *flags: str):
+    """`quartet ppo`'s run() with these flags on the in-process roles; its history."""
     import services.coordinator.launch as launch
     from quartet.cli.train_ppo import run
 
     monkeypatch.setattr(launch, "PPOServices", InProcessServices)
+    return run(parse_config(PPOJobConfig, [
+        "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
+        "--reward.func", str(HERE / "digit_reward.py"), "--vllm.backend", "hf",
+        "--rollout.max_new_tokens", "4", "--train.micro_batch_size", "2",
+        "--train.num_iterations", "2", "--ckpt.output_dir", str(out),
+        "--ds.zero_stage", "0", "--ds.param_dtype", "fp32", *flags]))
+
+
+def test_flash_reinforce_eval_loggers_and_ptx_reach_the_run(tmp_path, tiny_model_path,
+                                                            tiny_data, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     out = tmp_path / "run"
-    cfg = parse_config(PPOJobConfig, [
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "digit_reward.py"), "--vllm.backend", "hf",
-        "--rollout.batch_size", "4", "--rollout.max_new_tokens", "4",
-        "--train.batch_size", "4", "--train.micro_batch_size", "2",
-        "--train.num_iterations", "2", "--algo.kl.init_coef", "0",
+    history = in_process_run(
+        monkeypatch, tiny_model_path, tiny_data["prompts"], out,
+        "--rollout.batch_size", "4", "--train.batch_size", "4", "--algo.kl.init_coef", "0",
         "--algo.advantage.estimator", "flash_reinforce",
         "--algo.advantage.is_correction_level", "seq",
         "--algo.advantage.is_correction_gating", "binary_kl",
-        "--algo.advantage.is_correction_threshold", "0.5",
-        "--actor.policy_loss_type", "ppo", "--algo.loss_reduction", "sequence_mean",
-        "--actor.ptx_coef", "0.1", "--data.pretrain_dataset", str(tiny_data["sft"]),
-        "--data.pretrain_key", "question",
+        "--algo.advantage.is_correction_threshold", "0.5", "--algo.loss_reduction",
+        "sequence_mean", "--actor.ptx_coef", "0.1",
+        "--data.pretrain_dataset", str(tiny_data["sft"]), "--data.pretrain_key", "question",
         "--eval.dataset", str(tiny_data["prompts"]), "--eval.split", "train",
         "--eval.steps", "1", "--eval.max_samples", "3",
-        "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q",
-        "--ckpt.output_dir", str(out), "--ds.zero_stage", "0", "--ds.param_dtype", "fp32",
-    ])
-    history = run(cfg)
+        "--logger.wandb.key", "offline-key", "--logger.wandb.project", "q")
     assert len(history) == 2
     for m in history:
         assert m["actor/ptx_loss"] > 0
@@ -87,24 +89,13 @@ def test_gspo_with_unbiased_kl_loss_and_mean_only_whitening_run(tmp_path, tiny_m
                                                                 tiny_data, monkeypatch):
     """GSPO, the KL in the loss with the unbiased gradient (the loop rebuilds the loss
     settings with `asdict`), REINFORCE++ with mean-only normalisation."""
-    import services.coordinator.launch as launch
-    from quartet.cli.train_ppo import run
-
-    monkeypatch.setattr(launch, "PPOServices", InProcessServices)
-    cfg = parse_config(PPOJobConfig, [
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "digit_reward.py"), "--vllm.backend", "hf",
+    history = in_process_run(
+        monkeypatch, tiny_model_path, tiny_data["prompts"], tmp_path / "run",
         "--rollout.batch_size", "2", "--rollout.n_samples_per_prompt", "2",
-        "--rollout.max_new_tokens", "4", "--train.batch_size", "4",
-        "--train.micro_batch_size", "2", "--train.num_iterations", "2",
+        "--train.batch_size", "4",
         "--algo.advantage.estimator", "reinforce_baseline", "--algo.advantage.no_std_norm",
         "--actor.policy_loss_type", "gspo", "--algo.kl.use_loss", "--algo.kl.estimator", "k3",
         "--algo.kl.init_coef", "0.01", "--algo.kl.unbiased_gradient",
-        "--logger.tensorboard_dir", "none", "--no-logger.progress_bar_enable",
-        "--ckpt.output_dir", str(tmp_path / "run"), "--ds.zero_stage", "0",
-        "--ds.param_dtype", "fp32",
-    ])
-    history = run(cfg)
+        "--logger.tensorboard_dir", "none", "--no-logger.progress_bar_enable")
     assert len(history) == 2 and all("actor/kl_loss" in m for m in history)
     assert not (tmp_path / "run" / "tensorboard").exists()
