@@ -230,17 +230,11 @@ def test_trainer_flags_are_read_or_rejected(cli):
     assert dead_flags(parser, (entry,), base, _defaults(job_cls, base)) == []
 
 
-# Being wired by the PPO checkpoint/resume work (services/coordinator/checkpoint.py, issue of
-# the "resume" helper): listed so main stays green until it lands; delete the entries then.
-PPO_PENDING = {"--ckpt.max_num", "--ckpt.max_mem", "--ckpt.load_enable", "--ckpt.disable_ds"}
-
-
 def test_ppo_flags_are_read_or_rejected():
     parser = _typed_parser(PPOJobConfig, RENAMED_PPO_FLAGS)
     roots = ("quartet/cli/train_ppo.py", *ROLE_SERVERS)
     base = BASE_ARGS["ppo"]
-    assert set(dead_flags(parser, roots, base, _defaults(PPOJobConfig, base))) - PPO_PENDING \
-        == set()
+    assert dead_flags(parser, roots, base, _defaults(PPOJobConfig, base)) == []
 
 
 @pytest.mark.parametrize("role", [r for r in ROLES])

@@ -33,6 +33,9 @@ class InProcessServices:
     def roles(self):
         return self._roles
 
+    def recovery(self):
+        return None  # no processes to restart
+
 
 def in_process_run(monkeypatch, model, prompts, out, *flags: str):
     """`quartet ppo`'s run() with these flags on the in-process roles; its history."""
