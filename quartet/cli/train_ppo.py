@@ -179,10 +179,16 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
              json.dumps(asdict(settings), default=str))
     print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
     started = time.perf_counter()
-    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(cfg, out) as services:
-        for role, addresses in services.addresses.items():
-            if addresses:
-                print(f"  {role:<9} {', '.join(addresses)}", flush=True)
+    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(
+            cfg, out, on_plan=lambda plan: print(plan.table(), flush=True)) as services:
+        if services.placement is not None:
+            for svc in services.placement.services:
+                print(f"  {svc.name:<10} {svc.address}", flush=True)
+            print(f"  (placement: {out / 'placement.json'})", flush=True)
+        else:
+            for role, addresses in services.addresses.items():
+                if addresses:
+                    print(f"  {role:<9} {', '.join(addresses)}", flush=True)
         roles = services.roles()
         if pretrain is not None:
             from services.coordinator.ptx import PtxActor

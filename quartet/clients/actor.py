@@ -39,6 +39,15 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
         metrics["policy_version"] = float(resp.policy_version)
         return metrics
 
+    def open_weight_group(self, world_size: int, master_address: str = "",
+                          timeout_s: float = 300.0) -> tuple[str, int]:
+        """Asks the actor to host the weight group's store: (address, port) on its host."""
+        resp = self._call("OpenWeightGroup", self.stub.OpenWeightGroup,
+                          actor_pb2.OpenWeightGroupRequest(
+                              master_address=master_address, world_size=world_size,
+                              timeout_s=timeout_s))
+        return resp.master_address, resp.master_port
+
     def init_weight_group(self, master_address: str, master_port: int, world_size: int,
                           backend: str = "gloo", group_name: str = "quartet-weights",
                           timeout_s: float = 300.0) -> common_pb2.InitWeightGroupResponse:

@@ -82,7 +82,8 @@ class TrainEngine:
         self.kind = kind
         self.ds = ds
         self.world = world
-        self.attn_implementation = resolve_attn_implementation(ds.attn_implementation)
+        self.attn_implementation = resolve_attn_implementation(ds.attn_implementation,
+                                                               ds.packing_samples)
         self.dtype = torch_dtype(ds.param_dtype)
         self.is_lora = ds.lora.rank > 0
         self.ds_config = build_ds_config(ds, optim, adam, muon, global_batch, micro_batch,

@@ -17,13 +17,24 @@ log = logging.getLogger(__name__)
 _FLASH = ("flash_attention_2", "flash_attention_3")
 
 
-def resolve_attn_implementation(requested: str) -> str:
-    """``requested``, or ``sdpa`` with a warning when flash-attn cannot run here."""
+def resolve_attn_implementation(requested: str, packing: bool = False) -> str:
+    """``requested``, or ``sdpa`` with a warning that names the fallback when flash-attn
+    cannot run here (not installed, or no CUDA GPU).
+
+    With packed samples the fallback is costly, so the warning says so: flash-attn keeps
+    samples apart with varlen kernels, sdpa needs a dense block-diagonal [N, N] mask per
+    packed row (memory grows with the square of the packed length)."""
     if requested in _FLASH:
         package = "flash_attn" if requested == "flash_attention_2" else "flash_attn_interface"
-        if importlib.util.find_spec(package) is None or not torch.cuda.is_available():
-            log.warning("--ds.attn_implementation %s needs the %s package and a CUDA GPU; "
-                        "falling back to sdpa", requested, package)
+        missing = importlib.util.find_spec(package) is None
+        if missing or not torch.cuda.is_available():
+            why = (f"the {package} package is not installed (pip install 'quartet[gpu]')"
+                   if missing else "there is no CUDA GPU here")
+            cost = (" With --ds.packing_samples every packed row then builds a dense "
+                    "[N, N] attention mask (memory grows with N^2); consider smaller "
+                    "--data.max_len or no packing." if packing else "")
+            log.warning("--ds.attn_implementation %s: %s; falling back to sdpa.%s",
+                        requested, why, cost)
             return "sdpa"
     return requested
 

@@ -74,7 +74,8 @@ def _quantization(ds: DeepSpeedConfig) -> Any:
 
 def _pretrained_kwargs(model: ModelConfig, ds: DeepSpeedConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "attn_implementation": resolve_attn_implementation(ds.attn_implementation),
+        "attn_implementation": resolve_attn_implementation(ds.attn_implementation,
+                                                           ds.packing_samples),
         "trust_remote_code": model.trust_remote_code,
         "dtype": torch.float32 if not ds.load_in_4bit else torch_dtype(ds.param_dtype),
     }

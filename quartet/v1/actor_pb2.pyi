@@ -198,6 +198,61 @@ class TrainStepResponse(_message.Message):
 Global___TrainStepResponse: _TypeAlias = TrainStepResponse  # noqa: Y015
 
 @_typing.final
+class OpenWeightGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    MASTER_ADDRESS_FIELD_NUMBER: _builtins.int
+    WORLD_SIZE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    master_address: _builtins.str
+    """Address the members connect to; empty: the actor's own (QUARTET_ADVERTISE_HOST, which
+    launchers set to the node's address, else loopback).
+    """
+    world_size: _builtins.int
+    """Members including the actor: 1 + every rollout worker (each TP worker counts)."""
+    timeout_s: _builtins.float
+    @_builtins.property
+    def header(self) -> _common_pb2.RequestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.RequestHeader | None = ...,
+        master_address: _builtins.str = ...,
+        world_size: _builtins.int = ...,
+        timeout_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "master_address", b"master_address", "timeout_s", b"timeout_s", "world_size", b"world_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenWeightGroupRequest: _TypeAlias = OpenWeightGroupRequest  # noqa: Y015
+
+@_typing.final
+class OpenWeightGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASTER_ADDRESS_FIELD_NUMBER: _builtins.int
+    MASTER_PORT_FIELD_NUMBER: _builtins.int
+    master_address: _builtins.str
+    master_port: _builtins.int
+    def __init__(
+        self,
+        *,
+        master_address: _builtins.str = ...,
+        master_port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["master_address", b"master_address", "master_port", b"master_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenWeightGroupResponse: _TypeAlias = OpenWeightGroupResponse  # noqa: Y015
+
+@_typing.final
 class BroadcastWeightsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

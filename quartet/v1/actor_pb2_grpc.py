@@ -60,6 +60,11 @@ class ActorStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
                 _registered_method=True)
+        self.OpenWeightGroup = channel.unary_unary(
+                '/quartet.v1.Actor/OpenWeightGroup',
+                request_serializer=quartet_dot_v1_dot_actor__pb2.OpenWeightGroupRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_actor__pb2.OpenWeightGroupResponse.FromString,
+                _registered_method=True)
         self.InitWeightGroup = channel.unary_unary(
                 '/quartet.v1.Actor/InitWeightGroup',
                 request_serializer=quartet_dot_v1_dot_common__pb2.InitWeightGroupRequest.SerializeToString,
@@ -120,6 +125,15 @@ class ActorServicer:
 
     def Load(self, request, context):
         """Restore a checkpoint Save wrote (resume, or rewind after a restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenWeightGroup(self, request, context):
+        """Open the weight group's rendezvous store on the actor's host (a port picked there) and
+        say where it is, so the group forms wherever the coordinator runs. InitWeightGroup with
+        that address and port then joins as rank 0 on the opened store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +201,11 @@ def add_ActorServicer_to_server(servicer, server):
                     servicer.Load,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.LoadRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.LoadResponse.SerializeToString,
+            ),
+            'OpenWeightGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenWeightGroup,
+                    request_deserializer=quartet_dot_v1_dot_actor__pb2.OpenWeightGroupRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_actor__pb2.OpenWeightGroupResponse.SerializeToString,
             ),
             'InitWeightGroup': grpc.unary_unary_rpc_method_handler(
                     servicer.InitWeightGroup,
@@ -349,6 +368,33 @@ class Actor:
             '/quartet.v1.Actor/Load',
             quartet_dot_v1_dot_common__pb2.LoadRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.LoadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenWeightGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Actor/OpenWeightGroup',
+            quartet_dot_v1_dot_actor__pb2.OpenWeightGroupRequest.SerializeToString,
+            quartet_dot_v1_dot_actor__pb2.OpenWeightGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

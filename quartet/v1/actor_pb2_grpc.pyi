@@ -45,6 +45,11 @@ class ActorStub:
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     Load: _grpc.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]
     """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
+    OpenWeightGroup: _grpc.UnaryUnaryMultiCallable[_actor_pb2.OpenWeightGroupRequest, _actor_pb2.OpenWeightGroupResponse]
+    """Open the weight group's rendezvous store on the actor's host (a port picked there) and
+    say where it is, so the group forms wherever the coordinator runs. InitWeightGroup with
+    that address and port then joins as rank 0 on the opened store.
+    """
     InitWeightGroup: _grpc.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _grpc.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]
@@ -71,6 +76,11 @@ class ActorAsyncStub(ActorStub):
     """Announce a run and its training settings before its first step (see PrepareRunRequest)."""
     Load: _aio.UnaryUnaryMultiCallable[_common_pb2.LoadRequest, _common_pb2.LoadResponse]  # type: ignore[assignment]
     """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
+    OpenWeightGroup: _aio.UnaryUnaryMultiCallable[_actor_pb2.OpenWeightGroupRequest, _actor_pb2.OpenWeightGroupResponse]  # type: ignore[assignment]
+    """Open the weight group's rendezvous store on the actor's host (a port picked there) and
+    say where it is, so the group forms wherever the coordinator runs. InitWeightGroup with
+    that address and port then joins as rank 0 on the opened store.
+    """
     InitWeightGroup: _aio.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]  # type: ignore[assignment]
     """Join the torch.distributed group shared with the rollout replicas, as rank 0."""
     GetWeightManifest: _aio.UnaryUnaryMultiCallable[_actor_pb2.GetWeightManifestRequest, _actor_pb2.WeightManifest]  # type: ignore[assignment]
@@ -124,6 +134,17 @@ class ActorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.LoadResponse, _abc.Awaitable[_common_pb2.LoadResponse]]:
         """Restore a checkpoint Save wrote (resume, or rewind after a restart)."""
+
+    @_abc_1.abstractmethod
+    def OpenWeightGroup(
+        self,
+        request: _actor_pb2.OpenWeightGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_actor_pb2.OpenWeightGroupResponse, _abc.Awaitable[_actor_pb2.OpenWeightGroupResponse]]:
+        """Open the weight group's rendezvous store on the actor's host (a port picked there) and
+        say where it is, so the group forms wherever the coordinator runs. InitWeightGroup with
+        that address and port then joins as rank 0 on the opened store.
+        """
 
     @_abc_1.abstractmethod
     def InitWeightGroup(

@@ -8,7 +8,14 @@ contract; this package moves the bytes.
 
 from quartet.weightsync.buckets import DEFAULT_BUCKET_BYTES, Bucket, plan_buckets
 from quartet.weightsync.errors import WeightSyncError
-from quartet.weightsync.group import WeightGroup, WeightGroupConfig, free_port, init_weight_group
+from quartet.weightsync.group import (
+    WeightGroup,
+    WeightGroupConfig,
+    advertised_host,
+    free_port,
+    host_store,
+    init_weight_group,
+)
 from quartet.weightsync.session import TransferStats, WeightReceiver, WeightSender
 from quartet.weightsync.specs import TensorSpec, manifest_digest, specs_of
 
@@ -22,7 +29,9 @@ __all__ = [
     "WeightReceiver",
     "WeightSender",
     "WeightSyncError",
+    "advertised_host",
     "free_port",
+    "host_store",
     "init_weight_group",
     "manifest_digest",
     "plan_buckets",

@@ -11,6 +11,7 @@ device of the buffers differs.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -94,15 +95,35 @@ class WeightGroup:
         self._pg = None  # type: ignore[assignment]
 
 
-def init_weight_group(config: WeightGroupConfig, device: torch.device | None = None) -> WeightGroup:
+ADVERTISE_HOST_ENV = "QUARTET_ADVERTISE_HOST"
+
+
+def advertised_host() -> str:
+    """The address other hosts reach this process at: `QUARTET_ADVERTISE_HOST` (launchers
+    set it: the node's IP under Ray) or loopback."""
+    return os.environ.get(ADVERTISE_HOST_ENV) or "127.0.0.1"
+
+
+def host_store(address: str, world_size: int, timeout_s: float) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a port the OS picks on this host (read `.port`).
+
+    Opened before any member joins, so the address and port come from the sender's host
+    and the coordinator may run anywhere."""
+    return dist.TCPStore(address, 0, world_size, is_master=True,
+                         timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+
+
+def init_weight_group(config: WeightGroupConfig, device: torch.device | None = None,
+                      store: dist.Store | None = None) -> WeightGroup:
     """Joins (rank > 0) or hosts (rank 0) the group; blocks until all `world_size` joined.
 
     Every member must call this concurrently (e.g. the coordinator asks the actor and each
-    rollout replica at the same time). `device` defaults to the current CUDA device for NCCL
-    and to CPU for gloo.
+    rollout replica at the same time). Rank 0 may pass the `store` it opened with
+    `host_store` (its port is then `config.master_port`). `device` defaults to the current
+    CUDA device for NCCL and to CPU for gloo.
     """
     timeout = timedelta(seconds=config.timeout_s)
-    store = dist.TCPStore(
+    store = store or dist.TCPStore(
         config.master_address,
         config.master_port,
         config.world_size,

@@ -14,12 +14,14 @@ from quartet.launch.threads import phase_threads
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import TrainingRole
 from quartet.ppo.updates import PolicyUpdater
-from quartet.serving.errors import FailedPrecondition
+from quartet.serving.errors import FailedPrecondition, InvalidArgument
 from quartet.weightsync import (
     TensorSpec,
     TransferStats,
     WeightGroupConfig,
     WeightSender,
+    advertised_host,
+    host_store,
     init_weight_group,
 )
 
@@ -34,6 +36,7 @@ class Actor(TrainingRole):
         self.updater = PolicyUpdater(self.engine, self.pad_id, cfg.train.micro_batch_size,
                                      self.rows_per_rank, packed=cfg.ds.packing_samples)
         self.sender: WeightSender | None = None
+        self._store = None  # the weight group's store, opened on this host
         self.weight_version = 0
 
     # ---------------------------------------------------------------- compute (all ranks)
@@ -84,11 +87,23 @@ class Actor(TrainingRole):
                            tuple(shape))
                 for name, shape, dt in self.engine.parameter_shapes()]
 
+    def open_weight_group(self, address: str, world_size: int,
+                          timeout_s: float) -> tuple[str, int]:
+        """Hosts the weight group's store here; returns (address, port) for the members."""
+        if world_size < 2:
+            raise InvalidArgument(f"world_size: must be >= 2, got {world_size}")
+        address = address or advertised_host()
+        self._store = host_store(address, world_size, timeout_s)
+        return address, self._store.port
+
     def init_weight_group(self, config: WeightGroupConfig) -> None:
         if config.rank != 0:
             raise FailedPrecondition(f"rank: the actor is rank 0 of the weight group, "
                                      f"got {config.rank}")
-        group = init_weight_group(config, self.world.device)
+        store = self._store if (self._store is not None
+                                and self._store.port == config.master_port) else None
+        self._store = None
+        group = init_weight_group(config, self.world.device, store)
         self.sender = WeightSender(group)
 
     def broadcast(self, version: int, bucket_bytes: int,

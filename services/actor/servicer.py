@@ -49,6 +49,12 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
     def Load(self, request, context):
         return load_response(self.actor, request)
 
+    def OpenWeightGroup(self, request, context):
+        address, port = self.actor.open_weight_group(request.master_address,
+                                                     request.world_size,
+                                                     request.timeout_s or 600.0)
+        return actor_pb2.OpenWeightGroupResponse(master_address=address, master_port=port)
+
     def InitWeightGroup(self, request, context):
         cfg = weight_group_config(request)
         self.actor.init_weight_group(cfg)

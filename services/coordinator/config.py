@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from quartet.algos.off_policy import ISCorrection
-from quartet.config.base import check, flat_group
+from quartet.config.base import ConfigError, check, flat_group
 from quartet.config.ckpt import CkptConfig
 from quartet.config.data import DataConfig, reject_unused_keys
 from quartet.config.deepspeed import DeepSpeedConfig
@@ -71,6 +71,10 @@ class ActorGroup:
     """Actor peak learning rate."""
     gradient_checkpointing_enable: bool = False
     """Recompute activations in backward to save memory."""
+    num_nodes: int = 1
+    """Nodes this role's ranks span (placement; multi-node needs --launcher ray)."""
+    num_gpus_per_node: int = 1
+    """Ranks (one GPU each; on a host without GPUs one CPU process each) per node."""
     freezing_steps: int = 0
     """Iterations at the start that train only the critic."""
     policy_loss_type: Literal["ppo", "gspo"] = "ppo"
@@ -95,6 +99,10 @@ class CriticGroup:
     """Critic peak learning rate."""
     value_clip: float = 0.2
     """Clip range of values around the old values; 0 disables."""
+    num_nodes: int = 1
+    """Nodes this role's ranks span (placement; multi-node needs --launcher ray)."""
+    num_gpus_per_node: int = 1
+    """Ranks (one GPU each; on a host without GPUs one CPU process each) per node."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,10 @@ class RefGroup:
     """host:port of a running reference service; empty starts one locally."""
     offload: bool = False
     """Keep the reference on CPU between calls."""
+    num_nodes: int = 1
+    """Nodes this role's ranks span (placement; multi-node needs --launcher ray)."""
+    num_gpus_per_node: int = 1
+    """Ranks (one GPU each; on a host without GPUs one CPU process each) per node."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,10 @@ class RewardGroup:
     remote_url: tuple[str, ...] = ()
     """OpenRLHF-style HTTP reward servers (POST {query, prompts, labels} -> {rewards, ...});
     each gets a local reward role proxying to it."""
+    num_nodes: int = 1
+    """Nodes each reward model's ranks span (placement; multi-node needs --launcher ray)."""
+    num_gpus_per_node: int = 1
+    """Ranks of each reward model per node (one GPU each; without GPUs one CPU process)."""
     remote_timeout_s: float = 30.0
     """Timeout of one HTTP attempt."""
     remote_retries: int = 3
@@ -162,12 +178,16 @@ class VllmGroup:
 
     num_engines: int = 1
     """Rollout replicas to start (embedded mode)."""
+    tensor_parallel_size: int = 1
+    """GPUs per rollout engine (vLLM tensor parallelism); every TP worker joins the weight
+    group as its own rank."""
     address: tuple[str, ...] = ()
     """host:port of running rollout services; empty starts num_engines locally."""
     backend: Literal["auto", "vllm", "hf"] = "auto"
     """Generation engine: vLLM when importable (auto), or Hugging Face generate."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the rollout engine; actor weights are cast to it when synced."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Dtype of the rollout engine (auto: bfloat16 on GPUs, float32 on CPU); actor weights
+    are cast to it when synced."""
     max_model_len: int | None = None
     """Context length of the rollout engine; None uses the model's."""
     gpu_memory_utilization: float = 0.5
@@ -182,11 +202,24 @@ class VllmGroup:
     sync_bucket_mb: int = 256
     """Bucket size of the weight broadcast, MiB."""
     sync_master_address: str | None = None
-    """Address the actor's weight-group store binds and the rollouts connect to; default: the
-    host of --actor.address, or 127.0.0.1 in embedded mode."""
+    """Address the rollouts reach the actor's weight-group store at; default: the host of
+    --actor.address, else the address the actor advertises for its host (a launcher sets
+    it: loopback locally, the node's IP under Ray). The port is picked on the actor's host."""
+
+    def engine_dtype(self, on_gpu: bool) -> str:
+        """dtype with auto resolved: bfloat16 on GPUs (as OpenRLHF runs), float32 on CPU
+        (no fast bf16 kernels on most CPUs)."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if on_gpu else "float32"
 
     def __post_init__(self) -> None:
         check(self.num_engines >= 1, "num_engines", f"must be >= 1, got {self.num_engines}")
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size",
+              f"must be >= 1, got {self.tensor_parallel_size}")
+        check(self.tensor_parallel_size == 1 or self.backend == "vllm", "tensor_parallel_size",
+              f"{self.tensor_parallel_size} needs --vllm.backend vllm (Hugging Face generate "
+              "has no tensor parallelism)")
 
 
 @dataclass(frozen=True)
@@ -234,6 +267,14 @@ class PPOTrainGroup:
     """Seed of data order, sampling and new heads."""
     async_enable: bool = False
     """Generate the next rollout batch while this one trains (one version stale)."""
+    colocate_actor_ref: bool = False
+    """Actor and reference share devices (each gets half of every one)."""
+    colocate_critic_reward: bool = False
+    """Critic and the reward model(s) share devices."""
+    colocate_all_models: bool = False
+    """Actor, critic, reference, reward models and the rollout engines share one pool of
+    devices (engines x TP must equal the actor's devices); vLLM sleeps while the trainers
+    work where the engine supports it (a no-op on CPU)."""
 
     def __post_init__(self) -> None:
         check_batch_sizes(self.batch_size, self.micro_batch_size)
@@ -351,6 +392,24 @@ class RestartGroup:
 
 
 @dataclass(frozen=True)
+class LaunchGroup:
+    """``--launcher``: who places the services this run starts."""
+
+    launcher: Literal["local", "ray"] = "local"
+    """local: processes on this host (devices assigned per role); ray: placement groups on a
+    Ray cluster (--ray.address), or on a local Ray instance started for the run."""
+
+
+@dataclass(frozen=True)
+class RayGroup:
+    """``--ray.*``: the Ray cluster of --launcher ray."""
+
+    address: str | None = None
+    """Address of a running Ray cluster (host:port, or ``auto``); empty starts a local one
+    for the run (loopback, free ports, no dashboard) and ends it afterwards."""
+
+
+@dataclass(frozen=True)
 class PPOJobConfig:
     """PPO (and its critic-free variants) across six services."""
 
@@ -371,6 +430,8 @@ class PPOJobConfig:
     trace: TraceConfig = field(default_factory=TraceConfig)
     cluster: RegistryConfig = flat_group(RegistryConfig)
     restart: RestartGroup = field(default_factory=RestartGroup)
+    launch: LaunchGroup = flat_group(LaunchGroup)
+    ray: RayGroup = field(default_factory=RayGroup)
 
     def __post_init__(self) -> None:
         check(bool(self.actor.model_name_or_path) or bool(self.actor.address),
@@ -425,11 +486,28 @@ class PPOJobConfig:
                                                        len(self.vllm.address)),
               "--restart.min_rollout_replicas",
               f"{self.restart.min_rollout_replicas} is more than the rollout replicas")
+        if self.ray.address:
+            check(self.launch.launcher == "ray", "--ray.address", "needs --launcher ray")
+        if self.cluster.registry:
+            check(self.launch.launcher == "local", "--launcher",
+                  "registry mode starts no services, so nothing is placed; drop --launcher ray")
+        self._check_placement()
         group = ("rloo", "group_norm", "dr_grpo", "reinforce_baseline")
         if self.algo.advantage.estimator in group:
             check(self.rollout.n_samples_per_prompt > 1, "--rollout.n_samples_per_prompt",
                   f"must be > 1 for --algo.advantage.estimator "
                   f"{self.algo.advantage.estimator} (it compares samples of one prompt)")
+
+    def _check_placement(self) -> None:
+        """The per-role device flags and colocation options must describe a placement."""
+        from quartet.launch.placement import PlacementError
+        from services.coordinator.placement import ppo_placement
+
+        try:
+            ppo_placement(self)
+        except PlacementError as exc:
+            flag, _, reason = str(exc).partition(": ")
+            raise ConfigError(flag, reason) from None
 
     @property
     def needs_critic(self) -> bool:

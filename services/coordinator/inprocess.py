@@ -138,9 +138,12 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
                                  concurrency=r.remote_concurrency) for u in r.remote_url]
     if cfg.reward.address:
         raise ValueError("--reward.address: in-process mode runs no remote reward services")
+    import torch
+
+    dtype = cfg.vllm.engine_dtype(torch.cuda.is_available())
     engines = [
         RolloutEngine(build_generator(cfg.vllm.backend, cfg.actor.model_name_or_path,
-                                      dtype=cfg.vllm.dtype, max_model_len=cfg.vllm.max_model_len,
+                                      dtype=dtype, max_model_len=cfg.vllm.max_model_len,
                                       seed=cfg.train.seed + i))
         for i in range(cfg.vllm.num_engines)
     ]
@@ -151,5 +154,5 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
         reward_weights=list(cfg.reward.weights) or [1.0] * len(rewards),
         reference=LocalReference(reference) if reference is not None else None,
         critic=LocalCritic(critic) if critic is not None else None,
-        sync_weights=LocalWeightSync(actor, engines, cfg.vllm.dtype),
+        sync_weights=LocalWeightSync(actor, engines, dtype),
     )

@@ -1,8 +1,9 @@
 """Turns a `quartet ppo` config into running roles and the clients the loop talks to.
 
-Embedded mode: a role without an `address` is started here as a local `quartet serve`
-process on a free loopback port and stopped at the end. Cluster mode: a role with an
-address is only connected to. Either way the loop sees the same `PPORoles`.
+Embedded mode: a role without an `address` is placed (`services/coordinator/placement.py`)
+and started by the launcher (`--launcher local`: `quartet serve` processes on this host;
+`ray`: the same processes in Ray placement groups), and stopped at the end. Cluster mode: a
+role with an address is only connected to. Either way the loop sees the same `PPORoles`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -24,8 +26,10 @@ from quartet.clients.rollout import GrpcRolloutClient
 from quartet.config.base import config_to_argv
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig
-from quartet.launch.local import LocalCluster
+from quartet.launch.launcher import Launcher, ServiceCommand
+from quartet.launch.local_launcher import LocalLauncher
 from quartet.launch.memory import check_budget
+from quartet.launch.placement import PlacementPlan
 from quartet.launch.threads import available_cores, role_threads, thread_env
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
@@ -36,6 +40,7 @@ from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.membership import RolloutMembership, discover
 from services.coordinator.memory_budget import ppo_budget
+from services.coordinator.placement import ppo_placement
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.recovery import RestartPolicy, RoleRecovery
 from services.coordinator.weight_sync import (
@@ -136,27 +141,112 @@ def thread_plan(cfg: PPOJobConfig, cores: int | None = None) -> dict[str, dict[s
                         async_generation=cfg.train.async_enable)
 
 
-def rollout_eager(cfg: PPOJobConfig) -> bool:
-    """`--vllm.enforce_eager`, resolved: None means eager on a host without a GPU."""
+def rollout_eager(cfg: PPOJobConfig, on_gpu: bool) -> bool:
+    """`--vllm.enforce_eager`, resolved: None means eager where the engines have no GPU."""
     if cfg.vllm.enforce_eager is not None:
         return cfg.vllm.enforce_eager
+    return not on_gpu
+
+
+def service_commands(cfg: PPOJobConfig, device_kind: str,
+                     threads: dict[str, dict[str, int]]) -> dict[str, ServiceCommand]:
+    """The `quartet serve` command of every service this run starts, by service name;
+    `threads`: per role and phase (`thread_plan`), passed in the environment."""
+    cmds: dict[str, ServiceCommand] = {}
+    actor_model = cfg.actor.model_name_or_path
+    if not cfg.actor.address:
+        cmds["actor"] = ServiceCommand("actor", tuple(config_to_argv(training_role_config(
+            cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file))),
+            thread_env(threads["actor"]))
+    if cfg.needs_critic and not cfg.critic.address:
+        model, gguf = critic_model(cfg)
+        cmds["critic"] = ServiceCommand("critic", tuple(config_to_argv(training_role_config(
+            cfg, model, cfg.critic.learning_rate, gguf))), thread_env(threads["critic"]))
+    if cfg.needs_reference and not cfg.ref.address:
+        ref_model = cfg.ref.model_name_or_path or actor_model
+        args = ["--model", ref_model, "--dtype", frozen_dtype(cfg)]
+        if cfg.actor.gguf_file and ref_model == actor_model:
+            args += ["--gguf-file", cfg.actor.gguf_file]
+        if cfg.ref.offload:
+            args.append("--offload")
+        if cfg.ds.zero_stage == 3:
+            args += ["--zero-stage", "3"]
+        cmds["reference"] = ServiceCommand("reference", tuple(args),
+                                           thread_env(threads["reference"]))
+    r = cfg.reward
+    sources = ([["--model", m, "--dtype", frozen_dtype(cfg)]
+                + (["--offload"] if r.offload else []) for m in r.model_name_or_path]
+               + [["--reward-func", str(Path(f).resolve())] for f in r.func]
+               + [["--remote-url", url, "--remote-timeout-s", repr(r.remote_timeout_s),
+                   "--remote-retries", str(r.remote_retries),
+                   "--remote-batch-size", str(r.remote_batch_size),
+                   "--remote-concurrency", str(r.remote_concurrency)] for url in r.remote_url])
+    for i, args in enumerate(sources):  # reward models get the reward role's threads
+        env = thread_env(threads["reward"]) if i < len(r.model_name_or_path) else {}
+        cmds[f"reward{i}"] = ServiceCommand("reward", tuple(args), env)
+    if not cfg.vllm.address:
+        v = cfg.vllm
+        for i in range(v.num_engines):
+            args = ["--model", actor_model, "--backend", v.backend,
+                    "--dtype", v.engine_dtype(device_kind == "cuda"),
+                    "--seed", str(cfg.train.seed + i),
+                    "--tensor-parallel-size", str(v.tensor_parallel_size),
+                    "--gpu-memory-utilization", repr(v.gpu_memory_utilization)]
+            if v.max_model_len:
+                args += ["--max-model-len", str(v.max_model_len)]
+            if rollout_eager(cfg, device_kind == "cuda"):
+                args.append("--enforce-eager")
+            if cfg.train.colocate_all_models:
+                args.append("--sleep-when-idle")
+            cmds[f"rollout{i}"] = ServiceCommand("rollout", tuple(args))
+    return cmds
+
+
+def make_launcher(cfg: PPOJobConfig, log_dir: Path, service_args: list[str]) -> Launcher:
+    """`service_args` go to every service (`PPOServices.service_args`)."""
+    env = {"OMP_NUM_THREADS": "1"}
+    if cfg.launch.launcher == "ray":
+        from quartet.launch.ray_launcher import RayLauncher
+
+        return RayLauncher(log_dir, address=cfg.ray.address, env=env,
+                           service_args=service_args)
+    return LocalLauncher(log_dir, env=env, service_args=service_args)
+
+
+def on_gpus(plan: PlacementPlan | None, kind: str | None) -> bool:
+    """Whether the actor and the rollouts hold GPUs (then the weight group uses NCCL):
+    from the plan when this run placed them, else from this host."""
+    if plan is not None and kind == "cuda":
+        placed = [s for s in plan.services if s.role in ("actor", "rollout")
+                  and s.pool != "external"]
+        if placed and all(s.devices_per_rank for s in placed):
+            return True
+    if plan is not None and kind == "cpu":
+        return False
     import torch
 
-    return not torch.cuda.is_available()
+    return torch.cuda.is_available()
 
 
 class PPOServices:
-    """Starts (or connects to) every role the config needs; a context manager."""
+    """Places and starts (or connects to) every role the config needs; a context manager.
+
+    The launcher realises the placement plan (`placement.json` in the run directory) and
+    reports addresses; everything after that talks gRPC to those addresses.
+    """
 
     def __init__(self, cfg: PPOJobConfig, run_dir: str | Path,
-                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0) -> None:
+                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0,
+                 on_plan: Callable[[PlacementPlan], None] | None = None) -> None:
+        """`on_plan` sees the plan before the launcher starts anything (to print it)."""
         self.cfg = cfg
+        self.on_plan = on_plan
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"},
-                                    service_args=self.service_args())
+        self.launcher = make_launcher(cfg, self.run_dir / "logs", self.service_args())
         self.threads = thread_plan(cfg)
+        self.placement: PlacementPlan | None = None
         self.addresses: dict[str, list[str]] = {}
         self.replica_names: dict[str, str] = {}
         self.sync: WeightSync | None = None
@@ -195,96 +285,25 @@ class PPOServices:
                 static[role] = [r.address for r in chosen]
         return static
 
-    def _threads_env(self, role: str) -> dict[str, str]:
-        return thread_env(self.threads[role])
-
     # ---------------------------------------------------------------- starting
-    def _start_local(self) -> dict[str, list[str]]:
-        cfg = self.cfg
-        names: dict[str, list[str]] = {"actor": [], "critic": [], "reference": [],
-                                       "reward": [], "rollout": []}
-        actor_model = cfg.actor.model_name_or_path
-        if not cfg.actor.address:
-            self.cluster.start("actor", config_to_argv(training_role_config(
-                cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file)),
-                env=self._threads_env("actor"))
-            names["actor"].append("actor")
-        if cfg.needs_critic and not cfg.critic.address:
-            model, gguf = critic_model(cfg)
-            self.cluster.start("critic", config_to_argv(training_role_config(
-                cfg, model, cfg.critic.learning_rate, gguf)), env=self._threads_env("critic"))
-            names["critic"].append("critic")
-        if cfg.needs_reference and not cfg.ref.address:
-            ref_model = cfg.ref.model_name_or_path or actor_model
-            args = ["--model", ref_model, "--dtype", frozen_dtype(cfg)]
-            if cfg.actor.gguf_file and ref_model == actor_model:
-                args += ["--gguf-file", cfg.actor.gguf_file]
-            if cfg.ref.offload:
-                args.append("--offload")
-            if cfg.ds.zero_stage == 3:
-                args += ["--zero-stage", "3"]
-            self.cluster.start("reference", args, env=self._threads_env("reference"))
-            names["reference"].append("reference")
-        for i, model in enumerate(cfg.reward.model_name_or_path):
-            args = ["--model", model, "--dtype", frozen_dtype(cfg)]
-            self.cluster.start("reward", args + (["--offload"] if cfg.reward.offload else []),
-                               name=f"reward{i}", env=self._threads_env("reward"))
-            names["reward"].append(f"reward{i}")
-        offset = len(cfg.reward.model_name_or_path)
-        for i, func in enumerate(cfg.reward.func):
-            name = f"reward{offset + i}"
-            self.cluster.start("reward", ["--reward-func", str(Path(func).resolve())], name=name)
-            names["reward"].append(name)
-        offset += len(cfg.reward.func)
-        r = cfg.reward
-        for i, url in enumerate(r.remote_url):
-            name = f"reward{offset + i}"
-            self.cluster.start("reward", [
-                "--remote-url", url, "--remote-timeout-s", repr(r.remote_timeout_s),
-                "--remote-retries", str(r.remote_retries),
-                "--remote-batch-size", str(r.remote_batch_size),
-                "--remote-concurrency", str(r.remote_concurrency)], name=name)
-            names["reward"].append(name)
-        if not cfg.vllm.address:
-            for i in range(cfg.vllm.num_engines):
-                name = f"rollout{i}"
-                args = ["--model", actor_model, "--backend", cfg.vllm.backend,
-                        "--dtype", cfg.vllm.dtype, "--seed", str(cfg.train.seed + i)]
-                if cfg.vllm.max_model_len:
-                    args += ["--max-model-len", str(cfg.vllm.max_model_len)]
-                if rollout_eager(cfg):
-                    args.append("--enforce-eager")
-                self.cluster.start("rollout", args, name=name)
-                names["rollout"].append(name)
-        return names
-
     def start(self) -> None:
-        cfg = self.cfg
         started = time.perf_counter()
         if self.registry is not None:
             self.addresses = self._discover()
-            log.info("discovered from %s: %s", cfg.cluster.registry, self.addresses)
+            log.info("discovered from %s: %s", self.cfg.cluster.registry, self.addresses)
             return
-        check_budget(ppo_budget(cfg, critic_model(cfg)[0]))
-        names = self._start_local()
-        if self.cluster.services:
-            log.info("waiting for %d local services: %s", len(self.cluster.services),
-                     ", ".join(self.cluster.services))
-            self.cluster.wait_healthy(self.start_timeout_s)
-        svc = self.cluster.services
-
-        def addr(name: str) -> str:
-            return svc[name].address
-
-        self.addresses = {
-            "actor": [cfg.actor.address] if cfg.actor.address else [addr("actor")],
-            "critic": ([cfg.critic.address] if cfg.critic.address else
-                       [addr(n) for n in names["critic"]]),
-            "reference": ([cfg.ref.address] if cfg.ref.address else
-                          [addr(n) for n in names["reference"]]),
-            "reward": [addr(n) for n in names["reward"]] + list(cfg.reward.address),
-            "rollout": list(cfg.vllm.address) or [addr(n) for n in names["rollout"]],
-        }
+        kind, per_node = self.launcher.resources()
+        plan = ppo_placement(self.cfg, per_node, kind)
+        log.info("%s", plan.table())
+        if self.on_plan is not None:
+            self.on_plan(plan)
+        if self.cfg.ray.address is None:  # every service runs on this host
+            check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0]))
+        commands = service_commands(self.cfg, kind, self.threads)
+        self.placement = plan = self.launcher.launch(plan, commands, self.start_timeout_s)
+        plan.write(self.run_dir / "placement.json")
+        self.addresses = {role: [s.address for s in plan.of_role(role)]
+                          for role in ("actor", "critic", "reference", "reward", "rollout")}
         for role, addresses in self.addresses.items():
             for a in addresses:
                 wait_for_serving(a, self.start_timeout_s, what=role)
@@ -302,17 +321,19 @@ class PPOServices:
         weights = list(cfg.reward.weights) or [1.0] * len(rewards)
         backend = cfg.vllm.sync_backend
         sync: WeightSync
+        kind = self.placement.device_kind if self.placement else None
+        dtype = cfg.vllm.engine_dtype(on_gpus(self.placement, kind))
         if backend == "grpc" or (backend == "auto" and self.registry is not None):
-            sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype)
+            sync = StreamedWeightSync(actor, rollout_clients, dtype)
         else:
             if backend == "auto":
-                import torch
-
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
+                backend = "nccl" if on_gpus(self.placement, kind) else "gloo"
             master = cfg.vllm.sync_master_address or (
-                cfg.actor.address.rsplit(":", 1)[0] if cfg.actor.address else "127.0.0.1")
-            sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
-                                   cfg.vllm.sync_bucket_mb << 20, master_address=master)
+                cfg.actor.address.rsplit(":", 1)[0] if cfg.actor.address else "")
+            sync = GroupWeightSync(
+                actor, rollout_clients, backend, dtype, cfg.vllm.sync_bucket_mb << 20,
+                master_address=master,
+                workers_per_replica=cfg.vllm.tensor_parallel_size)
         sync.setup()
         self.sync = sync
         replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""), sync.versions)
@@ -350,12 +371,12 @@ class PPOServices:
             return None
         policy = RestartPolicy(self.cfg.restart.max_restarts,
                                self.cfg.restart.min_rollout_replicas, self.start_timeout_s)
-        return RoleRecovery(self.cluster, policy, self.sync)
+        return RoleRecovery(self.launcher.supervisor, policy, self.sync)
 
     def stop(self) -> None:
         if self.registry is not None:
             self.registry.close()
-        codes = self.cluster.stop()
+        codes = self.launcher.stop()
         bad = {k: v for k, v in codes.items() if v not in (0, None)}
         if bad:
             log.warning("services exited with non-zero codes: %s", bad)

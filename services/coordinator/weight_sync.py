@@ -30,7 +30,7 @@ from quartet.clients.rollout import (
 from quartet.codec.dtypes import float_dtype
 from quartet.telemetry import ContextThreadPoolExecutor
 from quartet.v1 import rollout_pb2
-from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
+from quartet.weightsync import TensorSpec, WeightGroupConfig
 
 log = logging.getLogger("quartet.coordinator")
 
@@ -130,11 +130,28 @@ class WeightSync:
         self.reform()
 
 
+def weight_group_ranks(workers_per_replica: Sequence[int]) -> tuple[int, list[int]]:
+    """(world size, first rank of each replica): the actor is rank 0 and every worker of
+    every replica (each tensor-parallel worker) holds its own rank after it."""
+    firsts, nxt = [], 1
+    for n in workers_per_replica:
+        if n < 1:
+            raise ValueError(f"workers_per_replica: must be >= 1, got {n}")
+        firsts.append(nxt)
+        nxt += n
+    return nxt, firsts
+
+
 class GroupWeightSync(WeightSync):
+    """`workers_per_replica`: weight-group ranks each replica takes (its tensor-parallel
+    size). `master_address`: empty lets the actor advertise its own host."""
+
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
                  backend: str = "gloo", dtype: str = "float32", bucket_bytes: int = 256 << 20,
-                 master_address: str = "127.0.0.1", timeout_s: float = 600.0) -> None:
+                 master_address: str = "", timeout_s: float = 600.0,
+                 workers_per_replica: int = 1) -> None:
         super().__init__(actor, rollouts, dtype)
+        self.workers_per_replica = workers_per_replica
         self.backend = backend
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
@@ -142,18 +159,21 @@ class GroupWeightSync(WeightSync):
         self._formed = False
 
     def setup(self) -> None:
-        """Every member joins the group concurrently (rendezvous through the actor's store)."""
-        cfg = WeightGroupConfig(self.master_address, free_port(self.master_address),
-                                1 + len(self.rollouts), 0, self.backend, "quartet-weights",
+        """Every member joins the group concurrently, through a store the actor opened on
+        its own host (so the coordinator may run elsewhere)."""
+        world, firsts = weight_group_ranks([self.workers_per_replica] * len(self.rollouts))
+        address, port = self.actor.open_weight_group(world, self.master_address,
+                                                     self.timeout_s)
+        cfg = WeightGroupConfig(address, port, world, 0, self.backend, "quartet-weights",
                                 self.timeout_s)
-        futures = [r.init_weight_group_future(cfg.with_rank(i + 1))
-                   for i, r in enumerate(self.rollouts)]
+        futures = [r.init_weight_group_future(cfg.with_rank(first))
+                   for first, r in zip(firsts, self.rollouts, strict=True)]
         self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
                                      cfg.backend, cfg.group_name, cfg.timeout_s)
         await_joins(self.rollouts, futures)
         self._formed = True
-        log.info("weight group formed: actor + %d rollout replica(s) over %s",
-                 len(self.rollouts), self.backend)
+        log.info("weight group formed at %s:%d: actor + %d rollout replica(s), %d workers, "
+                 "over %s", address, port, len(self.rollouts), world - 1, self.backend)
 
     def reform(self) -> None:
         self._formed = False

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="vLLM engine core in a separate process (auto: on GPU yes, on CPU no)")
     g.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
                    help="vLLM: run eagerly, no torch.compile (starts faster; default: vLLM's)")
+    g.add_argument("--sleep-when-idle", action="store_true",
+                   help="vLLM on GPU: sleep (free GPU memory) between generations, wake for "
+                        "the next one or a weight update (colocated with trainers); a no-op "
+                        "on CPU and with the HF backend")
     g.add_argument("--max-batch-rows", type=int, default=256,
                    help="HF backend: most rows (prompts x n) per generate call")
 
@@ -51,11 +55,13 @@ def build_engine(args: argparse.Namespace):
         multiprocess={"auto": None, "on": True, "off": False}[args.engine_process],
         max_batch_rows=args.max_batch_rows,
         enforce_eager=args.enforce_eager,
+        sleep_mode=args.sleep_when_idle,
     )
     log.info("rollout engine ready: backend=%s model=%s max_model_len=%d vocab=%d",
              generator.backend, generator.model_name, generator.max_model_len,
              generator.vocab_size)
-    return RolloutEngine(generator, initial_version=args.initial_version)
+    return RolloutEngine(generator, initial_version=args.initial_version,
+                         sleep_when_idle=args.sleep_when_idle)
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:

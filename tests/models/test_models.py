@@ -66,6 +66,12 @@ def test_flash_attention_falls_back_to_sdpa_with_warning(caplog):
     with caplog.at_level(logging.WARNING):
         assert resolve_attn_implementation("flash_attention_2") == "sdpa"
     assert "falling back to sdpa" in caplog.text
+    assert "[N, N]" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_attn_implementation("flash_attention_2", packing=True) == "sdpa"
+    # with packed samples the warning names the dense-mask cost of the fallback
+    assert "falling back to sdpa" in caplog.text and "dense [N, N]" in caplog.text
 
 
 def test_qlora_on_cpu_is_a_clear_error(model_cfg):

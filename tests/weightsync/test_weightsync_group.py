@@ -97,3 +97,33 @@ def test_two_receivers_get_the_same_broadcast():
     finish(proc)
     for rank in (1, 2):
         torch.testing.assert_close(results[rank]["a.weight"], make_tensors(3)["a.weight"])
+
+
+def test_rank0_opens_the_store_on_its_own_host_before_anyone_joins():
+    """The actor picks the port where it runs (host_store), so the coordinator may be
+    elsewhere: members learn (address, port) from it, then join."""
+    import threading
+
+    from quartet.weightsync import WeightSender, host_store
+
+    store = host_store("127.0.0.1", 2, timeout_s=60)
+    cfg = WeightGroupConfig("127.0.0.1", store.port, 2, 0, timeout_s=60)
+    joined = {}
+    receiver = threading.Thread(target=lambda: joined.update(g=join(store.port)))
+    receiver.start()
+    sender = init_weight_group(cfg, store=store)
+    receiver.join(60)
+    want = make_tensors(1)
+    got = {}
+
+    def receive():
+        got.update((n, t.clone()) for n, t in
+                   WeightReceiver(joined["g"]).receive(1, specs_of(want)))
+
+    t = threading.Thread(target=receive)
+    t.start()
+    WeightSender(sender, 4096).send(1, want)
+    t.join(60)
+    assert list(got) == list(want)
+    sender.close()
+    joined["g"].close()

@@ -45,8 +45,12 @@ def build_generator(backend: str, model: str, **kwargs: Any) -> Generator:
         from quartet.engines.generation.vllm_generator import VllmGenerator
 
         allowed = {"dtype", "max_model_len", "seed", "kv_cache_bytes", "gpu_memory_utilization",
-                   "multiprocess", "tensor_parallel_size", "enforce_eager", "engine_kwargs"}
+                   "multiprocess", "tensor_parallel_size", "enforce_eager", "sleep_mode",
+                   "engine_kwargs"}
         return VllmGenerator(model, **{k: v for k, v in kwargs.items() if k in allowed})
+    if int(kwargs.get("tensor_parallel_size") or 1) > 1:
+        raise ValueError(f"tensor_parallel_size: {kwargs['tensor_parallel_size']} needs the "
+                         "vLLM backend (Hugging Face generate runs on one device)")
     from quartet.engines.generation.hf_generator import HFGenerator
 
     allowed = {"dtype", "max_model_len", "seed", "device", "max_batch_rows"}

@@ -149,5 +149,11 @@ class Generator(ABC):
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+    def sleep(self) -> None:  # noqa: B027 - optional hook
+        """Frees accelerator memory while idle (vLLM sleep mode); a no-op by default."""
+
+    def wake_up(self) -> None:  # noqa: B027 - optional hook
+        """Undoes `sleep`; a no-op by default."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Frees the engine."""

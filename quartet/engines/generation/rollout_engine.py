@@ -72,8 +72,13 @@ class RolloutEngine:
         generator: Generator,
         initial_version: int = 0,
         admission_timeout_s: float = 600.0,
+        sleep_when_idle: bool = False,
     ) -> None:
+        """`sleep_when_idle`: put the generator to sleep once no generation runs and wake it
+        for the next one or a weight update (colocated with trainers on the same GPUs)."""
         self.generator = generator
+        self._sleep_when_idle = sleep_when_idle
+        self._asleep = False
         self._version = initial_version
         self._admission_timeout_s = admission_timeout_s
         self._cond = threading.Condition()
@@ -122,6 +127,7 @@ class RolloutEngine:
                     f"header.policy_version: this replica serves weight version "
                     f"{self._version}, the request expects {expected_version} (an update did "
                     "not reach it)")
+            self._wake()
             version = self._version
             stream = self.generator.generate(prompts, sampling)
             per_prompt = sampling.n
@@ -146,10 +152,33 @@ class RolloutEngine:
                 self._inflight -= remaining[0] * per_prompt
                 remaining[0] = 0
                 self._cond.notify_all()
+                idle = self._sleep_when_idle and not self._active_calls
+            if idle:  # not on this (possibly the engine's own) thread
+                threading.Thread(target=self._sleep_if_idle, daemon=True,
+                                 name="rollout-sleep").start()
 
         stream.set_transform(stamp)
         stream.add_done_callback(release)
         return stream
+
+    # Sleep while idle -----------------------------------------------------------------------
+    @property
+    def asleep(self) -> bool:
+        return self._asleep
+
+    def _sleep_if_idle(self) -> None:
+        with self._cond:
+            if self._active_calls or self._session is not None or self._asleep:
+                return
+            self.generator.sleep()
+            self._asleep = True
+        log.info("generator asleep until the next generation or weight update")
+
+    def _wake(self) -> None:
+        """Wakes the generator (call with `_cond` held)."""
+        if self._asleep:
+            self.generator.wake_up()
+            self._asleep = False
 
     # Weight group -------------------------------------------------------------------------
     def init_weight_group(self, config: WeightGroupConfig) -> WeightGroupConfig:
@@ -265,6 +294,7 @@ class RolloutEngine:
             with self._cond:
                 while self._active_calls:
                     self._cond.wait()
+                self._wake()
             if tensors is None:
                 session.stats = self.generator.receive_weights(session.version, session.specs)
             else:

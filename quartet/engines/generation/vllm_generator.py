@@ -64,9 +64,15 @@ class VllmGenerator(Generator):
         multiprocess: bool | None = None,
         tensor_parallel_size: int = 1,
         enforce_eager: bool | None = None,
+        sleep_mode: bool = False,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         on_gpu = torch.cuda.is_available()
+        # vLLM's sleep mode frees GPU memory (weights offloaded, KV cache dropped); on CPU
+        # it does not exist, and sleeping would free nothing.
+        self._sleep_mode = sleep_mode and on_gpu
+        if sleep_mode and not on_gpu:
+            log.info("sleep mode asked for but there is no GPU: sleep/wake are no-ops")
         if multiprocess is None:
             multiprocess = on_gpu
         # Read by vLLM when the engine is built (vllm.envs is evaluated lazily).
@@ -92,6 +98,8 @@ class VllmGenerator(Generator):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if enforce_eager is not None:
             kwargs["enforce_eager"] = enforce_eager
+        if self._sleep_mode:
+            kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})
         log.info("building vLLM engine (%s engine core): %s",
                  "separate-process" if multiprocess else "in-process", kwargs)
@@ -266,6 +274,14 @@ class VllmGenerator(Generator):
         self._run(lambda: self._engine.reset_prefix_cache())
         r = results[0]
         return LoadStats(r["num_tensors"], r["num_bytes"], r["seconds"])
+
+    def sleep(self) -> None:
+        if self._sleep_mode:
+            self._run(lambda: self._engine.sleep(level=1))
+
+    def wake_up(self) -> None:
+        if self._sleep_mode:
+            self._run(lambda: self._engine.wake_up())
 
     def close(self) -> None:
         if self._closed:
