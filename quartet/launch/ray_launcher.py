@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,8 @@ log = logging.getLogger("quartet.launch")
 
 # A local instance must not pick up (or require) a token from ~/.ray.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+WORKER_PORTS = 200
+"""Ports reserved for a local instance's worker processes (one per Ray actor)."""
 LOCAL_NUM_CPUS = 64
 """Logical CPUs of a local instance: one per CPU slot, not real cores (the slots share the
 host's cores as the local launcher's processes do)."""
@@ -51,18 +54,23 @@ class LocalRay:
 
     def __init__(self, log_path: Path, num_cpus: int = LOCAL_NUM_CPUS) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="qray-")  # short: Ray's sockets live here
-        self.port = free_port()
-        ports = {flag: str(free_port()) for flag in (
-            "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
-            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-            "--metrics-export-port", "--runtime-env-agent-port")}
         low = free_port()
+        high = min(low + WORKER_PORTS, 65535)
+        flags = ("--port", "--node-manager-port", "--object-manager-port",
+                 "--ray-client-server-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port")
+        ports: dict[str, int] = {}
+        while len(ports) < len(flags):  # distinct, and outside the workers' range
+            port = free_port()
+            if not low <= port <= high and port not in ports.values():
+                ports[flags[len(ports)]] = port
+        self.port = ports["--port"]
         cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-               "--node-ip-address=127.0.0.1", f"--port={self.port}",
-               "--include-dashboard=false", f"--num-cpus={num_cpus}",
-               f"--temp-dir={self.temp_dir}", "--object-store-memory=100000000",
-               "--disable-usage-stats", f"--min-worker-port={low}",
-               f"--max-worker-port={min(low + 200, 65535)}",
+               "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+               f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
+               "--object-store-memory=100000000", "--disable-usage-stats",
+               f"--min-worker-port={low}", f"--max-worker-port={high}",
                *(f"{k}={v}" for k, v in ports.items())]
         log.info("starting a local Ray instance: %s", " ".join(cmd))
         self.log_path = log_path
@@ -75,6 +83,23 @@ class LocalRay:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until the head's GCS accepts connections (ray.init on a dead address would wait
+        for minutes); raises with the log's tail if `ray start` exited."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"local Ray exited with code {code} while starting; "
+                                   f"{self.log_path}:\n{tail}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"local Ray not up after {timeout_s:.0f}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.process.poll() is None:
@@ -231,6 +256,7 @@ class RayLauncher:
         if self.address is None:
             os.environ.update(RAY_ENV)  # only for the private instance: a cluster's own
             self.local = LocalRay(self.log_dir / "ray.log")  # auth settings stay untouched
+            self.local.wait_ready()
             address = self.local.address
             extra["_node_ip_address"] = "127.0.0.1"
             self.bind_host = "127.0.0.1"
