@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=3)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-placement-") as tmp:
-        rows = [run_once(name, args.iterations, extra, Path(tmp)) for name in args.launchers]
-    for row in rows:
-        print(json.dumps(row))
+        for name in args.launchers:
+            print(json.dumps(run_once(name, args.iterations, extra, Path(tmp))), flush=True)
     return 0
