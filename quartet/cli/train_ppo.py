@@ -179,11 +179,10 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
              json.dumps(asdict(settings), default=str))
     print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
     started = time.perf_counter()
-    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(
-            cfg, out, on_plan=lambda plan: print(plan.table(), flush=True)) as services:
-        if services.placement is not None:
-            for svc in services.placement.services:
-                print(f"  {svc.name:<10} {svc.address}", flush=True)
+    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(cfg, out) as services:
+        placement = getattr(services, "placement", None)
+        if placement is not None:
+            print(placement.table(), flush=True)
             print(f"  (placement: {out / 'placement.json'})", flush=True)
         else:
             for role, addresses in services.addresses.items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -236,11 +235,8 @@ class PPOServices:
     """
 
     def __init__(self, cfg: PPOJobConfig, run_dir: str | Path,
-                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0,
-                 on_plan: Callable[[PlacementPlan], None] | None = None) -> None:
-        """`on_plan` sees the plan before the launcher starts anything (to print it)."""
+                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0) -> None:
         self.cfg = cfg
-        self.on_plan = on_plan
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
@@ -295,8 +291,6 @@ class PPOServices:
         kind, per_node = self.launcher.resources()
         plan = ppo_placement(self.cfg, per_node, kind)
         log.info("%s", plan.table())
-        if self.on_plan is not None:
-            self.on_plan(plan)
         if self.cfg.ray.address is None:  # every service runs on this host
             check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0]))
         commands = service_commands(self.cfg, kind, self.threads)
