@@ -39,5 +39,12 @@ class GrpcCriticClient(GrpcRoleClient):
                           common_pb2.SaveRequest(output_dir=output_dir, hf_export=hf_export,
                                                  tag=tag))
 
+    def prepare_run(self, run_id: str, train: common_pb2.TrainSettings
+                    ) -> common_pb2.PrepareRunResponse:
+        """Announces a run and its settings; a mismatch fails with FAILED_PRECONDITION
+        naming the field."""
+        return self._call("PrepareRun", self.stub.PrepareRun, common_pb2.PrepareRunRequest(
+            header=common_pb2.RequestHeader(run_id=run_id), train=train))
+
     def info(self) -> common_pb2.ServiceInfo:
         return self._info(self.stub.GetInfo)

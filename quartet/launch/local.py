@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quartet.clients.health import wait_for_serving
+from quartet.serving.interceptors import LOG_FILE_ENV
 
 log = logging.getLogger("quartet.launch")
 
@@ -76,7 +77,8 @@ class LocalCluster:
         with open(log_path, "w") as log_file:
             process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**self.env, **(env or {})}, start_new_session=True,
+                env={**self.env, LOG_FILE_ENV: str(log_path.resolve()), **(env or {})},
+                start_new_session=True,
             )
         svc = LocalService(name, role, process, port_file, log_path, serves_grpc=serves_grpc)
         self.services[name] = svc

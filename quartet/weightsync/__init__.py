@@ -9,7 +9,12 @@ contract; this package moves the bytes.
 from quartet.weightsync.buckets import DEFAULT_BUCKET_BYTES, Bucket, plan_buckets
 from quartet.weightsync.errors import WeightSyncError
 from quartet.weightsync.group import WeightGroup, WeightGroupConfig, free_port, init_weight_group
-from quartet.weightsync.session import TransferStats, WeightReceiver, WeightSender
+from quartet.weightsync.session import (
+    TransferStats,
+    WeightReceiver,
+    WeightSender,
+    receive_staged,
+)
 from quartet.weightsync.specs import TensorSpec, manifest_digest, specs_of
 
 __all__ = [
@@ -26,5 +31,6 @@ __all__ = [
     "init_weight_group",
     "manifest_digest",
     "plan_buckets",
+    "receive_staged",
     "specs_of",
 ]

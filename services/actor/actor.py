@@ -36,6 +36,11 @@ class Actor(TrainingRole):
         self.sender: WeightSender | None = None
         self.weight_version = 0
 
+    def start_run(self) -> None:
+        # Versions are per run (the rollout counts afresh too); -1: nothing sent in this run,
+        # so the run may begin by sending the current weights as its version 0.
+        self.weight_version = -1
+
     # ---------------------------------------------------------------- compute (all ranks)
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:

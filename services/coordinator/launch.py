@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -29,8 +30,10 @@ from quartet.launch.memory import check_budget
 from quartet.launch.threads import available_cores, role_threads, thread_env
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.ppo.run_settings import train_settings
 from quartet.registry import Registry
 from quartet.rewards.base import RewardInputs, RewardResult
+from quartet.security import TOKEN_ENV, ClientSecurity, write_token
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
@@ -133,7 +136,12 @@ class PPOServices:
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1"},
+        # The cluster token: the one configured (QUARTET_AUTH_TOKEN_FILE), else a fresh one
+        # for this run that every service started here requires.
+        token_file = os.environ.get(TOKEN_ENV) or str(write_token(self.run_dir / "auth-token"))
+        self.security = ClientSecurity.from_env(token_file)
+        self.cluster = LocalCluster(self.run_dir / "logs", env={"OMP_NUM_THREADS": "1",
+                                                                TOKEN_ENV: token_file},
                                     service_args=self.service_args())
         self.threads = thread_plan(cfg)
         self.addresses: dict[str, list[str]] = {}
@@ -182,14 +190,15 @@ class PPOServices:
         names: dict[str, list[str]] = {"actor": [], "critic": [], "reference": [],
                                        "reward": [], "rollout": []}
         actor_model = cfg.actor.model_name_or_path
+        save_root = ["--save-root", str(self.run_dir.resolve())]
         if not cfg.actor.address:
-            self.cluster.start("actor", config_to_argv(training_role_config(
+            self.cluster.start("actor", save_root + config_to_argv(training_role_config(
                 cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file)),
                 env=self._threads_env("actor"))
             names["actor"].append("actor")
         if cfg.needs_critic and not cfg.critic.address:
             model, gguf = critic_model(cfg)
-            self.cluster.start("critic", config_to_argv(training_role_config(
+            self.cluster.start("critic", save_root + config_to_argv(training_role_config(
                 cfg, model, cfg.critic.learning_rate, gguf)), env=self._threads_env("critic"))
             names["critic"].append("critic")
         if cfg.needs_reference and not cfg.ref.address:
@@ -268,19 +277,29 @@ class PPOServices:
                 wait_for_serving(a, self.start_timeout_s, what=role)
         log.info("all services SERVING after %.1fs", time.perf_counter() - started)
 
-    def roles(self) -> PPORoles:
-        cfg, a, t = self.cfg, self.addresses, self.call_timeout_s
-        actor = GrpcActorClient(a["actor"][0], timeout_s=t)
-        rollout_clients = [GrpcRolloutClient(x) for x in a["rollout"]]
+    def roles(self, run_id: str = "ppo") -> PPORoles:
+        """Clients of every role, with the run announced to the trainable ones (a service
+        whose settings differ from the run's refuses it, naming the field)."""
+        cfg, a, t, sec = self.cfg, self.addresses, self.call_timeout_s, self.security
+        actor = GrpcActorClient(a["actor"][0], timeout_s=t, security=sec)
+        actor.prepare_run(run_id, train_settings(training_role_config(
+            cfg, cfg.actor.model_name_or_path, cfg.actor.learning_rate, cfg.actor.gguf_file)))
+        critic = None
+        if a["critic"]:
+            critic = GrpcCriticClient(a["critic"][0], timeout_s=t, security=sec)
+            model, gguf = critic_model(cfg)
+            critic.prepare_run(run_id, train_settings(training_role_config(
+                cfg, model, cfg.critic.learning_rate, gguf)))
+        rollout_clients = [GrpcRolloutClient(x, security=sec) for x in a["rollout"]]
         rewards: list[GrpcRewardClient | RoundRobinReward] = [
-            GrpcRewardClient(x, timeout_s=t) for x in a["reward"]]
+            GrpcRewardClient(x, timeout_s=t, security=sec) for x in a["reward"]]
         if self.reward_replicas:
-            rewards.append(RoundRobinReward([GrpcRewardClient(x, timeout_s=t)
+            rewards.append(RoundRobinReward([GrpcRewardClient(x, timeout_s=t, security=sec)
                                              for x in self.reward_replicas]))
         weights = list(cfg.reward.weights) or [1.0] * len(rewards)
         backend = cfg.vllm.sync_backend
         if backend == "grpc" or (backend == "auto" and self.registry is not None):
-            sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype)
+            sync = StreamedWeightSync(actor, rollout_clients, cfg.vllm.dtype, run_id=run_id)
         else:
             if backend == "auto":
                 import torch
@@ -289,8 +308,15 @@ class PPOServices:
             master = cfg.vllm.sync_master_address or (
                 cfg.actor.address.rsplit(":", 1)[0] if cfg.actor.address else "127.0.0.1")
             sync = GroupWeightSync(actor, rollout_clients, backend, cfg.vllm.dtype,
-                                   cfg.vllm.sync_bucket_mb << 20, master_address=master)
+                                   cfg.vllm.sync_bucket_mb << 20, master_address=master,
+                                   run_id=run_id)
         sync.setup()
+        if any(c.info().weight_version != 0 for c in rollout_clients):
+            # Replicas that served an earlier run hold its last weights: the run starts by
+            # giving them the actor's current weights as its version 0.
+            log.info("rollout replicas served an earlier run; syncing the actor's weights as "
+                     "version 0 of run %s", run_id)
+            sync(0)
         replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""))
                     for c in rollout_clients]
         return PPORoles(
@@ -298,9 +324,10 @@ class PPOServices:
             rollouts=replicas,
             rewards=rewards,
             reward_weights=weights,
-            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t) if a["reference"]
+            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
+            if a["reference"]
             else None,
-            critic=GrpcCriticClient(a["critic"][0], timeout_s=t) if a["critic"] else None,
+            critic=critic,
             sync_weights=sync,
             refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
         )
@@ -314,8 +341,8 @@ class PPOServices:
         t = self.call_timeout_s
         return RolloutMembership(
             self.registry, {r.name: r for r in replicas},
-            make_replica=lambda rec: RolloutReplica(GrpcRolloutClient(rec.address), t,
-                                                    rec.replica),
+            make_replica=lambda rec: RolloutReplica(
+                GrpcRolloutClient(rec.address, security=self.security), t, rec.replica),
             catch_up=lambda replica, version: sync.catch_up(replica.client, version),
             on_change=lambda current: sync.set_rollouts([r.client for r in current]))
 

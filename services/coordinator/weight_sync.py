@@ -22,7 +22,7 @@ from quartet.clients.rollout import (
 )
 from quartet.codec.dtypes import float_dtype
 from quartet.telemetry import ContextThreadPoolExecutor
-from quartet.v1 import rollout_pb2
+from quartet.v1 import common_pb2, rollout_pb2
 from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
 
 log = logging.getLogger("quartet.coordinator")
@@ -31,8 +31,10 @@ log = logging.getLogger("quartet.coordinator")
 class GroupWeightSync:
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
                  backend: str = "gloo", dtype: str = "float32", bucket_bytes: int = 256 << 20,
-                 master_address: str = "127.0.0.1", timeout_s: float = 600.0) -> None:
+                 master_address: str = "127.0.0.1", timeout_s: float = 600.0,
+                 run_id: str = "") -> None:
         self.actor = actor
+        self.header = common_pb2.RequestHeader(run_id=run_id)
         self.rollouts = list(rollouts)
         self.backend = backend
         float_dtype(dtype, "vllm.dtype")
@@ -65,8 +67,9 @@ class GroupWeightSync:
         start = time.perf_counter()
         sent, results = update_replicas(
             self.rollouts, version, self.manifest(), self.bucket_bytes,
-            lambda: self.actor.broadcast_weights(version, self.bucket_bytes, self.dtype),
-            self.timeout_s)
+            lambda: self.actor.broadcast_weights(version, self.bucket_bytes, self.dtype,
+                                                 header=self.header),
+            self.timeout_s, header=self.header)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "broadcast_seconds": sent.seconds,
                 "load_seconds": max(r.load_seconds for r in results),
@@ -79,8 +82,9 @@ class StreamedWeightSync:
     """Fallback data plane: actor.StreamWeights relayed into rollout.PushWeights."""
 
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
-                 dtype: str = "float32", chunk_bytes: int = 4 << 20) -> None:
+                 dtype: str = "float32", chunk_bytes: int = 4 << 20, run_id: str = "") -> None:
         self.actor = actor
+        self.header = common_pb2.RequestHeader(run_id=run_id)
         self.rollouts = list(rollouts)
         float_dtype(dtype, "vllm.dtype")
         self.dtype = dtype
@@ -99,7 +103,7 @@ class StreamedWeightSync:
     def _push_one(self, rollout: GrpcRolloutClient, version: int,
                   specs: list[TensorSpec]) -> float:
         def requests():
-            yield rollout_pb2.PushWeightsRequest(version=version,
+            yield rollout_pb2.PushWeightsRequest(header=self.header, version=version,
                                                  tensors=[s.to_proto() for s in specs])
             for chunk in self.actor.stream_weights(self.chunk_bytes, self.dtype):
                 yield rollout_pb2.PushWeightsRequest(chunk=chunk)
