@@ -56,20 +56,27 @@ def client_interceptors(address: str, security: ClientSecurity | None = None) ->
     return chain
 
 
+def transport_channel(address: str, security: ClientSecurity | None = None,
+                      options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+    """A bare channel: TLS when a CA is configured, no interceptors (health probes)."""
+    security = security if security is not None else ClientSecurity.from_env()
+    if not security.tls:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=security.root_ca, private_key=security.private_key,
+        certificate_chain=security.cert_chain)
+    return grpc.secure_channel(address, credentials, options=options)
+
+
 def open_channel(address: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  security: ClientSecurity | None = None) -> grpc.Channel:
     """A channel to `address` with message limits, TLS when a CA is configured, the token
     and tracing."""
     security = security if security is not None else ClientSecurity.from_env()
-    options = [("grpc.max_receive_message_length", max_message_bytes),
-               ("grpc.max_send_message_length", max_message_bytes),
-               # a name with several addresses (compose --scale) spreads calls over all of them
-               ("grpc.lb_policy_name", "round_robin")]
-    if security.tls:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=security.root_ca, private_key=security.private_key,
-            certificate_chain=security.cert_chain)
-        channel = grpc.secure_channel(address, credentials, options=options)
-    else:
-        channel = grpc.insecure_channel(address, options=options)
+    channel = transport_channel(address, security, options=[
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # a name with several addresses (compose --scale) spreads calls over all of them
+        ("grpc.lb_policy_name", "round_robin"),
+    ])
     return grpc.intercept_channel(channel, *client_interceptors(address, security))
