@@ -11,8 +11,17 @@ import pytest
 
 from quartet.config.base import parse_config
 from services.coordinator.config import PPOJobConfig
+from tests.trainers.dist_world import world_of_one
 
 HERE = Path(__file__).resolve().parents[1] / "integration" / "rewards"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    """The in-process roles join this world of one, torn down after the module: otherwise
+    DeepSpeed's cached groups and the exported MASTER_PORT leak into later tests (in-process
+    engines fail on dead groups; `quartet sft` subprocesses inherit a port that is taken)."""
+    yield from world_of_one()
 
 
 class InProcessServices:

@@ -1,6 +1,10 @@
 """Skipped passes change nothing: one-pass PPO gives the same losses and weights as the
 separate old-log-prob pass, and the thread plan follows the phases."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -8,7 +12,7 @@ from quartet.codec import RowBatch
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, OptimConfig
-from quartet.launch.threads import PHASE_ENV, phase_threads, role_threads, thread_env
+from quartet.launch.threads import PHASE_ENV, role_threads, thread_env
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
@@ -22,7 +26,7 @@ def test_one_pass_only_with_one_epoch_one_minibatch_and_no_reward_kl():
     assert not old_logprobs_from_forward(1, 64, 64, 0.0, True)  # adaptive KL
 
 
-def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps(monkeypatch):
+def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps():
     grpo = role_threads(2, actor_scores=False, reference=True, critic=False,
                         reward_model=False, async_generation=False)
     assert grpo["actor"] == {"train": 2} and grpo["reference"] == {"score": 2}
@@ -35,11 +39,18 @@ def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps(monkeypatc
     assert two_pass == {"score": 2, "train": 4}
     env = thread_env(two_pass)
     assert env == {"OMP_NUM_THREADS": "4", PHASE_ENV: "score=2,train=4"}
-    monkeypatch.setenv(PHASE_ENV, env[PHASE_ENV])
-    before = torch.get_num_threads()
-    with phase_threads("score"):
-        assert torch.get_num_threads() == 2
-    assert torch.get_num_threads() == before
+    # A fresh interpreter, as a role process is: an in-process vLLM engine earlier in the
+    # same pytest process replaces torch.set_num_threads with a no-op.
+    probe = ("import torch\n"
+             "from quartet.launch.threads import phase_threads\n"
+             "before = torch.get_num_threads()\n"
+             "with phase_threads('score'):\n"
+             "    inside = torch.get_num_threads()\n"
+             "print(before, inside, torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=120).stdout.split()
+    before, inside, after = out
+    assert inside == "2" and after == before
     assert role_threads(1, actor_scores=True, reference=True, critic=True,
                         reward_model=True, async_generation=True)["critic"]["train"] == 1
 
