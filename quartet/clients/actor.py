@@ -9,7 +9,6 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient, RoleCallError
 from quartet.clients.checkpoints import CheckpointCalls
-from quartet.clients.retry import NO_RETRY
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
 from quartet.codec.dtypes import wire_dtype_named
@@ -56,8 +55,7 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
                           common_pb2.InitWeightGroupRequest(
                               master_address=master_address, master_port=master_port,
                               world_size=world_size, rank=0, backend=backend,
-                              group_name=group_name, timeout_s=timeout_s),
-                          retry=NO_RETRY)
+                              group_name=group_name, timeout_s=timeout_s))
 
     def weight_manifest(self, dtype: str = "float32") -> list[TensorSpec]:
         """Names, wire dtypes and shapes of the weights a broadcast or stream will send."""
@@ -66,15 +64,12 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
         return [TensorSpec.from_proto(t, f"tensors[{i}]") for i, t in enumerate(msg.tensors)]
 
     def broadcast_weights(self, version: int, bucket_bytes: int = 256 << 20,
-                          dtype: str = "float32",
-                          header: common_pb2.RequestHeader | None = None
-                          ) -> actor_pb2.BroadcastWeightsResponse:
-        """Sends the weights over the joined weight group (rank 0's side of an update);
-        never retried: the receivers take part in it."""
+                          dtype: str = "float32") -> actor_pb2.BroadcastWeightsResponse:
+        """Sends the weights over the joined weight group (rank 0's side of an update)."""
         return self._call("BroadcastWeights", self.stub.BroadcastWeights,
                           actor_pb2.BroadcastWeightsRequest(
-                              header=header, version=version, bucket_bytes=bucket_bytes,
-                              dtype=wire_dtype_named(dtype)), retry=NO_RETRY)
+                              version=version, bucket_bytes=bucket_bytes,
+                              dtype=wire_dtype_named(dtype)))
 
     def stream_weights(self, chunk_bytes: int = 4 << 20, dtype: str = "float32"
                        ) -> Iterator[common_pb2.TensorChunk]:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quartet.clients.health import wait_for_serving
-from quartet.serving.interceptors import LOG_FILE_ENV
 
 log = logging.getLogger("quartet.launch")
 
@@ -109,8 +108,7 @@ class LocalCluster:
                 log_file.flush()
             svc.process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**self.env, LOG_FILE_ENV: str(svc.log_path.resolve()), **svc.env},
-                start_new_session=True,
+                env={**self.env, **svc.env}, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
         svc.port = port
