@@ -42,6 +42,9 @@ def serve(argv: list[str]) -> int:
         print("usage: quartet serve {" + ",".join(ROLES) + "} --port N [--host H] [role flags]")
         print("       quartet serve <role> --help   lists that role's flags")
         return 0 if argv else 2
+    from quartet.launch.parent_death import arm_from_env
+
+    arm_from_env()
     role, rest = argv[0], argv[1:]
     if role not in ROLES:
         print(f"quartet serve: unknown role {role!r}; expected one of {', '.join(ROLES)}",

@@ -13,7 +13,6 @@ process outlives its launcher.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quartet.clients.health import wait_for_serving
+from quartet.launch.parent_death import child_env
 
 log = logging.getLogger("quartet.launch")
 
@@ -32,17 +32,6 @@ log = logging.getLogger("quartet.launch")
 # the same MASTER_PORT.
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
             "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "NODE_RANK")
-
-
-PR_SET_PDEATHSIG = 1
-# Looked up here, not in the child: after fork only async-signal-safe work is safe.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGKILL when the launching thread dies."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 @dataclass
@@ -108,8 +97,7 @@ class LocalCluster:
                 log_file.flush()
             svc.process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**self.env, **svc.env}, start_new_session=True,
-                preexec_fn=_die_with_parent,
+                env={**self.env, **svc.env, **child_env()}, start_new_session=True,
             )
         svc.port = port
 
