@@ -148,7 +148,8 @@ def run_batch_inference(job: BatchInferenceJobConfig) -> list[Row]:
     if task.eval_task == "rm":
         rows = load_scored_rows(job.data, tokenizer)
     else:
-        items = load_prompt_items(job.data, tokenizer, job.rollout.prompt_max_len)
+        items = load_prompt_items(job.data, tokenizer, job.rollout.prompt_max_len,
+                                  condition=job.data.condition_slots())
         sampler = build_sampler(job.backend, job.model.model_name_or_path, job.vllm,
                                 job.rollout.seed or 0)
         try:

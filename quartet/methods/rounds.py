@@ -59,9 +59,12 @@ def run_rounds(job: RoundsJobConfig, world: World, plan_round: PlanRound,
     out = Path(job.ckpt.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(job.model, job.data.tokenizer_chat_template)
-    prompts = load_prompt_items(job.data, tokenizer, job.rollout.prompt_max_len)
+    condition = job.data.condition_slots()
+    prompts = load_prompt_items(job.data, tokenizer, job.rollout.prompt_max_len,
+                                condition=condition)
     eval_prompts = (load_prompt_items(job.data, tokenizer, job.rollout.prompt_max_len,
-                                      job.eval.dataset, job.eval.split, job.eval.max_samples)
+                                      job.eval.dataset, job.eval.split, job.eval.max_samples,
+                                      condition)
                     if job.eval.dataset else [])
     rewards = RewardSources(job.reward)
     sampler = build_sampler(job.vllm.backend, job.model.model_name_or_path, job.vllm,

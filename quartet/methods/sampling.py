@@ -10,67 +10,20 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from quartet.config.inference import (
     GenerationEngineConfig,
-    InferenceDataConfig,
     SamplingGroupConfig,
 )
-from quartet.data.sources import DataError, get_key, load_rows
-from quartet.data.templates import render_prompt
+from quartet.data.prompts import PromptItem, load_prompt_items
 from quartet.types import PromptOutput, SamplingConfig
 
 __all__ = ["LocalSampler", "PromptItem", "Sampler", "ServiceSampler", "build_sampler",
            "load_prompt_items", "sampling_config"]
 
 log = logging.getLogger("quartet.methods")
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    """One prompt: rendered text and token ids, the raw row value, its label (None without
-    ``--data.label_key``), its row."""
-
-    text: str
-    tokens: list[int]
-    raw: Any
-    label: str | None
-    row: dict[str, Any]
-
-
-def load_prompt_items(data: InferenceDataConfig, tokenizer: Any, prompt_max_len: int,
-                      dataset: str | None = None, split: str | None = None,
-                      max_samples: int | None = None) -> list[PromptItem]:
-    """Rows of ``dataset`` (default ``--data.dataset``) as prompts; named template slots are
-    filled from the row, overridden by ``--data.condition``."""
-    condition = data.condition_slots()
-    items: list[PromptItem] = []
-    skipped = 0
-    name = dataset or data.dataset
-    for source in load_rows(name, split or data.dataset_split, max_samples or data.max_samples,
-                            None if dataset else data.dataset_probs):
-        for row in source.rows:
-            value = get_key(row, data.input_key, source.name, "--data.input_key")
-            label = None
-            if data.label_key:
-                label = str(get_key(row, data.label_key, source.name, "--data.label_key"))
-            text, tokens = render_prompt(tokenizer, value, data.apply_chat_template,
-                                         data.input_template, {**row, **condition},
-                                         source.name)
-            if len(tokens) > prompt_max_len:
-                skipped += 1
-                continue
-            items.append(PromptItem(text, tokens, value, label, row))
-    if skipped:
-        log.warning("skipped %d prompts longer than --rollout.prompt_max_len %d", skipped,
-                    prompt_max_len)
-    if not items:
-        raise DataError(f"no usable prompts in {name}")
-    return items
 
 
 def sampling_config(rollout: SamplingGroupConfig, n: int, temperature: float | None = None,
