@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["GB", "checkpoint_dirs", "directory_bytes", "prune_checkpoints"]
+__all__ = ["GB", "checkpoint_dirs", "directory_bytes", "prune_checkpoints", "prune_oldest"]
 
 GB = 1024**3
 
@@ -29,11 +29,17 @@ def checkpoint_dirs(directory: str | Path) -> list[Path]:
 
 def prune_checkpoints(directory: str | Path, max_num: int | None = None,
                       max_mem_gb: float | None = None) -> list[Path]:
-    """Delete the oldest checkpoint folders under ``directory`` until at most ``max_num`` are
-    left and together they take at most ``max_mem_gb`` GB (1 GB = 2**30 bytes). The newest
+    """`prune_oldest` over the checkpoint folders directly under ``directory`` (by mtime)."""
+    return prune_oldest(checkpoint_dirs(directory), max_num, max_mem_gb)
+
+
+def prune_oldest(dirs: list[Path], max_num: int | None = None,
+                 max_mem_gb: float | None = None) -> list[Path]:
+    """Delete the oldest of ``dirs`` (given oldest first) until at most ``max_num`` are left
+    and together they take at most ``max_mem_gb`` GB (1 GB = 2**30 bytes). The newest
     checkpoint is always kept, even when it alone is larger than ``max_mem_gb``. Returns the
     deleted folders, oldest first. ``None`` disables a limit."""
-    dirs = checkpoint_dirs(directory)
+    dirs = list(dirs)
     sizes = [directory_bytes(d) for d in dirs] if max_mem_gb is not None else [0] * len(dirs)
     total = sum(sizes)
     deleted: list[Path] = []

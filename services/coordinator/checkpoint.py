@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import torch
 
+from quartet.engines.checkpoint_rotation import prune_oldest
+
 log = logging.getLogger("quartet.coordinator")
 
 FORMAT = 1
@@ -78,10 +80,6 @@ class CheckpointSettings:
     save_hf: bool = False
     enabled: bool = True
     """False with --ckpt.disable_ds: no resumable checkpoints (HF exports only)."""
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class RunCheckpoints:
@@ -146,16 +144,9 @@ class RunCheckpoints:
         os.replace(part, self.root / LATEST_FILE)
 
     def _prune(self) -> None:
-        """Keeps the newest `max_num` checkpoints, and drops the oldest while they take more
-        than `max_mem_gb` (the newest one is always kept)."""
-        done = self.complete()
-        for old in done[:-self.s.max_num]:
-            shutil.rmtree(old, ignore_errors=True)
-        done = done[-self.s.max_num:]
-        sizes = [_dir_bytes(p) for p in done]
-        while len(done) > 1 and sum(sizes) > self.s.max_mem_gb * (1 << 30):
-            shutil.rmtree(done.pop(0), ignore_errors=True)
-            sizes.pop(0)
+        """Keeps the newest `max_num` complete checkpoints (by iteration), and drops the
+        oldest while they take more than `max_mem_gb` (the newest one is always kept)."""
+        prune_oldest(self.complete(), self.s.max_num, self.s.max_mem_gb)
 
     # ---------------------------------------------------------------- loading
     def load_state(self, checkpoint: Path) -> CoordinatorState:
