@@ -78,8 +78,6 @@ class CheckpointSettings:
     max_num: int = 3
     max_mem_gb: float = 1000.0
     save_hf: bool = False
-    enabled: bool = True
-    """False with --ckpt.disable_ds: no resumable checkpoints (HF exports only)."""
 
 
 class RunCheckpoints:
