@@ -100,6 +100,12 @@ class TrainEngine:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, config=self.ds_config, lr_scheduler=scheduler
         )
+        if world.world_size == 1 and ds.zero_stage == 0:
+            # A world of one has nothing to average: DeepSpeed's stage-0 all-reduce would
+            # flatten every gradient into a model-sized buffer, all-reduce it with itself and
+            # copy it back after each accumulation boundary (time and one model's worth of
+            # peak memory, for an identity).
+            self.engine.enable_backward_allreduce = False
         self.total_steps = total_steps
         self.global_step = 0
 

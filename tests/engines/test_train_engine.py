@@ -154,3 +154,27 @@ def test_adam_offload_trains(world, tiny_model_path):
         engine.step()
     assert "CPUAdam" in type(engine.engine.optimizer.optimizer).__name__
     assert losses[-1] < losses[0]
+
+
+def test_world_of_one_skips_the_identity_all_reduce(world, tiny_model_path):
+    """ZeRO-0 with one rank skips DeepSpeed's gradient all-reduce (flatten, reduce with
+    itself, copy back); weights after two accumulated steps equal those of the reducing path."""
+    torch.manual_seed(0)
+
+    def trained(reduce: bool) -> dict[str, torch.Tensor]:
+        engine = TrainEngine.causal_lm(
+            ModelConfig(model_name_or_path=str(tiny_model_path)),
+            DeepSpeedConfig(zero_stage=0, param_dtype="fp32"), OptimConfig(lr_warmup_ratio=0.0),
+            AdamConfig(lr=1e-2), MuonConfig(), global_batch=4, micro_batch=2,
+            total_steps=10, world=world)
+        assert engine.engine.enable_backward_allreduce is False
+        engine.engine.enable_backward_allreduce = reduce
+        for _ in range(4):  # two optimizer steps of two accumulated micro-batches
+            engine.backward(_loss(engine))
+            engine.step()
+        assert engine.global_step == 2
+        return {n: t.clone() for n, t in engine.named_parameters_for_export()}
+
+    skipped, reduced = trained(False), trained(True)
+    assert skipped.keys() == reduced.keys()
+    assert [n for n in skipped if not torch.equal(skipped[n], reduced[n])] == []
