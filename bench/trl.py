@@ -147,8 +147,20 @@ def trl_command(python: Path, algo: str, model: Path, data: Path, out: Path,
 
 
 # --------------------------------------------------------------------------- measuring
+def process_label(cmdline: list[str]) -> str:
+    """A short name for one process of a measured tree: the role of a `quartet serve ROLE`
+    process, else the program (`-m` module or script) it runs."""
+    if "serve" in cmdline[:-1]:
+        return cmdline[cmdline.index("serve") + 1]
+    if "-m" in cmdline[:-1]:
+        return cmdline[cmdline.index("-m") + 1]
+    scripts = [Path(a).name for a in cmdline[1:] if a.endswith(".py")]
+    return scripts[0] if scripts else (Path(cmdline[0]).name if cmdline else "?")
+
+
 class PeakRSS:
-    """Largest sum of RSS over a process and all its descendants, sampled in a thread."""
+    """Largest sum of RSS over a process and all its descendants, sampled in a thread, and
+    the largest RSS of each kind of process in it (`by_label`: which role holds what)."""
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         import psutil
@@ -156,6 +168,8 @@ class PeakRSS:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.by_label: dict[str, int] = {}
+        self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -168,11 +182,19 @@ class PeakRSS:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return 0
+        per_label: dict[str, int] = {}
         for p in procs:
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                if p.pid not in self._labels:
+                    self._labels[p.pid] = process_label(p.cmdline())
             except psutil.Error:
-                pass
+                continue
+            total += rss
+            label = self._labels[p.pid]
+            per_label[label] = per_label.get(label, 0) + rss
+        for label, rss in per_label.items():
+            self.by_label[label] = max(self.by_label.get(label, 0), rss)
         return total
 
     def _run(self) -> None:
@@ -186,8 +208,10 @@ class PeakRSS:
         return self.peak_bytes / 2**20
 
 
-def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Runs a command to completion; returns (wall seconds, peak RSS MiB of its tree)."""
+def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]
+                 ) -> tuple[float, float, dict[str, int]]:
+    """Runs a command to completion; returns (wall seconds, peak RSS MiB of its tree, peak
+    RSS MiB of each kind of process in it)."""
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
@@ -200,7 +224,7 @@ def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[f
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited {code}; "
                            f"log {log_path}:\n{tail}")
-    return wall, mb
+    return wall, mb, {k: round(v / 2**20) for k, v in sorted(peak.by_label.items())}
 
 
 def quartet_step_seconds(algo: str, out: Path) -> list[float]:
@@ -247,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = quartet_command(args.algo, model, data, out, args.steps)
             else:
                 cmd = trl_command(python, args.algo, model, data, out, args.steps)
-            wall, peak = run_measured(cmd, work / f"{side}{r}.log", env)
+            wall, peak, peak_by_process = run_measured(cmd, work / f"{side}{r}.log", env)
             if side == "quartet":
                 step_s = quartet_step_seconds(args.algo, out)
             else:
                 step_s = json.loads((out / "result.json").read_text())["step_s"]
             rate, timed = steady_rate(step_s, args.steps, w["batch"])
             run = {"per_s": round(rate, 4), "wall_s": round(wall, 1),
-                   "peak_rss_mb": round(peak), "step_s": [round(x, 2) for x in step_s]}
+                   "peak_rss_mb": round(peak), "peak_rss_mb_by_process": peak_by_process,
+                   "step_s": [round(x, 2) for x in step_s]}
             runs[side].append(run)
             print(f"  {side:<8} round {r}: {rate:.3f} {w['unit']}/s  wall {wall:.0f}s  "
                   f"peak {peak:.0f} MiB  steps {run['step_s']}", flush=True)

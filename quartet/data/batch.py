@@ -34,6 +34,9 @@ class TokenBatch:
     last_index: Tensor
     seq_lens: list[int]
     packed: bool
+    tree_mask: Tensor | None = None
+    """``[R, T, T]`` bool, query may attend key, replacing the causal mask (rows that share a
+    prefix, see :mod:`quartet.data.shared_prefix`); None: causal + padding mask."""
 
     @property
     def num_samples(self) -> int:
@@ -47,7 +50,8 @@ class TokenBatch:
         fields = ("input_ids", "attention_mask", "position_ids", "target_mask", "sample_ids",
                   "last_index")
         moved = {f: getattr(self, f).to(device) for f in fields}
-        return TokenBatch(**moved, seq_lens=self.seq_lens, packed=self.packed)
+        tree = None if self.tree_mask is None else self.tree_mask.to(device)
+        return TokenBatch(**moved, seq_lens=self.seq_lens, packed=self.packed, tree_mask=tree)
 
     def shifted(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(labels, target_mask, sample_ids)`` aligned with ``logits[:, :-1]``."""

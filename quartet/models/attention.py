@@ -49,7 +49,14 @@ def forward_inputs(
     use the usual 2-D padding mask. ``logits_from > 0`` asks the model for the logits of
     positions ``logits_from..T-1`` only (HF ``logits_to_keep``).
     """
-    if batch.packed:
+    if batch.tree_mask is not None:
+        if attn_implementation in _FLASH:
+            raise ValueError(f"{attn_implementation} takes no [T, T] mask: rows with a shared "
+                             "prefix (quartet.data.shared_prefix) need sdpa or eager")
+        mask = torch.zeros(batch.tree_mask.shape, dtype=dtype, device=batch.input_ids.device)
+        mask.masked_fill_(~batch.tree_mask, torch.finfo(dtype).min)
+        mask = mask[:, None]
+    elif batch.packed:
         if attn_implementation in _FLASH:
             mask = None
         else:

@@ -10,8 +10,9 @@ from quartet.algos.losses import dpo_loss
 from quartet.algos.masked import masked_mean
 from quartet.algos.rewards import RunningMeanStd
 from quartet.config.jobs import DPOJobConfig
-from quartet.data.batch import TokenBatch, collate
+from quartet.data.batch import TokenBatch
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
+from quartet.data.shared_prefix import collate_pairs, shares_prefix
 from quartet.data.sources import RowSource
 from quartet.engines.scoring import response_start
 from quartet.engines.train_engine import TrainEngine
@@ -41,14 +42,26 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, dict[str, Tensor], int]:
         n = len(samples)
-        seqs = [s.chosen for s in samples] + [s.rejected for s in samples]
-        batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
+        # MoE aux loss depends on which tokens run: keep it on the plain rows
+        layout = collate_pairs([s.chosen for s in samples], [s.rejected for s in samples],
+                               self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples,
+                               share_prefix=(self.job.model.aux_loss_coef == 0
+                                             and shares_prefix(self.engine.attn_implementation)))
+        batch = layout.pairs
         # logits only from the first response position on: prompts never reach the LM head
         start = response_start(batch)
-        out = self.engine.forward(batch, start)
-        policy, counts, means = self._sequence_logps(batch, out.logits, start)
-        ref_logits = self.reference.logits(batch, start).to(policy.device)
+        aux: list[Tensor | None] = []
+
+        def policy_forward(b: TokenBatch, logits_from: int) -> Tensor:
+            out = self.engine.forward(b, logits_from)
+            aux.append(out.aux_loss)
+            return out.logits
+
+        policy, counts, means = self._sequence_logps(batch, layout.logits(policy_forward, start),
+                                                     start)
+        ref_logits = layout.logits(self.reference.logits, start).to(policy.device)
         ref, _, _ = self._sequence_logps(batch, ref_logits, start)
+        aux_loss = aux[0]
         cfg = self.job.dpo
         loss_type = cfg.effective_loss_type
         bco_delta = 0.0
@@ -69,9 +82,9 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
             nll = masked_mean(-means[:n], counts[:n] > 0)
             loss = loss + cfg.nll_loss_coef * nll
             parts["nll_loss"] = nll.detach()
-        if self.job.model.aux_loss_coef > 0 and out.aux_loss is not None:
-            loss = loss + self.job.model.aux_loss_coef * out.aux_loss
-            parts["aux_loss"] = out.aux_loss.detach()
+        if self.job.model.aux_loss_coef > 0 and aux_loss is not None:
+            loss = loss + self.job.model.aux_loss_coef * aux_loss
+            parts["aux_loss"] = aux_loss.detach()
         parts["dpo_loss"] = dpo.loss.detach()
         return loss, parts, batch.num_tokens
 

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from quartet.algos.losses import pairwise_rm_loss
 from quartet.config.jobs import RMJobConfig
-from quartet.data.batch import collate
 from quartet.data.preference_dataset import PreferenceSample, build_preference_samples
+from quartet.data.shared_prefix import collate_pairs, shares_prefix
 from quartet.data.sources import RowSource
 from quartet.engines.train_engine import TrainEngine
 from quartet.trainers.base_trainer import BaseTrainer, LossOutput
@@ -30,15 +30,18 @@ class RMTrainer(BaseTrainer):
                                        seed=j.train.seed, **self.engine_args())
 
     def scores(self, samples: list[PreferenceSample]) -> tuple[Tensor, Tensor, int]:
-        """Chosen and rejected scores ``[B]`` from one forward over all 2B sequences."""
-        seqs = [s.chosen for s in samples] + [s.rejected for s in samples]
-        batch = collate(seqs, self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples)
-        values = self.engine.forward(batch).values
-        scores = values.reshape(-1)[batch.last_index.to(values.device)]
+        """Chosen and rejected scores ``[B]`` from one forward over all 2B sequences (one row
+        per pair when they share a prefix, see :mod:`quartet.data.shared_prefix`)."""
+        layout = collate_pairs([s.chosen for s in samples], [s.rejected for s in samples],
+                               self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples,
+                               share_prefix=shares_prefix(self.engine.attn_implementation))
+        values = self.engine.forward(layout.model_batch).values
+        ends = layout.last_token_index(values.shape[1])
+        scores = values.reshape(-1)[ends.to(values.device)]
         if self.job.rm.compute_fp32_loss_enable:
             scores = scores.float()
         n = len(samples)
-        return scores[:n], scores[n:], batch.num_tokens
+        return scores[:n], scores[n:], layout.pairs.num_tokens
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, Tensor, Tensor, int]:
         chosen, rejected, n_tokens = self.scores(samples)
