@@ -58,6 +58,7 @@ def test_ds_config_choices():
     adam = build_ds_config(ds, OptimConfig(), AdamConfig(), MuonConfig(), 16, 2, 2)
     assert adam["gradient_accumulation_steps"] == 4 and adam["gradient_clipping"] == 1.0
     assert adam["optimizer"]["params"]["torch_adam"] is True  # no JIT-compiled op by default
+    assert adam["optimizer"]["params"]["fused"] is True
     muon = build_ds_config(ds, OptimConfig(optim="muon"), AdamConfig(), MuonConfig(), 16, 2, 2)
     assert muon["zero_optimization"]["reduce_scatter"] is False
     assert muon["optimizer"]["type"] == "Muon"
@@ -65,6 +66,7 @@ def test_ds_config_choices():
                           MuonConfig(), 16, 2, 2)
     assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert off["optimizer"]["params"]["torch_adam"] is False
+    assert "fused" not in off["optimizer"]["params"]
 
 
 @pytest.mark.parametrize("stage", [0, 3])
