@@ -81,7 +81,7 @@ def serve(argv: list[str]) -> int:
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not hasattr(module, "serve_rank"):
         print(f"quartet serve {role}: runs one rank, but WORLD_SIZE={world_size}; only the "
-              "actor, critic and reference serve several ranks", file=sys.stderr)
+              "actor, critic, reference and reward (a model) serve several ranks", file=sys.stderr)
         return 2
     if rank > 0:
         return _serve_rank(role, module, args, rank)

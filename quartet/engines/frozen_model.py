@@ -1,4 +1,5 @@
-"""A frozen causal LM for scoring: the reference role's engine.
+"""Frozen models for scoring: how the reference and the reward models hold their weights
+(`FrozenHost`), and the reference role's engine (`FrozenCausalLM`).
 
 It scores through the same alignment code as the actor (`quartet.engines.scoring`) on the
 trainers' `InferenceEngine` (eval mode, no grads, optionally parked on CPU between calls so
@@ -7,7 +8,7 @@ an accelerator holds it only while it scores).
 With several ranks (`WORLD_SIZE` > 1, the contract of `quartet.serving.ranks`) rank 0 splits
 each batch's rows over the ranks; with `zero_stage=3` DeepSpeed also shards the weights over
 them (ZeRO-3 inference: each forward gathers a layer's weights, then frees them), so a
-reference larger than one device fits.
+model larger than one device fits.
 """
 
 from __future__ import annotations
@@ -39,12 +40,9 @@ def load_frozen(auto_cls, model_path: str, dtype: torch.dtype, **kwargs):
     return auto_cls.from_pretrained(model_path, dtype=dtype, low_cpu_mem_usage=True, **kwargs)
 
 
-def shard_zero3(module: torch.nn.Module, dtype: str, micro_batch_size: int,
-                offload: bool) -> torch.nn.Module:
-    """The module with its weights partitioned over the default process group (ZeRO-3, no
-    optimizer); `offload` keeps the partitions on CPU."""
-    import deepspeed
-
+def zero3_inference_config(dtype: str, micro_batch_size: int, offload: bool) -> dict:
+    """DeepSpeed's config for weights partitioned over the default process group (ZeRO-3,
+    no optimizer); `offload` keeps the partitions on CPU."""
     from quartet.config.deepspeed import DeepSpeedConfig
     from quartet.engines.ds_config import build_inference_ds_config
 
@@ -52,8 +50,73 @@ def shard_zero3(module: torch.nn.Module, dtype: str, micro_batch_size: int,
         DeepSpeedConfig(zero_stage=3, param_dtype=PARAM_DTYPES[dtype]), micro_batch_size)
     if offload:
         config["zero_optimization"]["offload_param"] = {"device": "cpu"}
-    engine, *_ = deepspeed.initialize(model=module, config=config)
-    return engine.module
+    return config
+
+
+class FrozenHost:
+    """Where a frozen model (the reference, a reward model) runs on this process: its
+    device, its ranks, and how its weights are held there.
+
+    One rank holds the whole model in `dtype` on `device` (on CPU between calls with
+    `offload` and an accelerator). With several ranks (`WORLD_SIZE` > 1, the contract of
+    `quartet.serving.ranks`) rank 0 splits each batch's rows over them; `zero_stage=3` also
+    partitions the weights over them (ZeRO-3 inference: each forward gathers a layer's
+    weights, then frees them), so a model larger than one device fits — and it is loaded
+    partitioned (`deepspeed.zero.Init`), so no rank ever holds the whole model.
+    """
+
+    def __init__(self, dtype: str = "float32", device: str | None = None,
+                 offload: bool = False, micro_batch_size: int = 8,
+                 zero_stage: int = 0) -> None:
+        if zero_stage not in (0, 3):
+            raise ValueError(f"zero_stage: 0 (whole weights) or 3 (sharded), got {zero_stage}")
+        self.dtype_name = dtype
+        self.dtype = float_dtype(dtype)
+        self.offload = offload
+        self.zero_stage = zero_stage
+        self.micro_batch_size = micro_batch_size
+        rank, world_size = 0, 1
+        if zero_stage == 3 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from quartet.engines.distributed import init_distributed
+
+            world = init_distributed()
+            rank, world_size, self.device = world.rank, world.world_size, world.device
+        else:
+            self.device = torch.device(device) if device else default_device()
+        self.ranks = RankGroup(rank, world_size)
+        self._zero3 = (zero3_inference_config(dtype, micro_batch_size, offload)
+                       if zero_stage == 3 else None)
+
+    def load(self, auto_cls, model_path: str, **kwargs) -> torch.nn.Module:
+        """`auto_cls.from_pretrained` in this host's dtype with low CPU memory; under ZeRO-3
+        each parameter is partitioned as it is built (transformers reads an active
+        `HfDeepSpeedConfig`), so a rank holds its shard, not a full copy."""
+        if self._zero3 is None:
+            return load_frozen(auto_cls, model_path, self.dtype, **kwargs)
+        from transformers.integrations import HfDeepSpeedConfig
+
+        active = HfDeepSpeedConfig(self._zero3)  # noqa: F841 - read by from_pretrained
+        try:
+            return load_frozen(auto_cls, model_path, self.dtype, **kwargs)
+        finally:
+            del active
+
+    def engine(self, module: torch.nn.Module,
+               attn_implementation: str = "sdpa") -> InferenceEngine:
+        """The inference engine over `module` (the ZeRO-3 engine's module when sharded)."""
+        if self._zero3 is not None:
+            import deepspeed
+
+            ds_engine, *_ = deepspeed.initialize(model=module, config=self._zero3)
+            return InferenceEngine(ds_engine.module, self.device, self.dtype,
+                                   attn_implementation, placed_by_deepspeed=True)
+        # Offload (keep on CPU between calls) matters only with an accelerator.
+        return InferenceEngine(module, self.device, self.dtype, attn_implementation,
+                               offload=self.offload and self.device.type != "cpu")
+
+    def describe(self) -> str:
+        return (f"on {self.device} in {self.dtype_name} (offload={self.offload}, "
+                f"zero_stage={self.zero_stage}, rank {self.ranks.rank} of {self.ranks.size})")
 
 
 class FrozenCausalLM:
@@ -70,37 +133,20 @@ class FrozenCausalLM:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if zero_stage not in (0, 3):
-            raise ValueError(f"zero_stage: 0 (whole weights) or 3 (sharded), got {zero_stage}")
-        torch_dtype = float_dtype(dtype)
+        host = FrozenHost(dtype, device, offload, micro_batch_size, zero_stage)
         self.model_path = model_path
         self.micro_batch_size = micro_batch_size
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
-        module = load_frozen(AutoModelForCausalLM, model_path, torch_dtype, **kwargs)
-        rank, world_size = 0, 1
-        if zero_stage == 3 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from quartet.engines.distributed import init_distributed
-
-            world = init_distributed()
-            rank, world_size, dev = world.rank, world.world_size, world.device
-        else:
-            dev = torch.device(device) if device else default_device()
-        if zero_stage == 3:
-            module = shard_zero3(module, dtype, micro_batch_size, offload)
-            self.engine = InferenceEngine(module, dev, torch_dtype, attn_implementation,
-                                          placed_by_deepspeed=True)
-        else:
-            self.engine = InferenceEngine(module, dev, torch_dtype, attn_implementation,
-                                          offload=offload and dev.type != "cpu")
+        module = host.load(AutoModelForCausalLM, model_path, **kwargs)
+        self.engine = host.engine(module, attn_implementation)
         self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
                        else self.tokenizer.eos_token_id)
         self.vocab_size = int(module.config.vocab_size)
         self.max_len = int(getattr(module.config, "max_position_embeddings", 1 << 30))
         self._lock = threading.Lock()
-        self.ranks = RankGroup(rank, world_size)
-        log.info("loaded frozen model %s on %s in %s (offload=%s, zero_stage=%d, rank %d of "
-                 "%d)", model_path, dev, dtype, offload, zero_stage, rank, world_size)
+        self.ranks = host.ranks
+        log.info("loaded frozen model %s %s", model_path, host.describe())
 
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:

@@ -2,43 +2,49 @@
 
 Loaded with `AutoModelForSequenceClassification(num_labels=1)`; the reward of a sample is
 the head's output at its last non-pad token, as in training.
+
+It is held like the reference (`quartet.engines.frozen_model.FrozenHost`): in the configured
+dtype, optionally offloaded between calls, on one rank or on N ranks behind rank 0 — rows
+scattered over the ranks and scores gathered in order — with ZeRO-3 sharding the weights.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
 
-from quartet.codec.dtypes import float_dtype
+from quartet.codec.batches import RowBatch
 from quartet.rewards.base import RewardInputs, RewardResult
+
+log = logging.getLogger("quartet.rewards")
 
 
 class SequenceRegressionReward:
     def __init__(self, model_path: str, dtype: str = "float32", device: str | None = None,
                  micro_batch_size: int = 8, max_len: int = 2048,
-                 use_token_ids: bool = False, offload: bool = False) -> None:
+                 use_token_ids: bool = False, offload: bool = False,
+                 zero_stage: int = 0) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from quartet.engines.frozen_model import default_device, load_frozen
-        from quartet.engines.inference_engine import InferenceEngine
+        from quartet.engines.frozen_model import FrozenHost
 
+        host = FrozenHost(dtype, device, offload, micro_batch_size, zero_stage)
         self.name = model_path
-        self.device = torch.device(device) if device else default_device()
+        self.device = host.device
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = float_dtype(dtype)
-        model = load_frozen(AutoModelForSequenceClassification, model_path, torch_dtype,
-                            num_labels=1)
+        model = host.load(AutoModelForSequenceClassification, model_path, num_labels=1)
         model.config.pad_token_id = self.tokenizer.pad_token_id
-        # Offload (keep on CPU between calls) matters only with an accelerator.
-        self.engine = InferenceEngine(model, self.device, torch_dtype, "sdpa",
-                                      offload=offload and self.device.type != "cpu")
+        self.engine = host.engine(model)
+        self.ranks = host.ranks
         self.micro_batch_size = micro_batch_size
         self.max_len = max_len
         self.use_token_ids = use_token_ids
         self._lock = threading.Lock()
+        log.info("loaded reward model %s %s", model_path, host.describe())
 
     @torch.no_grad()
     def _score_ids(self, rows: list[torch.Tensor]) -> list[float]:
@@ -60,6 +66,10 @@ class SequenceRegressionReward:
                 out.extend(model.score(picked).float().squeeze(-1).cpu().tolist())
         return out
 
+    def shard_scores(self, batch: RowBatch) -> list[float]:
+        """This rank's share of a scored batch (run on every rank by `scatter_rows`)."""
+        return self._score_ids(batch.rows)
+
     def __call__(self, inputs: RewardInputs) -> RewardResult:
         if self.use_token_ids and inputs.batch is not None and len(inputs.batch):
             rows = inputs.batch.rows
@@ -69,6 +79,14 @@ class SequenceRegressionReward:
                     -self.max_len:] or [self.tokenizer.pad_token_id])
                 for q in inputs.queries
             ]
-        with self._lock:
-            rewards = self._score_ids(rows)
+        with self._lock:  # one forward at a time: the server's worker threads share it
+            rewards = self.ranks.scatter_rows(self, "shard_scores",
+                                              RowBatch(rows, [0] * len(rows)))
         return RewardResult(rewards)
+
+    def serve_worker(self) -> int:
+        """Ranks > 0: serve rank 0's fanned-out calls until it stops; the exit code."""
+        return self.ranks.serve_worker(self)
+
+    def stop_workers(self) -> None:
+        self.ranks.stop()

@@ -9,6 +9,7 @@ from quartet.testing.tiny import (
     build_tiny_tokenizer,
     tiny_model_dir,
     write_tiny_datasets,
+    write_tiny_reward_model,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "build_tiny_tokenizer",
     "tiny_model_dir",
     "write_tiny_datasets",
+    "write_tiny_reward_model",
 ]

@@ -187,3 +187,21 @@ def write_tiny_datasets(
     _write_jsonl(paths["prompts"], prompts)
     _write_jsonl(paths["chat_sft"], chat)
     return paths
+
+
+def write_tiny_reward_model(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """The tiny model as a sequence-regression reward model (`num_labels=1`) with a seeded,
+    saved score head, so every process (and every rank) that loads it holds the same
+    weights — a head left missing would be drawn anew by each loader."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out_dir)
+    source = tiny_model_dir()
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -120,6 +120,14 @@ def frozen_dtype(cfg: PPOJobConfig) -> str:
     return FROZEN_DTYPES[cfg.ds.param_dtype]
 
 
+def frozen_args(cfg: PPOJobConfig, offload: bool) -> list[str]:
+    """How the reference and each reward model hold their weights: the trained roles'
+    dtype, `--offload` from --ref.offload / --reward.offload, and under --ds.zero_stage 3
+    ZeRO-3 sharding over their own ranks."""
+    return (["--dtype", frozen_dtype(cfg)] + (["--offload"] if offload else [])
+            + (["--zero-stage", "3"] if cfg.ds.zero_stage == 3 else []))
+
+
 def critic_model(cfg: PPOJobConfig) -> tuple[str, str | None]:
     """The critic starts from the (first) reward model when there is one, else the actor."""
     actor = cfg.actor.model_name_or_path
@@ -163,18 +171,13 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
             cfg, model, cfg.critic.learning_rate, gguf))), thread_env(threads["critic"]))
     if cfg.needs_reference and not cfg.ref.address:
         ref_model = cfg.ref.model_name_or_path or actor_model
-        args = ["--model", ref_model, "--dtype", frozen_dtype(cfg)]
+        args = ["--model", ref_model, *frozen_args(cfg, cfg.ref.offload)]
         if cfg.actor.gguf_file and ref_model == actor_model:
             args += ["--gguf-file", cfg.actor.gguf_file]
-        if cfg.ref.offload:
-            args.append("--offload")
-        if cfg.ds.zero_stage == 3:
-            args += ["--zero-stage", "3"]
         cmds["reference"] = ServiceCommand("reference", tuple(args),
                                            thread_env(threads["reference"]))
     r = cfg.reward
-    sources = ([["--model", m, "--dtype", frozen_dtype(cfg)]
-                + (["--offload"] if r.offload else []) for m in r.model_name_or_path]
+    sources = ([["--model", m, *frozen_args(cfg, r.offload)] for m in r.model_name_or_path]
                + [["--reward-func", str(Path(f).resolve())] for f in r.func]
                + [["--remote-url", url, "--remote-timeout-s", repr(r.remote_timeout_s),
                    "--remote-retries", str(r.remote_retries),

@@ -9,7 +9,6 @@ itself is `quartet.launch.placement.plan_placement`; this module only names the 
 from __future__ import annotations
 
 from quartet.launch.placement import (
-    PlacementError,
     PlacementPlan,
     RankPlacement,
     ServiceDemand,
@@ -26,17 +25,6 @@ def reward_service_names(cfg: PPOJobConfig) -> tuple[list[str], list[str]]:
     models = [f"reward{i}" for i in range(len(r.model_name_or_path))]
     others = [f"reward{len(models) + i}" for i in range(len(r.func) + len(r.remote_url))]
     return models, others
-
-
-def single_process(name: str, role: str, num_nodes: int, num_gpus_per_node: int,
-                   flag: str) -> ServiceDemand:
-    """A reward model runs as one process (one rank) that is shown all its GPUs on one
-    node, so colocation and device counts mean what they mean for the other roles."""
-    if num_nodes != 1:
-        raise PlacementError(f"{flag}.num_nodes: the {role} service is one process on one "
-                             f"node; got {num_nodes}")
-    return ServiceDemand(name, role, 1, num_gpus_per_node, max(num_gpus_per_node, 1),
-                         flag=flag)
 
 
 def ppo_demands(cfg: PPOJobConfig) -> list[ServiceDemand]:
@@ -56,7 +44,7 @@ def ppo_demands(cfg: PPOJobConfig) -> list[ServiceDemand]:
                                      r.num_gpus_per_node, flag="--ref"))
     models, others = reward_service_names(cfg)
     rw = cfg.reward
-    demands += [single_process(n, "reward", rw.num_nodes, rw.num_gpus_per_node, "--reward")
+    demands += [ServiceDemand(n, "reward", rw.num_nodes, rw.num_gpus_per_node, flag="--reward")
                 for n in models]
     demands += [ServiceDemand(n, "reward", 1, 0, flag="--reward") for n in others]
     if not cfg.vllm.address:

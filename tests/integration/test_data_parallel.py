@@ -1,4 +1,5 @@
-"""Multi-rank actor, critic and reference (`quartet serve` with WORLD_SIZE=2, gloo on CPU):
+"""Multi-rank actor, critic, reference and reward model (`quartet serve` with WORLD_SIZE=2,
+gloo on CPU):
 two ranks behind one endpoint compute what one rank computes — scores, the PPO step's loss,
 its gradient norm and the updated weights — under ZeRO-2 and ZeRO-3; and ranks > 0 never
 outlive a SIGKILLed rank 0.
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from quartet.clients.actor import GrpcActorClient
 from quartet.clients.critic import GrpcCriticClient
 from quartet.clients.reference import GrpcReferenceClient
+from quartet.clients.reward import GrpcRewardClient
 from quartet.codec import RowBatch, TensorAssembler
 from quartet.config.base import config_to_argv
 from quartet.config.deepspeed import DeepSpeedConfig
@@ -33,6 +35,8 @@ from quartet.ppo.batch import (
     ValueMiniBatch,
 )
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.rewards.base import RewardInputs
+from quartet.testing import write_tiny_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -175,6 +179,29 @@ def test_two_reference_ranks_with_zero3_score_like_one(tmp_path, tiny_model_path
             scores.append(client.logprobs(batch, temperature=0.7))
     for a, b in zip(scores[1], scores[0], strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_two_reward_model_ranks_with_zero3_score_like_one_in_the_given_dtype(tmp_path):
+    """7 texts of uneven length over 2 ranks (one row repeated to even the shares), 2 rows
+    per micro-batch: the same scores as one rank; bf16 scores are bf16 values."""
+    model = write_tiny_reward_model(tmp_path / "rm")
+    texts = ["a b c d e f", "d e", "the cat sat on the mat", "1 2 3", "x", "q r s t", "m n"]
+    inputs = RewardInputs(queries=texts, prompts=[""] * 7, responses=[""] * 7, labels=[""] * 7)
+    scores = {}
+    for world, dtype, args in ((1, "float32", []), (2, "float32", ["--zero-stage", "3"]),
+                               (2, "bfloat16", ["--zero-stage", "3"])):
+        with LocalCluster(tmp_path / f"reward-{world}-{dtype}") as cluster:
+            start_role_ranks(cluster, "reward", ["--model", str(model), "--dtype", dtype,
+                                                 "--micro-batch-size", "2", *args], world)
+            cluster.wait_healthy(240)
+            client = GrpcRewardClient(cluster.services["reward"].address, timeout_s=300)
+            scores[world, dtype] = torch.tensor(client.score(inputs).rewards)
+    one, two, bf16 = scores[1, "float32"], scores[2, "float32"], scores[2, "bfloat16"]
+    assert torch.allclose(two, one, atol=1e-5), (two, one)
+    # the head computed in bf16: every score is a bf16 number, near the fp32 one
+    assert torch.equal(bf16.to(torch.bfloat16).float(), bf16), bf16
+    assert not torch.equal(one.to(torch.bfloat16).float(), one)  # fp32 ones are not
+    assert torch.allclose(bf16, one, atol=0.02), (bf16, one)
 
 
 def test_ranks_exit_when_rank0_is_killed(tmp_path, tiny_model_path):

@@ -107,7 +107,10 @@ def test_ppo_with_a_reward_model_trained_by_train_rm(tmp_path, tiny_model_path, 
     assert train.returncode == 0, train.stderr[-3000:]
     history = run_ppo(tmp_path / "ppo", tiny_model_path, tiny_data["prompts"],
                       "--reward.model_name_or_path", str(rm_dir),
+                      "--reward.num_gpus_per_node", "2",  # 2 ranks (CPU slots) on this host
                       "--critic.learning_rate", "1e-3", "--algo.kl.init_coef", "0.01")
+    placement = json.loads((tmp_path / "ppo" / "placement.json").read_text())["services"]
+    assert placement["reward0"]["world_size"] == 2  # the local launcher started both
     first = sum(m["reward"] for m in history[:3]) / 3
     last = sum(m["reward"] for m in history[-3:]) / 3
     # the critic starts from the RM (value head included); the RM's score scale is its own:

@@ -41,11 +41,9 @@ def test_listing_1_places_16_gpus_on_two_nodes_with_colocated_pairs(tmp_path):
     p = load_placement(path)["services"]
     assert sorted(p) == ["actor", "critic", "reference", "reward0",
                          "rollout0", "rollout1", "rollout2", "rollout3"]
-    for name in ("actor", "critic", "reference"):  # multi-rank roles: one rank per GPU
+    for name in ("actor", "critic", "reference", "reward0"):  # one rank per GPU
         assert p[name]["world_size"] == 4 and len(slots(p[name])) == 4, name
         assert all(len(r["devices"]) == 1 for r in p[name]["ranks"])
-    # the reward service is one process shown its 4 GPUs
-    assert p["reward0"]["world_size"] == 1 and len(p["reward0"]["ranks"][0]["devices"]) == 4
     # colocated pairs share exactly the same devices, each with half of every one
     assert slots(p["actor"]) == slots(p["reference"])
     assert slots(p["critic"]) == slots(p["reward0"])
@@ -116,7 +114,7 @@ def test_a_role_spanning_two_nodes_takes_one_chunk_per_node():
     (["--vllm.tensor_parallel_size", "2", "--vllm.backend", "hf"],
      "--vllm.tensor_parallel_size"),
     (["--ray.address", "auto"], "--ray.address"),
-    (["--reward.num_nodes", "2", "--reward.model_name_or_path", "rm"], "--reward.num_nodes"),
+    (["--reward.num_nodes", "0", "--reward.model_name_or_path", "rm"], "--reward.num_nodes"),
 ])
 def test_impossible_placements_are_refused_at_parse_time(flags, field):
     with pytest.raises(ConfigError) as info:
@@ -124,6 +122,20 @@ def test_impossible_placements_are_refused_at_parse_time(flags, field):
                                              "--data.dataset", "d", "--reward.func", "f.py",
                                              *flags])
     assert f"{field}: " in str(info.value)
+
+
+def test_reward_model_ranks_follow_the_reward_flags_and_rule_rewards_take_none():
+    cfg = parse_config_or_raise(PPOJobConfig, [
+        "--actor.model_name_or_path", "m", "--data.dataset", "d",
+        "--reward.model_name_or_path", "rm", "--reward.func", "f.py",
+        "--reward.num_nodes", "2", "--reward.num_gpus_per_node", "2"])
+    plan = ppo_placement(cfg, devices_per_node=2, device_kind="cuda")
+    model, rule = plan.service("reward0"), plan.service("reward1")
+    assert model.world_size == 4
+    nodes = [r.node for r in model.ranks]
+    assert nodes[0] == nodes[1] != nodes[2] == nodes[3]  # 2 nodes of 2 ranks each
+    assert [(r.devices, r.local_rank) for r in model.ranks] == [((0,), 0), ((1,), 1)] * 2
+    assert rule.world_size == 1 and rule.ranks[0].devices == ()
 
 
 def test_a_pool_larger_than_a_node_is_refused():

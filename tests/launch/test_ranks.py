@@ -1,6 +1,7 @@
 """The multi-rank launch contract: each rank's environment, names, and single-rank roles
-refusing a world > 1."""
+(and single-rank reward sources) refusing a world > 1."""
 
+import os
 import subprocess
 import sys
 
@@ -34,14 +35,21 @@ def test_bad_world_sizes_are_rejected(tmp_path):
     assert not cluster.services
 
 
-def test_single_rank_roles_refuse_a_world_of_two(tmp_path):
-    env = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
-           "PATH": "/usr/bin:/bin"}
-    import os
+def _serve(role: str, args: list[str], rank: int) -> subprocess.CompletedProcess:
+    env = {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "quartet.cli.main", "serve", role, *args,
+                           "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
 
-    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "quartet.cli.main", "serve", "reward",
-                           "--reward-func", REWARD, "--port", "0"], env=env,
-                          capture_output=True, text=True, timeout=120)
+
+def test_single_rank_roles_refuse_a_world_of_two():
+    proc = _serve("rollout", ["--model", "m"], 0)
     assert proc.returncode == 2
     assert "runs one rank, but WORLD_SIZE=2" in proc.stderr
+
+
+def test_only_a_reward_model_runs_several_ranks():
+    """The reward role is multi-rank for a model; a rule reward refuses rank 1 of 2."""
+    proc = _serve("reward", ["--reward-func", REWARD], 1)
+    assert proc.returncode == 1
+    assert "only a reward model (--model) runs several ranks" in proc.stderr
