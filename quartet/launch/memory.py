@@ -95,9 +95,13 @@ def trainer_bytes(m: ModelShape, dtype: str, micro_batch: int, seq_len: int,
 
 
 def scorer_bytes(m: ModelShape, dtype: str, micro_batch: int, seq_len: int,
-                 window: int) -> int:
-    return (PROCESS_FLOOR_BYTES + m.params * DTYPE_BYTES.get(dtype, 4)
-            + activation_bytes(m, micro_batch, seq_len, window, backward=False))
+                 window: int, ranks: int = 1, sharded: bool = False) -> int:
+    """A frozen scorer's `ranks` processes: each its own floor and activations, and the
+    weights in `dtype` once per rank — or split over them under ZeRO-3 (`sharded`)."""
+    weights = m.params * DTYPE_BYTES.get(dtype, 4)
+    return (ranks * (PROCESS_FLOOR_BYTES
+                     + activation_bytes(m, micro_batch, seq_len, window, backward=False))
+            + (weights if sharded else ranks * weights))
 
 
 def rollout_bytes(m: ModelShape, dtype: str, kv_cache_bytes: int) -> int:
