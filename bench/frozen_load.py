@@ -3,8 +3,9 @@
 Starts `quartet serve reference` as N local ranks (gloo on CPU) on a random ~100M-parameter
 Llama, whole (`--zero-stage 0`) and sharded (`--zero-stage 3`, loaded partitioned through
 `deepspeed.zero.Init`), in each dtype asked, and reports every rank's peak resident memory
-(`VmHWM`) once the service is SERVING, next to the model's size in that dtype. The reward
-role holds its model the same way (`quartet.engines.frozen_model.FrozenHost`).
+(`VmHWM`) once the service is SERVING — before any forward, so fp32 weights loaded whole
+may still be file-mapped pages not yet read — next to the model's size in that dtype. The
+reward role holds its model the same way (`quartet.engines.frozen_model.FrozenHost`).
 
     python -m bench frozen_load [--ranks 2] [--dtypes float32 bfloat16]
 """
