@@ -59,7 +59,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(PY) -m quartet.demo
+	$(PY) -m demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

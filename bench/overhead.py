@@ -53,7 +53,7 @@ def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
 
 
 def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:
-    from quartet.cli.train_ppo import loop_settings
+    from services.coordinator.job import loop_settings
     from services.coordinator.ppo_loop import PPOLoop
 
     loop = PPOLoop(roles, loop_settings(cfg, str(out), "bench"), prompts, decode)

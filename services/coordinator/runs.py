@@ -80,7 +80,7 @@ def parse_run_config(config_yaml: str) -> PPOJobConfig:
 class RunManager:
     def __init__(self, runner=None) -> None:
         if runner is None:
-            from quartet.cli.train_ppo import run as runner
+            from services.coordinator.job import run as runner
         self.runner = runner
         self.runs: dict[str, Run] = {}
         self.threads: dict[str, threading.Thread] = {}

@@ -232,7 +232,7 @@ def test_trainer_flags_are_read_or_rejected(cli):
 
 def test_ppo_flags_are_read_or_rejected():
     parser = _typed_parser(PPOJobConfig, RENAMED_PPO_FLAGS)
-    roots = ("quartet/cli/train_ppo.py", *ROLE_SERVERS)
+    roots = ("services/coordinator/job.py", *ROLE_SERVERS)
     base = BASE_ARGS["ppo"]
     assert dead_flags(parser, roots, base, _defaults(PPOJobConfig, base)) == []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quartet.demo.__main__ import demo_flags
-from quartet.demo.model import GGUF_NAME, cache_dir, find_gguf
+from demo.__main__ import demo_flags
+from demo.model import GGUF_NAME, cache_dir, find_gguf
 
 
 def test_gguf_is_found_without_importing_the_package():

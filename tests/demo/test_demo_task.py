@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from quartet.demo.report import summarize
-from quartet.demo.reward import is_correct, parse_answer, reward_func
-from quartet.demo.stats import mcnemar_exact, paired_difference, two_proportion, wilson
-from quartet.demo.task import Problem, kind_of, make_splits, write_jsonl
+from demo.report import summarize
+from demo.reward import is_correct, parse_answer, reward_func
+from demo.stats import mcnemar_exact, paired_difference, two_proportion, wilson
+from demo.task import Problem, kind_of, make_splits, write_jsonl
 
 
 def test_splits_are_deterministic_and_disjoint():

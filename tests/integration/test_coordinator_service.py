@@ -60,9 +60,9 @@ def test_coordinator_service_runs_ppo(tmp_path, tiny_model_path, tiny_data):
 
 
 def test_ppo_reads_a_yaml_config_and_flags_override_it(tmp_path, tiny_model_path, tiny_data):
-    from quartet.cli.train_ppo import with_yaml_config
     from quartet.config.base import parse_config
     from services.coordinator.config import PPOJobConfig
+    from services.coordinator.job import with_yaml_config
 
     path = tmp_path / "ppo.yaml"
     path.write_text(yaml.safe_dump(_config(tiny_model_path, tiny_data["prompts"], tmp_path)))

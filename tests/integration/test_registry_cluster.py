@@ -36,8 +36,8 @@ def wait_registered(registry: Registry, role: str, replica: str, timeout_s: floa
 
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
-    from quartet.cli.train_ppo import run
     from services.coordinator.config import PPOJobConfig
+    from services.coordinator.job import run
     from services.coordinator.launch import training_role_config
 
     out = tmp_path_factory.mktemp("registry-run")

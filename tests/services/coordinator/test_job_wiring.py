@@ -13,7 +13,7 @@ from quartet.config.base import parse_config
 from services.coordinator.config import PPOJobConfig
 from tests.trainers.dist_world import world_of_one
 
-HERE = Path(__file__).resolve().parents[1] / "integration" / "rewards"
+HERE = Path(__file__).resolve().parents[3] / "tests" / "integration" / "rewards"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,7 +49,7 @@ class InProcessServices:
 def in_process_run(monkeypatch, model, prompts, out, *flags: str):
     """`quartet ppo`'s run() with these flags on the in-process roles; its history."""
     import services.coordinator.launch as launch
-    from quartet.cli.train_ppo import run
+    from services.coordinator.job import run
 
     monkeypatch.setattr(launch, "PPOServices", InProcessServices)
     return run(parse_config(PPOJobConfig, [
