@@ -15,6 +15,12 @@ import threading
 
 from quartet.logs import setup_logging
 from quartet.roles import DEFAULT_PORTS, ROLES, server_module
+from quartet.security import (
+    TOKEN_ENV,
+    SecurityConfigError,
+    ServerSecurity,
+    add_server_security_arguments,
+)
 
 log = logging.getLogger("quartet.cli")
 
@@ -36,6 +42,40 @@ FORWARDED = {
 }
 
 
+def parse_serve_args(role: str, argv: list[str]):
+    """The role's server module and its parsed `quartet serve <role>` flags (also used to
+    host a role in-process, e.g. by the fuzz tests)."""
+    from quartet.serving.presence import add_presence_arguments
+
+    module = server_module(role)
+    parser = argparse.ArgumentParser(prog=f"quartet serve {role}")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORTS[role],
+                        help=f"port (default {DEFAULT_PORTS[role]}; 0 picks a free one)")
+    parser.add_argument("--max-message-mb", type=int, default=64,
+                        help="largest gRPC message accepted or sent, in MiB")
+    parser.add_argument("--port-file", default=None,
+                        help="write the bound port to this file once listening (for launchers)")
+    add_server_security_arguments(parser)
+    add_presence_arguments(parser)
+    module.add_arguments(parser)
+    role_config_cls = getattr(module, "ROLE_CONFIG", None)
+    if role_config_cls is None:
+        args = parser.parse_args(argv)
+    else:
+        # Roles with a typed config (actor, critic) take its generated hierarchical flags
+        # (--model.*, --ds.*, ...) after the server's own flags.
+        from quartet.config.base import parse_config
+
+        if any(a in ("-h", "--help") for a in argv):
+            parser.print_help()
+            print(f"\n{role} flags:")
+            parse_config(role_config_cls, ["--help"], prog=f"quartet serve {role}")
+        args, extra = parser.parse_known_args(argv)
+        args.role_config = parse_config(role_config_cls, extra, prog=f"quartet serve {role}")
+    return module, args
+
+
 def serve(argv: list[str]) -> int:
     """Start one role's gRPC server in this process and block until SIGTERM/SIGINT."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -50,33 +90,7 @@ def serve(argv: list[str]) -> int:
         print(f"quartet serve: unknown role {role!r}; expected one of {', '.join(ROLES)}",
               file=sys.stderr)
         return 2
-    from quartet.serving.presence import add_presence_arguments
-
-    module = server_module(role)
-    parser = argparse.ArgumentParser(prog=f"quartet serve {role}")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORTS[role],
-                        help=f"port (default {DEFAULT_PORTS[role]}; 0 picks a free one)")
-    parser.add_argument("--max-message-mb", type=int, default=64,
-                        help="largest gRPC message accepted or sent, in MiB")
-    parser.add_argument("--port-file", default=None,
-                        help="write the bound port to this file once listening (for launchers)")
-    add_presence_arguments(parser)
-    module.add_arguments(parser)
-    role_config_cls = getattr(module, "ROLE_CONFIG", None)
-    if role_config_cls is None:
-        args = parser.parse_args(rest)
-    else:
-        # Roles with a typed config (actor, critic) take its generated hierarchical flags
-        # (--model.*, --ds.*, ...) after the server's own flags.
-        from quartet.config.base import parse_config
-
-        if any(a in ("-h", "--help") for a in rest):
-            parser.print_help()
-            print(f"\n{role} flags:")
-            parse_config(role_config_cls, ["--help"], prog=f"quartet serve {role}")
-        args, extra = parser.parse_known_args(rest)
-        args.role_config = parse_config(role_config_cls, extra, prog=f"quartet serve {role}")
+    module, args = parse_serve_args(role, rest)
 
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not hasattr(module, "serve_rank"):
@@ -89,8 +103,16 @@ def serve(argv: list[str]) -> int:
     from quartet.serving import RoleServer
     from quartet.serving.presence import Presence
 
+    try:
+        security = ServerSecurity.from_args(args)
+    except SecurityConfigError as exc:
+        print(f"quartet serve {role}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.auth_token_file:
+        # Clients this service makes (the coordinator's) present the same token.
+        os.environ[TOKEN_ENV] = args.auth_token_file
     server = RoleServer(role, host=args.host, port=args.port,
-                        max_message_bytes=args.max_message_mb << 20)
+                        max_message_bytes=args.max_message_mb << 20, security=security)
     server.start()
     presence = Presence(args, role, server)
     server.install_signal_handlers()

@@ -9,6 +9,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient, RoleCallError
 from quartet.clients.checkpoints import CheckpointCalls
+from quartet.clients.retry import NO_RETRY
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
 from quartet.codec.dtypes import wire_dtype_named
@@ -55,7 +56,8 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
                           common_pb2.InitWeightGroupRequest(
                               master_address=master_address, master_port=master_port,
                               world_size=world_size, rank=0, backend=backend,
-                              group_name=group_name, timeout_s=timeout_s))
+                              group_name=group_name, timeout_s=timeout_s),
+                          retry=NO_RETRY)
 
     def weight_manifest(self, dtype: str = "float32") -> list[TensorSpec]:
         """Names, wire dtypes and shapes of the weights a broadcast or stream will send."""
@@ -64,12 +66,15 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
         return [TensorSpec.from_proto(t, f"tensors[{i}]") for i, t in enumerate(msg.tensors)]
 
     def broadcast_weights(self, version: int, bucket_bytes: int = 256 << 20,
-                          dtype: str = "float32") -> actor_pb2.BroadcastWeightsResponse:
-        """Sends the weights over the joined weight group (rank 0's side of an update)."""
+                          dtype: str = "float32",
+                          header: common_pb2.RequestHeader | None = None
+                          ) -> actor_pb2.BroadcastWeightsResponse:
+        """Sends the weights over the joined weight group (rank 0's side of an update);
+        never retried: the receivers take part in it."""
         return self._call("BroadcastWeights", self.stub.BroadcastWeights,
                           actor_pb2.BroadcastWeightsRequest(
-                              version=version, bucket_bytes=bucket_bytes,
-                              dtype=wire_dtype_named(dtype)))
+                              header=header, version=version, bucket_bytes=bucket_bytes,
+                              dtype=wire_dtype_named(dtype)), retry=NO_RETRY)
 
     def stream_weights(self, chunk_bytes: int = 4 << 20, dtype: str = "float32"
                        ) -> Iterator[common_pb2.TensorChunk]:

@@ -8,10 +8,13 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from quartet.clients.channel import transport_channel
+
 
 def health_status(address: str, timeout_s: float = 2.0, service: str = "") -> str:
-    """'SERVING', 'NOT_SERVING', ... or 'UNREACHABLE'."""
-    with grpc.insecure_channel(address) as channel:
+    """'SERVING', 'NOT_SERVING', ... or 'UNREACHABLE' (over TLS when the environment
+    configures it; health needs no token and makes no trace span)."""
+    with transport_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)

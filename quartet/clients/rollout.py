@@ -3,7 +3,9 @@ rollout replica, plus helpers for several replicas.
 
 A replica's own calls raise `grpc.RpcError` with the server's status code and field-naming
 message; the several-replica helpers (`await_joins`, `update_replicas`, `push_to_replica`)
-raise `RoleCallError`, which also names the replica.
+raise `RoleCallError`, which also names the replica. Every call has a deadline; unary calls
+are retried on transient statuses with one request id (`quartet.clients.retry`), which the
+replica deduplicates.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import TypeVar
 import grpc
 import torch
 
-from quartet.clients.base import DEFAULT_MAX_MESSAGE_BYTES, RoleCallError
-from quartet.clients.channel import open_channel
+from quartet.clients.base import RoleCallError
+from quartet.clients.channel import DEFAULT_MAX_MESSAGE_BYTES, open_channel
+from quartet.clients.retry import NO_RETRY, RetryPolicy, call_with_retry
 from quartet.codec import DEFAULT_CHUNK_BYTES, ragged_to_proto
+from quartet.security import ClientSecurity
 from quartet.sharding import round_robin
 from quartet.types import PromptOutput, SampleOutput, SamplingConfig, UpdateResult
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
@@ -28,6 +32,10 @@ from quartet.weightsync.specs import NamedTensors, TensorSpec, named_items, spec
 from quartet.weightsync.stream import push_requests
 
 T = TypeVar("T")
+CONTROL_TIMEOUT_S = 60.0
+"""Deadline of control-plane calls (begin, abort, info)."""
+DEFAULT_TIMEOUT_S = 3600.0
+"""Deadline of calls that wait for work (generation, finishing or pushing an update)."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class ReplicaInfo:
     weight_version: int
     inflight_requests: int
     vocab_size: int
+    run_id: str = ""
+    """The run whose weights it serves; `weight_version` counts within that run."""
 
 
 def sampling_to_proto(s: SamplingConfig) -> rollout_pb2.SamplingParams:
@@ -84,10 +94,20 @@ class GrpcRolloutClient:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         channel: grpc.Channel | None = None,
+        retry: RetryPolicy | None = None,
+        security: ClientSecurity | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self.address = address
-        self._channel = channel or open_channel(address, max_message_bytes)
+        self.retry = retry or RetryPolicy()
+        self.timeout_s = timeout_s
+        self._channel = channel or open_channel(address, max_message_bytes, security)
         self._stub = rollout_pb2_grpc.RolloutStub(self._channel)
+
+    def _unary(self, method: str, fn, request, timeout_s: float,
+               retry: RetryPolicy | None = None):
+        return call_with_retry(fn, request, timeout_s=timeout_s, policy=retry or self.retry,
+                               what=f"rollout at {self.address}: {method}")
 
     # Generation ---------------------------------------------------------------------------
     def generate_stream(
@@ -105,7 +125,7 @@ class GrpcRolloutClient:
             sampling=sampling_to_proto(sampling),
             return_text=return_text,
         )
-        return GenerateCall(self._stub.Generate(request, timeout=timeout_s))
+        return GenerateCall(self._stub.Generate(request, timeout=timeout_s or self.timeout_s))
 
     def generate(
         self,
@@ -116,15 +136,23 @@ class GrpcRolloutClient:
         header: common_pb2.RequestHeader | None = None,
         timeout_s: float | None = None,
     ) -> list[PromptOutput]:
-        """All outputs, ordered by prompt index."""
-        call = self.generate_stream(prompts, sampling, return_text=return_text, header=header,
-                                    timeout_s=timeout_s)
-        return sorted(call, key=lambda o: o.prompt_index)
+        """All outputs, ordered by prompt index (retried whole on a transient failure)."""
+        request = rollout_pb2.GenerateRequest(
+            header=header,
+            prompt_tokens=ragged_to_proto([list(p) for p in prompts], dtype=torch.int64),
+            sampling=sampling_to_proto(sampling),
+            return_text=return_text,
+        )
+        msgs = call_with_retry(self._stub.Generate, request,
+                               timeout_s=timeout_s or self.timeout_s, policy=self.retry,
+                               what=f"rollout at {self.address}: Generate", collect=True)
+        return sorted((output_from_proto(m) for m in msgs), key=lambda o: o.prompt_index)
 
     def info(self, timeout_s: float | None = 10.0) -> ReplicaInfo:
-        msg = self._stub.GetInfo(common_pb2.GetInfoRequest(), timeout=timeout_s)
+        msg = self._unary("GetInfo", self._stub.GetInfo, common_pb2.GetInfoRequest(),
+                          timeout_s or CONTROL_TIMEOUT_S)
         return ReplicaInfo(self.address, msg.backend, msg.model, msg.policy_version,
-                           msg.inflight_requests, msg.vocab_size)
+                           msg.inflight_requests, msg.vocab_size, msg.run_id)
 
     # Weights ------------------------------------------------------------------------------
     def init_weight_group_future(
@@ -136,7 +164,7 @@ class GrpcRolloutClient:
             master_port=config.master_port, world_size=config.world_size, rank=config.rank,
             backend=config.backend, group_name=config.group_name, timeout_s=config.timeout_s,
         )
-        return self._stub.InitWeightGroup.future(request)
+        return self._stub.InitWeightGroup.future(request, timeout=config.timeout_s + 60)
 
     def init_weight_group(self, config: WeightGroupConfig,
                           header: common_pb2.RequestHeader | None = None) -> int:
@@ -147,17 +175,20 @@ class GrpcRolloutClient:
         header: common_pb2.RequestHeader | None = None,
     ) -> int:
         """Opens the session; returns the number of buckets the sender will broadcast."""
-        resp = self._stub.BeginWeightUpdate(rollout_pb2.BeginWeightUpdateRequest(
-            header=header, version=version, tensors=[s.to_proto() for s in specs],
-            bucket_bytes=bucket_bytes))
+        resp = self._unary("BeginWeightUpdate", self._stub.BeginWeightUpdate,
+                           rollout_pb2.BeginWeightUpdateRequest(
+                               header=header, version=version,
+                               tensors=[s.to_proto() for s in specs],
+                               bucket_bytes=bucket_bytes), CONTROL_TIMEOUT_S)
         return resp.num_buckets
 
     def finish_weight_update_future(
         self, version: int, timeout_s: float = 0.0,
         header: common_pb2.RequestHeader | None = None,
     ) -> grpc.Future:
+        deadline = (timeout_s + CONTROL_TIMEOUT_S) if timeout_s > 0 else self.timeout_s
         return self._stub.FinishWeightUpdate.future(rollout_pb2.FinishWeightUpdateRequest(
-            header=header, version=version, timeout_s=timeout_s))
+            header=header, version=version, timeout_s=timeout_s), timeout=deadline)
 
     def finish_weight_update(
         self, version: int, timeout_s: float = 0.0,
@@ -166,14 +197,25 @@ class GrpcRolloutClient:
         resp = self.finish_weight_update_future(version, timeout_s, header).result()
         return UpdateResult(resp.version, resp.load_seconds)
 
+    def abort_weight_update(self, version: int = 0, reason: str = "",
+                            header: common_pb2.RequestHeader | None = None
+                            ) -> rollout_pb2.AbortWeightUpdateResponse:
+        """Closes the open session (0: whichever is open) without loading it; the replica
+        keeps serving its previous complete version."""
+        return self._unary("AbortWeightUpdate", self._stub.AbortWeightUpdate,
+                           rollout_pb2.AbortWeightUpdateRequest(
+                               header=header, version=version, reason=reason),
+                           CONTROL_TIMEOUT_S)
+
     def push_weights(
         self, version: int, named_tensors: NamedTensors,
         specs: Sequence[TensorSpec] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         header: common_pb2.RequestHeader | None = None,
     ) -> UpdateResult:
         """The fallback data plane: streams the weights over this channel and loads them."""
-        resp = self._stub.PushWeights(
-            push_requests(version, named_tensors, specs, chunk_bytes, header))
+        resp = self._unary("PushWeights", self._stub.PushWeights,
+                           push_requests(version, named_tensors, specs, chunk_bytes, header),
+                           self.timeout_s)
         return UpdateResult(resp.version, resp.load_seconds)
 
     def push_weights_requests(
@@ -181,7 +223,9 @@ class GrpcRolloutClient:
     ) -> UpdateResult:
         """PushWeights with a ready request stream (e.g. relayed from the actor's chunks):
         first message version + tensors, then one chunk per message."""
-        resp = self._stub.PushWeights(iter(requests))
+        # A relayed stream cannot be replayed: one attempt.
+        resp = self._unary("PushWeights", self._stub.PushWeights, iter(requests),
+                           self.timeout_s, retry=NO_RETRY)
         return UpdateResult(resp.version, resp.load_seconds)
 
     def close(self) -> None:
@@ -239,17 +283,20 @@ def await_joins(clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Fut
 def update_replicas(
     clients: Sequence[GrpcRolloutClient], version: int, specs: Sequence[TensorSpec],
     bucket_bytes: int, broadcast: Callable[[], T], finish_timeout_s: float = 0.0,
+    header: common_pb2.RequestHeader | None = None,
 ) -> tuple[T, list[UpdateResult]]:
     """The one sequence of a versioned update over the weight group: begin on every replica
     -> `broadcast()` (whoever holds rank 0 sends the buckets) -> finish on every replica.
-    Returns the broadcast's result and each replica's; errors name the replica and RPC."""
+    Returns the broadcast's result and each replica's; errors name the replica and RPC.
+    `header.run_id` tells the replicas which run the version belongs to."""
     for c in clients:
         try:
-            c.begin_weight_update(version, specs, bucket_bytes)
+            c.begin_weight_update(version, specs, bucket_bytes, header=header)
         except grpc.RpcError as exc:
             raise _replica_error(c, "BeginWeightUpdate", exc) from None
     sent = broadcast()
-    futures = [c.finish_weight_update_future(version, finish_timeout_s) for c in clients]
+    futures = [c.finish_weight_update_future(version, finish_timeout_s, header)
+               for c in clients]
     results = []
     for c, f in zip(clients, futures, strict=True):
         try:

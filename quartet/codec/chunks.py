@@ -21,6 +21,9 @@ from quartet.codec.tensors import (
 from quartet.v1 import common_pb2
 
 DEFAULT_CHUNK_BYTES = 4 << 20
+MIN_CHUNK_BYTES = 4 << 10
+"""Smallest chunk a service streams on request: tiny chunks turn one tensor into millions
+of messages (found by fuzzing StreamWeights with chunk_bytes=1)."""
 
 
 def chunk_tensor(

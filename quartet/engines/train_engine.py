@@ -107,7 +107,18 @@ class TrainEngine:
             # peak memory, for an identity).
             self.engine.enable_backward_allreduce = False
         self.total_steps = total_steps
+        self.optim = optim
         self.global_step = 0
+
+    def restart_schedule(self, total_steps: int) -> None:
+        """A new run on a served engine: the LR schedule starts again at its step 0 and
+        spans `total_steps` (weights and optimizer moments carry over)."""
+        o = self.optim
+        optimizer = self.scheduler.optimizer  # the one DeepSpeed built the schedule on
+        self.scheduler = build_scheduler(optimizer, o.lr_scheduler, total_steps,
+                                         o.lr_warmup_ratio, o.min_lr_ratio)
+        self.engine.lr_scheduler = self.scheduler
+        self.total_steps = total_steps
 
     # ------------------------------------------------------------------ construction
     @classmethod

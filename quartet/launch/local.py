@@ -24,6 +24,7 @@ from pathlib import Path
 
 from quartet.clients.health import wait_for_serving
 from quartet.launch.parent_death import child_env
+from quartet.serving.interceptors import LOG_FILE_ENV
 
 log = logging.getLogger("quartet.launch")
 
@@ -97,7 +98,9 @@ class LocalCluster:
                 log_file.flush()
             svc.process = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**self.env, **svc.env, **child_env()}, start_new_session=True,
+                env={**self.env, LOG_FILE_ENV: str(svc.log_path.resolve()), **svc.env,
+                     **child_env()},
+                start_new_session=True,
             )
         svc.port = port
 

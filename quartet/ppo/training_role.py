@@ -13,6 +13,7 @@ directly, so the in-process mode and a single service take the same path.
 
 from __future__ import annotations
 
+import errno
 import threading
 from pathlib import Path
 
@@ -26,10 +27,12 @@ from quartet.ppo.batch import (
     ValueMiniBatch,
 )
 from quartet.ppo.role_config import TrainingRoleConfig
+from quartet.v1 import common_pb2
 
 
 class TrainingRole:
     kind = "causal_lm"
+    role_name = "actor"
 
     def __init__(self, cfg: TrainingRoleConfig) -> None:
         from quartet.engines.distributed import init_distributed
@@ -62,6 +65,7 @@ class TrainingRole:
         self.rows_per_rank = cfg.train.batch_size // size
         self.lock = threading.Lock()
         self.ranks = RankGroup(self.world.rank, size)
+        self.run_id = ""
 
     @property
     def global_step(self) -> int:
@@ -110,6 +114,34 @@ class TrainingRole:
         with phase_threads("train"):
             return self.updater.train_step(mb, loss, norm)
 
+    def prepare_run(self, run_id: str, wanted: common_pb2.TrainSettings) -> bool:
+        """Checks a run's settings against this service's; a new run id restarts the LR
+        schedule over the run's `total_steps` and the per-run state (`start_run`) on every
+        rank. Returns whether the run was new."""
+        from quartet.ppo.run_settings import mismatches, train_settings
+        from quartet.serving.errors import FailedPrecondition, InvalidArgument
+
+        if not run_id:
+            raise InvalidArgument("header.run_id: must name the run")
+        if wanted.total_steps <= 0:
+            raise InvalidArgument(f"train.total_steps: must be > 0, got {wanted.total_steps}")
+        wrong = mismatches(train_settings(self.cfg), wanted, self.role_name)
+        if wrong:
+            raise FailedPrecondition("; ".join(wrong))
+        with self.lock:
+            if run_id == self.run_id:
+                return False
+            self.ranks.call_all(self, "rank_prepare_run", run_id, int(wanted.total_steps))
+        return True
+
+    def rank_prepare_run(self, run_id: str, total_steps: int) -> None:
+        self.run_id = run_id
+        self.engine.restart_schedule(total_steps)
+        self.start_run()
+
+    def start_run(self) -> None:
+        """Per-run state a role restarts for a new run (the actor's weight version)."""
+
     def save(self, output_dir: str, tag: str, hf_export: bool,
              hf_only: bool = False) -> tuple[str, str]:
         """DeepSpeed checkpoint under `deepspeed/<tag>` (unless `hf_only`), HF export under
@@ -147,28 +179,56 @@ class TrainingRole:
         return self.global_step
 
 
-def save_response(role: TrainingRole, request):
-    """The Save RPC of both roles: validate, save, answer where things went."""
-    from quartet.serving.errors import InvalidArgument
-    from quartet.v1 import common_pb2
+def prepare_run_response(role: TrainingRole, request) -> common_pb2.PrepareRunResponse:
+    """The PrepareRun RPC of both roles."""
+    new = role.prepare_run(request.header.run_id, request.train)
+    return common_pb2.PrepareRunResponse(run_id=request.header.run_id, new_run=new,
+                                         global_step=role.global_step)
+
+
+def add_save_root_argument(parser) -> None:
+    """`--save-root` of both roles' servers."""
+    parser.add_argument("--save-root", default=".",
+                        help="Save writes and Load reads only under this directory (relative paths "
+                             "resolves against it; default: the working directory)")
+
+
+def save_response(role: TrainingRole, request, save_root: str = "."):
+    """The Save RPC of both roles: validate (the directory must lie under `save_root`),
+    save, answer where things went."""
+    from quartet.serving.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+    from quartet.serving.paths import confine
 
     if not request.output_dir:
         raise InvalidArgument("output_dir: must not be empty")
     if request.hf_only and not request.hf_export:
         raise InvalidArgument("hf_only: needs hf_export (nothing would be written)")
-    hf_dir, ckpt = role.save(request.output_dir, request.tag, request.hf_export,
-                             request.hf_only)
+    if "/" in request.tag or "\0" in request.tag or request.tag in (".", ".."):
+        raise InvalidArgument(f"tag: must be a plain name, got {request.tag!r}")
+    out = confine(request.output_dir, save_root, "output_dir")
+    try:
+        hf_dir, ckpt = role.save(str(out), request.tag, request.hf_export, request.hf_only)
+    except OSError as exc:
+        error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            FailedPrecondition)
+        raise error(f"output_dir: cannot write the checkpoint under {out} "
+                    f"({exc.strerror or exc})") from exc
     return common_pb2.SaveResponse(hf_dir=hf_dir, checkpoint_dir=ckpt)
 
 
-def load_response(role: TrainingRole, request):
-    """The Load RPC of both roles: validate, restore, answer the restored step."""
+def load_response(role: TrainingRole, request, save_root: str = "."):
+    """The Load RPC of both roles: validate (the checkpoint must lie under `save_root`, like
+    what Save writes), restore, answer the restored step."""
     from quartet.serving.errors import FailedPrecondition, InvalidArgument
+    from quartet.serving.paths import confine
     from quartet.v1 import common_pb2
 
     if not request.checkpoint_dir or not request.tag:
         raise InvalidArgument("checkpoint_dir, tag: both are required")
-    if not (Path(request.checkpoint_dir) / request.tag).is_dir():
+    if "/" in request.tag or "\0" in request.tag or request.tag in (".", ".."):
+        raise InvalidArgument(f"tag: must be a plain name, got {request.tag!r}")
+    checkpoint_dir = confine(request.checkpoint_dir, save_root, "checkpoint_dir")
+    if not (checkpoint_dir / request.tag).is_dir():
         raise FailedPrecondition(f"checkpoint_dir: {request.checkpoint_dir}/{request.tag} is "
                                  "not a directory on this service's filesystem")
-    return common_pb2.LoadResponse(global_step=role.load(request.checkpoint_dir, request.tag))
+    return common_pb2.LoadResponse(global_step=role.load(str(checkpoint_dir), request.tag))

@@ -35,6 +35,13 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class PermissionDenied(ServiceError):
+    """The caller is authenticated but the request reaches outside what the service allows
+    (a path outside its root, code from a directory it does not run code from)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

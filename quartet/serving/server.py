@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quartet.security import ServerSecurity
 from quartet.serving.interceptors import server_interceptors
 from quartet.v1 import common_pb2
 
@@ -55,6 +56,16 @@ class _RecordingServer:
         return getattr(self._server, name)
 
 
+def bind(server: grpc.Server, address: str, security: ServerSecurity) -> int:
+    """Adds the listening port: TLS (mutual with a client CA) when configured."""
+    if not security.tls:
+        return server.add_insecure_port(address)
+    credentials = grpc.ssl_server_credentials(
+        [(security.private_key, security.cert_chain)], root_certificates=security.client_ca,
+        require_client_auth=security.client_ca is not None)
+    return server.add_secure_port(address, credentials)
+
+
 class RoleServer:
     """A gRPC server hosting one role; the role's module registers its servicer on it."""
 
@@ -66,13 +77,15 @@ class RoleServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_workers: int = 16,
         grace_s: float = DEFAULT_GRACE_S,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.role = role
+        self.security = security or ServerSecurity()
         self.grace_s = grace_s
         self.max_message_bytes = max_message_bytes
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=role),
-            interceptors=server_interceptors(),
+            interceptors=server_interceptors(role, self.security),
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -86,7 +99,7 @@ class RoleServer:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self._server.add_insecure_port(address)
+        self.port = bind(self._server, address, self.security)
         if self.port == 0:
             raise OSError(f"could not bind {role} server to {address}")
         self.host = host
@@ -146,7 +159,7 @@ class RoleServer:
     def start(self) -> None:
         self._server.start()
         self.grpc_server.started = True
-        log.info("%s listening on %s", self.role, self.address)
+        log.info("%s listening on %s (%s)", self.role, self.address, self.security.describe())
 
     def add_stop_hook(self, hook: Callable[[], None]) -> None:
         """`hook` runs when the server stops, after health turns NOT_SERVING and before the

@@ -435,6 +435,7 @@ class ServiceInfo(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     MAX_MODEL_LEN_FIELD_NUMBER: _builtins.int
     UPDATING_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     model: _builtins.str
     policy_version: _builtins.int
@@ -449,6 +450,10 @@ class ServiceInfo(_message.Message):
     """Longest prompt + response the engine accepts (rollout), 0 when not applicable."""
     updating: _builtins.bool
     """A weight update session is open (rollout)."""
+    run_id: _builtins.str
+    """Rollout: the run whose weights it serves (versions count per run); empty before the
+    first update that named a run.
+    """
     def __init__(
         self,
         *,
@@ -461,10 +466,11 @@ class ServiceInfo(_message.Message):
         version: _builtins.str = ...,
         max_model_len: _builtins.int = ...,
         updating: _builtins.bool = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "inflight_requests", b"inflight_requests", "max_model_len", b"max_model_len", "model", b"model", "policy_version", b"policy_version", "role", b"role", "updating", b"updating", "version", b"version", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "inflight_requests", b"inflight_requests", "max_model_len", b"max_model_len", "model", b"model", "policy_version", b"policy_version", "role", b"role", "run_id", b"run_id", "updating", b"updating", "version", b"version", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,12 @@ from quartet.weightsync.group import (
     host_store,
     init_weight_group,
 )
-from quartet.weightsync.session import TransferStats, WeightReceiver, WeightSender
+from quartet.weightsync.session import (
+    TransferStats,
+    WeightReceiver,
+    WeightSender,
+    receive_staged,
+)
 from quartet.weightsync.specs import TensorSpec, manifest_digest, specs_of
 
 __all__ = [
@@ -35,5 +40,6 @@ __all__ = [
     "init_weight_group",
     "manifest_digest",
     "plan_buckets",
+    "receive_staged",
     "specs_of",
 ]

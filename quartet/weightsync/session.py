@@ -206,3 +206,21 @@ class WeightReceiver:
         scratch = torch.empty(max(sizes), dtype=torch.uint8, device=self.group.device)
         for size in sizes:
             self.group.broadcast(scratch[:size])
+
+
+def receive_staged(receiver: WeightReceiver, version: int, specs: Sequence[TensorSpec]
+                   ) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of a session, received in full before any is loaded.
+
+    A receiver that loads while it receives leaves mixed weights when the sender dies half
+    way; staging the whole session first (one extra copy of the weights for its duration)
+    means a failed transfer touches nothing. Any failure of the group surfaces as
+    `WeightSyncError`.
+    """
+    try:
+        return list(receiver.receive(version, specs))
+    except WeightSyncError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors
+        raise WeightSyncError(f"weight group: transfer of version {version} failed "
+                              f"({type(exc).__name__}: {exc}); nothing was loaded") from exc

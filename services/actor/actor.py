@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -38,6 +39,11 @@ class Actor(TrainingRole):
         self.sender: WeightSender | None = None
         self._store = None  # the weight group's store, opened on this host
         self.weight_version = 0
+
+    def start_run(self) -> None:
+        # Versions are per run (the rollout counts afresh too); -1: nothing sent in this run,
+        # so the run may begin by sending the current weights as its version 0.
+        self.weight_version = -1
 
     # ---------------------------------------------------------------- compute (all ranks)
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
@@ -92,8 +98,16 @@ class Actor(TrainingRole):
         """Hosts the weight group's store here; returns (address, port) for the members."""
         if world_size < 2:
             raise InvalidArgument(f"world_size: must be >= 2, got {world_size}")
+        if not math.isfinite(timeout_s) or timeout_s <= 0:
+            raise InvalidArgument(f"timeout_s: must be > 0 (0: the default), got {timeout_s}")
         address = address or advertised_host()
-        self._store = host_store(address, world_size, timeout_s)
+        try:
+            self._store = host_store(address, world_size, timeout_s)
+        except (RuntimeError, ValueError, OSError) as exc:  # DistNetworkError: cannot bind
+            raise FailedPrecondition(
+                f"master_address: cannot host the weight group's store at {address!r} on "
+                f"this actor's host ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from exc
         return address, self._store.port
 
     def init_weight_group(self, config: WeightGroupConfig) -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 
 from quartet.ppo.role_config import TrainingRoleConfig
+from quartet.ppo.training_role import add_save_root_argument
 from quartet.serving import RoleServer
 
 ROLE_CONFIG = TrainingRoleConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Role flags come from TrainingRoleConfig (see quartet.cli.main)."""
+    """Role flags come from TrainingRoleConfig (see quartet.cli.main); the server's own:"""
+    add_save_root_argument(parser)
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:
@@ -21,7 +23,8 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from services.actor.servicer import ActorServicer
 
     actor = Actor(args.role_config)
-    actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor), server.grpc_server)
+    actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor, save_root=args.save_root),
+                                               server.grpc_server)
     # Constructing the engine is collective, so every rank has joined by now.
     server.on_stop(actor.stop_workers)
     server.set_serving(True)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from quartet.codec import chunk_tensor
+from quartet.codec.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from quartet.codec.dtypes import torch_dtype
-from quartet.ppo.training_role import load_response, save_response
+from quartet.ppo.training_role import load_response, prepare_run_response, save_response
 from quartet.ppo.wire import decode_policy_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.serving.scoring import stream_logprobs
@@ -27,8 +28,9 @@ def weight_group_config(req: common_pb2.InitWeightGroupRequest) -> WeightGroupCo
 
 
 class ActorServicer(actor_pb2_grpc.ActorServicer):
-    def __init__(self, actor: Actor) -> None:
+    def __init__(self, actor: Actor, save_root: str = ".") -> None:
         self.actor = actor
+        self.save_root = save_root
 
     def LogProbs(self, request_iterator, context):
         yield from stream_logprobs(request_iterator, self.actor, self.actor.global_step,
@@ -44,10 +46,13 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
         )
 
     def Save(self, request, context):
-        return save_response(self.actor, request)
+        return save_response(self.actor, request, self.save_root)
+
+    def PrepareRun(self, request, context):
+        return prepare_run_response(self.actor, request)
 
     def Load(self, request, context):
-        return load_response(self.actor, request)
+        return load_response(self.actor, request, self.save_root)
 
     def OpenWeightGroup(self, request, context):
         address, port = self.actor.open_weight_group(request.master_address,
@@ -75,7 +80,10 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
         )
 
     def StreamWeights(self, request, context):
-        chunk = request.chunk_bytes or (4 << 20)
+        chunk = request.chunk_bytes or DEFAULT_CHUNK_BYTES
+        if chunk < MIN_CHUNK_BYTES:
+            raise InvalidArgument(f"chunk_bytes: must be 0 (default) or >= {MIN_CHUNK_BYTES}, "
+                                  f"got {chunk}")
         dtype = optional_dtype(request.dtype, "dtype")
         with self.actor.lock, self.actor.exported_weights(dtype) as weights:
             for name, tensor in weights:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -188,7 +189,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
             for role, addresses in services.addresses.items():
                 if addresses:
                     print(f"  {role:<9} {', '.join(addresses)}", flush=True)
-        roles = services.roles()
+        roles = services.roles(run_id)
         if pretrain is not None:
             from services.coordinator.ptx import PtxActor
 
@@ -312,12 +313,31 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def with_auth_token_file(argv: list[str]) -> list[str]:
+    """`--auth-token-file PATH` (as on `quartet serve`) becomes QUARTET_AUTH_TOKEN_FILE for
+    this process: every client presents it and every service started here requires it.
+    Without it an embedded run makes a token of its own (see PPOServices)."""
+    if "--auth-token-file" not in argv:
+        return argv
+    i = argv.index("--auth-token-file")
+    if i + 1 >= len(argv):
+        raise SystemExit("quartet ppo: error: --auth-token-file needs a file")
+    from quartet.security import TOKEN_ENV, SecurityConfigError, read_token
+
+    try:
+        read_token(argv[i + 1])
+    except SecurityConfigError as exc:
+        raise SystemExit(f"quartet ppo: error: --auth-token-file: {exc}") from None
+    os.environ[TOKEN_ENV] = str(Path(argv[i + 1]).resolve())
+    return argv[:i] + argv[i + 2:]
+
+
 def main(argv: list[str] | None = None) -> int:
     from quartet.clients.base import RoleCallError
     from quartet.data.sources import DataError
 
-    cfg = parse_config(PPOJobConfig, with_yaml_config(list(sys.argv[1:] if argv is None
-                                                          else argv)), prog="quartet ppo",
+    argv = with_auth_token_file(list(sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(PPOJobConfig, with_yaml_config(argv), prog="quartet ppo",
                        renamed=RENAMED_PPO_FLAGS)
     setup_logging("coordinator", "WARNING")
     # stable across restarts of the same run (resume), distinct between run directories

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,8 +33,10 @@ from quartet.launch.placement import PlacementPlan
 from quartet.launch.threads import available_cores, role_threads, thread_env
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from quartet.ppo.run_settings import train_settings
 from quartet.registry import Registry
 from quartet.rewards.base import RewardInputs, RewardResult
+from quartet.security import TOKEN_ENV, ClientSecurity, write_token
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
@@ -155,20 +158,30 @@ def rollout_eager(cfg: PPOJobConfig, on_gpu: bool) -> bool:
     return not on_gpu
 
 
+def save_root(cfg: PPOJobConfig, run_dir: Path) -> str:
+    """Where the actor/critic this run starts may Save and Load: the run directory and the
+    run checkpoints (--ckpt.path), which may lie elsewhere."""
+    return os.path.commonpath([str(run_dir.resolve()), str(Path(cfg.ckpt.ds_path).resolve())])
+
+
 def service_commands(cfg: PPOJobConfig, device_kind: str,
-                     threads: dict[str, dict[str, int]]) -> dict[str, ServiceCommand]:
+                     threads: dict[str, dict[str, int]],
+                     save_root: str = ".") -> dict[str, ServiceCommand]:
     """The `quartet serve` command of every service this run starts, by service name;
-    `threads`: per role and phase (`thread_plan`), passed in the environment."""
+    `threads`: per role and phase (`thread_plan`), passed in the environment; `save_root`:
+    the actor's and critic's `--save-root`."""
     cmds: dict[str, ServiceCommand] = {}
     actor_model = cfg.actor.model_name_or_path
+    root = ("--save-root", save_root)
     if not cfg.actor.address:
-        cmds["actor"] = ServiceCommand("actor", tuple(config_to_argv(training_role_config(
-            cfg, actor_model, cfg.actor.learning_rate, cfg.actor.gguf_file))),
-            thread_env(threads["actor"]))
+        cmds["actor"] = ServiceCommand("actor", root + tuple(config_to_argv(
+            training_role_config(cfg, actor_model, cfg.actor.learning_rate,
+                                 cfg.actor.gguf_file))), thread_env(threads["actor"]))
     if cfg.needs_critic and not cfg.critic.address:
         model, gguf = critic_model(cfg)
-        cmds["critic"] = ServiceCommand("critic", tuple(config_to_argv(training_role_config(
-            cfg, model, cfg.critic.learning_rate, gguf))), thread_env(threads["critic"]))
+        cmds["critic"] = ServiceCommand("critic", root + tuple(config_to_argv(
+            training_role_config(cfg, model, cfg.critic.learning_rate, gguf))),
+            thread_env(threads["critic"]))
     if cfg.needs_reference and not cfg.ref.address:
         ref_model = cfg.ref.model_name_or_path or actor_model
         args = ["--model", ref_model, *frozen_args(cfg, cfg.ref.offload)]
@@ -204,9 +217,11 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
     return cmds
 
 
-def make_launcher(cfg: PPOJobConfig, log_dir: Path, service_args: list[str]) -> Launcher:
-    """`service_args` go to every service (`PPOServices.service_args`)."""
-    env = {"OMP_NUM_THREADS": "1"}
+def make_launcher(cfg: PPOJobConfig, log_dir: Path, service_args: list[str],
+                  env: dict[str, str] | None = None) -> Launcher:
+    """`service_args` go to every service (`PPOServices.service_args`), `env` to its
+    environment (the cluster token file)."""
+    env = {"OMP_NUM_THREADS": "1", **(env or {})}
     if cfg.launch.launcher == "ray":
         from quartet.launch.ray_launcher import RayLauncher
 
@@ -243,7 +258,12 @@ class PPOServices:
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
-        self.launcher = make_launcher(cfg, self.run_dir / "logs", self.service_args())
+        # The cluster token: the one configured (QUARTET_AUTH_TOKEN_FILE), else a fresh one
+        # for this run that every service started here requires (restarted ones too).
+        token_file = os.environ.get(TOKEN_ENV) or str(write_token(self.run_dir / "auth-token"))
+        self.security = ClientSecurity.from_env(token_file)
+        self.launcher = make_launcher(cfg, self.run_dir / "logs", self.service_args(),
+                                      env={TOKEN_ENV: token_file})
         self.threads = thread_plan(cfg)
         self.placement: PlacementPlan | None = None
         self.addresses: dict[str, list[str]] = {}
@@ -296,7 +316,8 @@ class PPOServices:
         log.info("%s", plan.table())
         if self.cfg.ray.address is None:  # every service runs on this host
             check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0]))
-        commands = service_commands(self.cfg, kind, self.threads)
+        commands = service_commands(self.cfg, kind, self.threads,
+                                    save_root(self.cfg, self.run_dir))
         self.placement = plan = self.launcher.launch(plan, commands, self.start_timeout_s)
         plan.write(self.run_dir / "placement.json")
         self.addresses = {role: [s.address for s in plan.of_role(role)]
@@ -306,14 +327,24 @@ class PPOServices:
                 wait_for_serving(a, self.start_timeout_s, what=role)
         log.info("all services SERVING after %.1fs", time.perf_counter() - started)
 
-    def roles(self) -> PPORoles:
-        cfg, a, t = self.cfg, self.addresses, self.call_timeout_s
-        actor = GrpcActorClient(a["actor"][0], timeout_s=t)
-        rollout_clients = [GrpcRolloutClient(x) for x in a["rollout"]]
+    def roles(self, run_id: str = "ppo") -> PPORoles:
+        """Clients of every role, with the run announced to the trainable ones (a service
+        whose settings differ from the run's refuses it, naming the field)."""
+        cfg, a, t, sec = self.cfg, self.addresses, self.call_timeout_s, self.security
+        actor = GrpcActorClient(a["actor"][0], timeout_s=t, security=sec)
+        actor.prepare_run(run_id, train_settings(training_role_config(
+            cfg, cfg.actor.model_name_or_path, cfg.actor.learning_rate, cfg.actor.gguf_file)))
+        critic = None
+        if a["critic"]:
+            critic = GrpcCriticClient(a["critic"][0], timeout_s=t, security=sec)
+            model, gguf = critic_model(cfg)
+            critic.prepare_run(run_id, train_settings(training_role_config(
+                cfg, model, cfg.critic.learning_rate, gguf)))
+        rollout_clients = [GrpcRolloutClient(x, security=sec) for x in a["rollout"]]
         rewards: list[GrpcRewardClient | RoundRobinReward] = [
-            GrpcRewardClient(x, timeout_s=t) for x in a["reward"]]
+            GrpcRewardClient(x, timeout_s=t, security=sec) for x in a["reward"]]
         if self.reward_replicas:
-            rewards.append(RoundRobinReward([GrpcRewardClient(x, timeout_s=t)
+            rewards.append(RoundRobinReward([GrpcRewardClient(x, timeout_s=t, security=sec)
                                              for x in self.reward_replicas]))
         weights = list(cfg.reward.weights) or [1.0] * len(rewards)
         backend = cfg.vllm.sync_backend
@@ -321,7 +352,7 @@ class PPOServices:
         kind = self.placement.device_kind if self.placement else None
         dtype = cfg.vllm.engine_dtype(on_gpus(self.placement, kind))
         if backend == "grpc" or (backend == "auto" and self.registry is not None):
-            sync = StreamedWeightSync(actor, rollout_clients, dtype)
+            sync = StreamedWeightSync(actor, rollout_clients, dtype, run_id=run_id)
         else:
             if backend == "auto":
                 backend = "nccl" if on_gpus(self.placement, kind) else "gloo"
@@ -330,9 +361,15 @@ class PPOServices:
             sync = GroupWeightSync(
                 actor, rollout_clients, backend, dtype, cfg.vllm.sync_bucket_mb << 20,
                 master_address=master,
-                workers_per_replica=cfg.vllm.tensor_parallel_size)
+                workers_per_replica=cfg.vllm.tensor_parallel_size, run_id=run_id)
         sync.setup()
         self.sync = sync
+        if not all(sync.serves(c.info(), 0) for c in rollout_clients):
+            # Replicas that served an earlier run hold its last weights: the run starts by
+            # giving them the actor's current weights as its first version.
+            log.info("rollout replicas served an earlier run; syncing the actor's weights as "
+                     "version 0 of run %s", run_id)
+            sync(0)
         replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""), sync.versions)
                     for c in rollout_clients]
         return PPORoles(
@@ -340,9 +377,10 @@ class PPOServices:
             rollouts=replicas,
             rewards=rewards,
             reward_weights=weights,
-            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t) if a["reference"]
+            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
+            if a["reference"]
             else None,
-            critic=GrpcCriticClient(a["critic"][0], timeout_s=t) if a["critic"] else None,
+            critic=critic,
             sync_weights=sync,
             refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
         )
@@ -356,8 +394,9 @@ class PPOServices:
         t = self.call_timeout_s
         return RolloutMembership(
             self.registry, {r.name: r for r in replicas},
-            make_replica=lambda rec: RolloutReplica(GrpcRolloutClient(rec.address), t,
-                                                    rec.replica, sync.versions),
+            make_replica=lambda rec: RolloutReplica(
+                GrpcRolloutClient(rec.address, security=self.security), t, rec.replica,
+                sync.versions),
             catch_up=lambda replica, version: sync.catch_up(replica.client, version),
             on_change=lambda current: sync.set_rollouts([r.client for r in current]))
 

@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -24,6 +24,7 @@ from quartet.config.base import (
     parse_config_or_raise,
 )
 from quartet.serving.errors import InvalidArgument, NotFound, ResourceExhausted
+from quartet.serving.paths import allowed_file, confine
 from services.coordinator.config import PPOJobConfig
 
 log = logging.getLogger("quartet.coordinator")
@@ -77,17 +78,40 @@ def parse_run_config(config_yaml: str) -> PPOJobConfig:
                               ) from None
 
 
+def confine_run_config(config: PPOJobConfig, allowed_reward_dirs: Sequence[str],
+                       runs_root: str | None) -> PPOJobConfig:
+    """A StartRun config limited to what this coordinator allows: reward code only from
+    `allowed_reward_dirs`, output only under `runs_root` (paths come back resolved)."""
+    funcs = tuple(str(allowed_file(f, allowed_reward_dirs, f"reward.func[{i}]",
+                                   "--allowed-reward-dir"))
+                  for i, f in enumerate(config.reward.func))
+    ckpt = config.ckpt
+    if runs_root is not None:
+        ckpt = replace(ckpt, output_dir=str(confine(ckpt.output_dir, runs_root,
+                                                    "ckpt.output_dir")),
+                       path=str(confine(ckpt.path, runs_root, "ckpt.path")) if ckpt.path
+                       else None)
+    return replace(config, reward=replace(config.reward, func=funcs), ckpt=ckpt)
+
+
 class RunManager:
-    def __init__(self, runner=None) -> None:
+    def __init__(self, runner=None, allowed_reward_dirs: Sequence[str] | None = None,
+                 runs_root: str | None = None) -> None:
+        """`allowed_reward_dirs` None: no check (in-process use); the service passes its
+        flags (an empty list: no reward code allowed)."""
         if runner is None:
             from services.coordinator.job import run as runner
         self.runner = runner
+        self.allowed_reward_dirs = allowed_reward_dirs
+        self.runs_root = runs_root
         self.runs: dict[str, Run] = {}
         self.threads: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
 
     def start(self, config_yaml: str, run_id: str = "") -> Run:
         config = parse_run_config(config_yaml)
+        if self.allowed_reward_dirs is not None:
+            config = confine_run_config(config, self.allowed_reward_dirs, self.runs_root)
         with self.lock:
             active = [r for r in self.runs.values() if r.state not in TERMINAL]
             if active:

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from quartet.clients.actor import GrpcActorClient
 from quartet.clients.rollout import (
     GrpcRolloutClient,
+    ReplicaInfo,
     await_joins,
     push_to_replica,
     update_replicas,
 )
 from quartet.codec.dtypes import float_dtype
 from quartet.telemetry import ContextThreadPoolExecutor
-from quartet.v1 import rollout_pb2
+from quartet.v1 import common_pb2, rollout_pb2
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 
 log = logging.getLogger("quartet.coordinator")
@@ -63,8 +64,9 @@ class WeightSync:
     """What both data planes share: the manifest, versions, and per-replica recovery."""
 
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
-                 dtype: str = "float32", chunk_bytes: int = 4 << 20) -> None:
+                 dtype: str = "float32", chunk_bytes: int = 4 << 20, run_id: str = "") -> None:
         self.actor = actor
+        self.header = common_pb2.RequestHeader(run_id=run_id)
         self.rollouts = list(rollouts)
         float_dtype(dtype, "vllm.dtype")
         self.dtype = dtype
@@ -91,7 +93,7 @@ class WeightSync:
         specs = self.manifest()
 
         def requests():
-            yield rollout_pb2.PushWeightsRequest(version=wire_version,
+            yield rollout_pb2.PushWeightsRequest(header=self.header, version=wire_version,
                                                  tensors=[s.to_proto() for s in specs])
             for chunk in self.actor.stream_weights(self.chunk_bytes, self.dtype):
                 yield rollout_pb2.PushWeightsRequest(chunk=chunk)
@@ -108,10 +110,20 @@ class WeightSync:
         the others keep serving. Returns the seconds it took (0 when it already serves it)."""
         start = time.perf_counter()
         wire = self.versions.to_wire(version)
-        if wire <= 0 or rollout.info().weight_version >= wire:
+        if self.serves(rollout.info(), wire):
             return 0.0
         self.push_streamed(rollout, wire)
         return time.perf_counter() - start
+
+    def serves(self, info: ReplicaInfo, wire: int) -> bool:
+        """Whether a replica already holds wire version `wire` of this run or a newer one.
+        Versions count per run: one that last served another run holds none of this run's
+        versions (a replica that never took an update holds the initial weights, version 0
+        of any run)."""
+        fresh = not info.run_id and info.weight_version == 0
+        if info.run_id != self.header.run_id and not fresh:
+            return False
+        return info.weight_version >= wire
 
     def bring_up(self, address: str) -> None:
         """The replica that restarted at `address` gets the current weights (`catch_up`);
@@ -149,18 +161,24 @@ class GroupWeightSync(WeightSync):
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
                  backend: str = "gloo", dtype: str = "float32", bucket_bytes: int = 256 << 20,
                  master_address: str = "", timeout_s: float = 600.0,
-                 workers_per_replica: int = 1) -> None:
-        super().__init__(actor, rollouts, dtype)
+                 workers_per_replica: int = 1, run_id: str = "") -> None:
+        super().__init__(actor, rollouts, dtype, run_id=run_id)
         self.workers_per_replica = workers_per_replica
         self.backend = backend
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
         self.timeout_s = timeout_s
         self._formed = False
+        self._formed_once = False
 
     def setup(self) -> None:
         """Every member joins the group concurrently, through a store the actor opened on
-        its own host (so the coordinator may run elsewhere)."""
+        its own host (so the coordinator may run elsewhere). On a re-formation (after an
+        actor or replica restart) any session an interrupted broadcast left open on a live
+        replica is aborted first: InitWeightGroup refuses while one is open."""
+        if self._formed_once:
+            for r in self.rollouts:
+                r.abort_weight_update(0, "weight group re-formed", header=self.header)
         world, firsts = weight_group_ranks([self.workers_per_replica] * len(self.rollouts))
         address, port = self.actor.open_weight_group(world, self.master_address,
                                                      self.timeout_s)
@@ -171,7 +189,7 @@ class GroupWeightSync(WeightSync):
         self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
                                      cfg.backend, cfg.group_name, cfg.timeout_s)
         await_joins(self.rollouts, futures)
-        self._formed = True
+        self._formed = self._formed_once = True
         log.info("weight group formed at %s:%d: actor + %d rollout replica(s), %d workers, "
                  "over %s", address, port, len(self.rollouts), world - 1, self.backend)
 
@@ -185,8 +203,9 @@ class GroupWeightSync(WeightSync):
         wire = self.versions.next_wire(version)
         sent, results = update_replicas(
             self.rollouts, wire, self.manifest(), self.bucket_bytes,
-            lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype),
-            self.timeout_s)
+            lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype,
+                                                 header=self.header),
+            self.timeout_s, header=self.header)
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "broadcast_seconds": sent.seconds,
                 "load_seconds": max(r.load_seconds for r in results),

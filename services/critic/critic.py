@@ -14,6 +14,7 @@ from quartet.ppo.updates import ValueUpdater
 
 class Critic(TrainingRole):
     kind = "value"
+    role_name = "critic"
 
     def __init__(self, cfg: TrainingRoleConfig) -> None:
         super().__init__(cfg)

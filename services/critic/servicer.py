@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from quartet.codec import decode_token_batch, ragged_to_proto
-from quartet.ppo.training_role import load_response, save_response
+from quartet.ppo.training_role import load_response, prepare_run_response, save_response
 from quartet.ppo.wire import decode_value_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
@@ -13,8 +13,9 @@ from services.critic.critic import Critic
 
 
 class CriticServicer(critic_pb2_grpc.CriticServicer):
-    def __init__(self, critic: Critic) -> None:
+    def __init__(self, critic: Critic, save_root: str = ".") -> None:
         self.critic = critic
+        self.save_root = save_root
 
     def Values(self, request_iterator, context):
         for req in request_iterator:
@@ -36,10 +37,13 @@ class CriticServicer(critic_pb2_grpc.CriticServicer):
         )
 
     def Save(self, request, context):
-        return save_response(self.critic, request)
+        return save_response(self.critic, request, self.save_root)
+
+    def PrepareRun(self, request, context):
+        return prepare_run_response(self.critic, request)
 
     def Load(self, request, context):
-        return load_response(self.critic, request)
+        return load_response(self.critic, request, self.save_root)
 
     def GetInfo(self, request, context):
         return common_pb2.ServiceInfo(role="critic",

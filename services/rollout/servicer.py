@@ -110,7 +110,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         self, request: rollout_pb2.BeginWeightUpdateRequest, context: grpc.ServicerContext
     ) -> rollout_pb2.BeginWeightUpdateResponse:
         num_buckets = self._engine.begin_weight_update(
-            request.version, specs_from_proto(request.tensors), request.bucket_bytes)
+            request.version, specs_from_proto(request.tensors), request.bucket_bytes,
+            run_id=request.header.run_id)
         return rollout_pb2.BeginWeightUpdateResponse(version=request.version,
                                                      num_buckets=num_buckets)
 
@@ -124,9 +125,19 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     def PushWeights(self, request_iterator, context: grpc.ServicerContext
                     ) -> rollout_pb2.FinishWeightUpdateResponse:
         pushed = PushedWeights(request_iterator, self._max_tensor_bytes)
-        result = self._engine.push_weights(pushed.version, pushed.specs, pushed.tensors())
+        result = self._engine.push_weights(pushed.version, pushed.specs, pushed.tensors(),
+                                           run_id=pushed.header.run_id)
         return rollout_pb2.FinishWeightUpdateResponse(version=result.version,
                                                       load_seconds=result.load_seconds)
+
+    def AbortWeightUpdate(
+        self, request: rollout_pb2.AbortWeightUpdateRequest, context: grpc.ServicerContext
+    ) -> rollout_pb2.AbortWeightUpdateResponse:
+        if request.version < 0:
+            raise InvalidArgument(f"version: must be >= 0 (0: any open session), "
+                                  f"got {request.version}")
+        aborted, version = self._engine.abort_weight_update(request.version, request.reason)
+        return rollout_pb2.AbortWeightUpdateResponse(aborted=aborted, version=version)
 
     def GetInfo(self, request: common_pb2.GetInfoRequest,
                 context: grpc.ServicerContext) -> common_pb2.ServiceInfo:
@@ -141,4 +152,5 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
             version=getattr(quartet, "__version__", ""),
             max_model_len=info.max_model_len,
             updating=info.updating,
+            run_id=info.run_id,
         )

@@ -34,7 +34,8 @@ def test_coordinator_service_runs_ppo(tmp_path, tiny_model_path, tiny_data):
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "quartet.cli.main", "serve", "coordinator", "--port", "0",
-         "--port-file", str(port_file)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+         "--port-file", str(port_file), "--allowed-reward-dir", str(HERE / "rewards"),
+         "--runs-root", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     try:
         deadline = time.monotonic() + 60

@@ -68,7 +68,8 @@ def _role_args(model: str, stage: int) -> list[str]:
 
 def _start(tmp_path, role: str, model: str, world: int, stage: int):
     cluster = LocalCluster(tmp_path / f"{role}-w{world}-z{stage}", env={"OMP_NUM_THREADS": "1"})
-    ranks = start_role_ranks(cluster, role, _role_args(model, stage), world)
+    ranks = start_role_ranks(cluster, role,
+                            ["--save-root", str(tmp_path), *_role_args(model, stage)], world)
     cluster.wait_healthy(240)
     return cluster, ranks
 

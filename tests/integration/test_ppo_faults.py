@@ -140,7 +140,9 @@ def test_sigterm_to_the_coordinator_service_stops_its_run_and_roles(tmp_path, ti
     port_file = tmp_path / "port"
     with open(tmp_path / "service.out", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "quartet.cli.main", "serve",
-                                 "coordinator", "--port", "0", "--port-file", str(port_file)],
+                                 "coordinator", "--port", "0", "--port-file", str(port_file),
+                                 "--allowed-reward-dir", str(HERE / "rewards"),
+                                 "--runs-root", str(tmp_path)],
                                 stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: port_file.is_file() and port_file.read_text().strip() != "", 60,
              "the coordinator's port")

@@ -21,7 +21,7 @@ class _Reward(reward_pb2_grpc.RewardServicer):
             if q == "codec":
                 raise CodecError("batch.tokens.values.dtype", "bad dtype")
             if q == "boom":
-                raise RuntimeError("secret internal detail")
+                raise RuntimeError("Unsupported CPU attention configuration")
             yield reward_pb2.ScoreResponse(rewards=[1.0])
 
     def GetInfo(self, request, context):
@@ -68,7 +68,9 @@ def test_reflection_lists_the_role_service(server):
     [
         ("invalid", grpc.StatusCode.INVALID_ARGUMENT, "queries[0]: not allowed"),
         ("codec", grpc.StatusCode.INVALID_ARGUMENT, "batch.tokens.values.dtype: bad dtype"),
-        ("boom", grpc.StatusCode.INTERNAL, "internal error (RuntimeError)"),
+        # The cause and where the details are reach the caller; the traceback stays in the log.
+        ("boom", grpc.StatusCode.INTERNAL, "reward /quartet.v1.Reward/Score: internal error: "
+         "RuntimeError: Unsupported CPU attention configuration; details in its log"),
     ],
 )
 def test_domain_errors_become_status_codes(server, query, code, text):
@@ -80,7 +82,7 @@ def test_domain_errors_become_status_codes(server, query, code, text):
             list(stub.Score(iter([reward_pb2.ScoreRequest(queries=[query])]), timeout=5))
     assert info.value.code() == code
     assert text in info.value.details()
-    assert "secret" not in info.value.details() and "Traceback" not in info.value.details()
+    assert "Traceback" not in info.value.details()
     # the server keeps serving after an error
     with grpc.insecure_channel(server.address) as ch:
         ok = list(reward_pb2_grpc.RewardStub(ch).Score(
@@ -97,3 +99,17 @@ def test_oversized_message_is_rejected(server):
             list(stub.Score(iter([reward_pb2.ScoreRequest(queries=["x" * (2 << 20)])]),
                             timeout=5))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_internal_errors_name_the_log_a_launcher_set(monkeypatch):
+    monkeypatch.setenv("QUARTET_LOG_FILE", "/runs/ppo/logs/reward0.log")
+    srv = RoleServer("reward", port=0)
+    reward_pb2_grpc.add_RewardServicer_to_server(_Reward(), srv.grpc_server)
+    srv.start()
+    try:
+        with grpc.insecure_channel(srv.address) as ch, pytest.raises(grpc.RpcError) as info:
+            list(reward_pb2_grpc.RewardStub(ch).Score(
+                iter([reward_pb2.ScoreRequest(queries=["boom"])]), timeout=5))
+        assert info.value.details().endswith("details in /runs/ppo/logs/reward0.log")
+    finally:
+        srv.stop(0)

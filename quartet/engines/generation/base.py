@@ -139,8 +139,12 @@ class Generator(ABC):
         """Joins the actor's weight group as `config.rank` (blocks until it is formed)."""
 
     @abstractmethod
-    def receive_weights(self, version: int, specs: Sequence[TensorSpec]) -> LoadStats:
-        """Receives one session from the weight group and loads it in place (blocking)."""
+    def receive_weights(self, version: int, specs: Sequence[TensorSpec],
+                        should_load: Callable[[], bool] = lambda: True) -> LoadStats:
+        """Receives one session from the weight group in full, then loads it in place
+        (blocking). A failed transfer loads nothing (raises `WeightSyncError`); a backend
+        that can, asks `should_load()` between receiving and loading (False: the session
+        was aborted meanwhile, drop the weights)."""
 
     @abstractmethod
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> LoadStats:

@@ -24,7 +24,9 @@ from quartet.weightsync import (
     WeightGroup,
     WeightGroupConfig,
     WeightReceiver,
+    WeightSyncError,
     init_weight_group,
+    receive_staged,
 )
 
 log = logging.getLogger("quartet.generation")
@@ -203,11 +205,17 @@ class HFGenerator(Generator):
         device = self.device if config.backend == "nccl" else None
         self._group = self._run(lambda: init_weight_group(config, device=device))
 
-    def receive_weights(self, version: int, specs: Sequence[TensorSpec]) -> LoadStats:
+    def receive_weights(self, version: int, specs: Sequence[TensorSpec],
+                        should_load: Callable[[], bool] = lambda: True) -> LoadStats:
         group = self._group
         if group is None:
             raise RuntimeError("weight group: not initialized")
-        return self._run(lambda: self._copy_in(WeightReceiver(group).receive(version, specs)))
+        # Received on the caller's thread, so a stuck sender never blocks generation.
+        staged = receive_staged(WeightReceiver(group), version, specs)
+        if not should_load():
+            raise WeightSyncError(f"version {version}: the session was aborted; the received "
+                                  "weights were dropped")
+        return self._run(lambda: self._copy_in(staged))
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> LoadStats:
         return self._run(lambda: self._copy_in(named_tensors))

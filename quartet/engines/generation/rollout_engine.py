@@ -7,8 +7,13 @@ What it adds to the generator, in one place for every backend and transport:
   until those in flight finished, loads, bumps the version, then admits again.
 - Update sessions are checked before any byte moves: the version must be newer than the
   served one, and every tensor must exist in the model with the same shape.
-- A load that fails half-way leaves mixed weights; the engine then refuses to generate
-  (FAILED_PRECONDITION) until a complete update succeeds, instead of serving them silently.
+- A session's tensors are received in full before any is loaded, so a transfer that fails
+  (bad digest, sender crash, timeout then `abort_weight_update`) leaves the previous complete
+  version serving and the replica ready for the next session. Only a load that fails
+  half-way leaves mixed weights; the engine then refuses to generate (FAILED_PRECONDITION)
+  until a complete update succeeds, instead of serving them silently.
+- Versions are per run: a session whose `run_id` differs from the last run's may start again
+  from any version, so a service serves run after run.
 
 The gRPC servicer (`services/rollout/servicer.py`) is a thin translation of this class.
 """
@@ -52,6 +57,8 @@ class RolloutInfo:
     vocab_size: int
     max_model_len: int
     updating: bool
+    run_id: str = ""
+    """The run whose weights it serves (versions count per run)."""
 
 
 class _Session:
@@ -59,6 +66,8 @@ class _Session:
         self.version = version
         self.specs = specs
         self.done = threading.Event()
+        self.aborted = False
+        self.loading = False
         self.error: BaseException | None = None
         self.stats: LoadStats | None = None
         self.started = time.perf_counter()
@@ -87,6 +96,7 @@ class RolloutEngine:
         self._session: _Session | None = None
         self._group: WeightGroupConfig | None = None
         self._dirty: str | None = None
+        self._run_id = ""
 
     @property
     def weight_version(self) -> int:
@@ -96,7 +106,8 @@ class RolloutEngine:
         g = self.generator
         with self._cond:
             return RolloutInfo(g.backend, g.model_name, self._version, self._inflight,
-                               g.vocab_size, g.max_model_len, self._session is not None)
+                               g.vocab_size, g.max_model_len, self._session is not None,
+                               self._run_id)
 
     # Generation ---------------------------------------------------------------------------
     def generate(
@@ -203,7 +214,8 @@ class RolloutEngine:
 
     # Update sessions ----------------------------------------------------------------------
     def begin_weight_update(
-        self, version: int, specs: Sequence[TensorSpec], bucket_bytes: int = 0
+        self, version: int, specs: Sequence[TensorSpec], bucket_bytes: int = 0,
+        run_id: str = "",
     ) -> int:
         """Opens a session and starts receiving from the group in the background.
 
@@ -216,7 +228,7 @@ class RolloutEngine:
         if self._group is None:
             raise FailedPrecondition("weight group: not joined; call InitWeightGroup first, "
                                      "or send the weights with PushWeights")
-        session = self._open(version, specs)
+        session = self._open(version, specs, run_id)
         threading.Thread(target=self._receive, args=(session,), daemon=True,
                          name=f"weights-v{version}").start()
         return len(plan_buckets(specs, bucket_bytes))
@@ -230,20 +242,25 @@ class RolloutEngine:
             open_note = f" (the open session is for {session.version})" if session else ""
             raise FailedPrecondition(
                 f"version: no open update session for version {version}{open_note}")
-        if not session.done.wait(timeout_s if timeout_s > 0 else None):
-            raise DeadlineExceeded(
-                f"timeout_s: version {version} not loaded after {timeout_s}s; the session "
-                "stays open, call FinishWeightUpdate again")
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        while not session.done.wait(0.2):
+            if session.aborted:
+                break  # _close reports it
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded(
+                    f"timeout_s: version {version} not loaded after {timeout_s}s; the session "
+                    "stays open: call FinishWeightUpdate again, or AbortWeightUpdate to go "
+                    "on serving the previous version")
         return self._close(session)
 
     def push_weights(
         self, version: int, specs: Sequence[TensorSpec],
-        tensors: Iterable[tuple[str, torch.Tensor]],
+        tensors: Iterable[tuple[str, torch.Tensor]], run_id: str = "",
     ) -> UpdateResult:
         """The fallback: a whole update whose tensors arrive through `tensors` (in manifest
         order), loaded as they come."""
         specs = self._check_specs(specs)
-        session = self._open(version, specs)
+        session = self._open(version, specs, run_id)
         self._receive(session, tensors)
         return self._close(session)
 
@@ -271,13 +288,49 @@ class RolloutEngine:
                                       f"{s.name!r} ({ref.dtype})")
         return specs
 
-    def _open(self, version: int, specs: list[TensorSpec]) -> _Session:
+    def abort_weight_update(self, version: int = 0, reason: str = "") -> tuple[bool, int]:
+        """Closes the open session for `version` (0: any) without loading it.
+
+        Returns (aborted, served version). The replica goes on serving its previous complete
+        version. A session whose transfer is still blocked on the group leaves that group
+        unusable (its receive thread waits for the group's timeout), so the replica then
+        needs InitWeightGroup again before the next group session; PushWeights works at once.
+        """
+        with self._cond:
+            session = self._session
+            if session is None or (version and session.version != version):
+                return False, self._version
+            while session.loading:  # a load in progress finishes first (never half-undone)
+                self._cond.wait()
+            if self._session is not session:
+                return False, self._version
+            session.aborted = True
+            if not session.done.is_set() and self._group is not None:
+                self._group = None
+            self._session = None
+            self._cond.notify_all()
+        log.warning("weight update to version %d aborted (%s); serving version %d",
+                    session.version, reason or "no reason given", self._version)
+        return True, self._version
+
+    def _should_load(self, session: _Session) -> bool:
+        with self._cond:
+            if session.aborted:
+                return False
+            session.loading = True
+            return True
+
+    def _open(self, version: int, specs: list[TensorSpec], run_id: str = "") -> _Session:
         with self._cond:
             if self._session is not None:
                 raise FailedPrecondition(
                     f"version: an update to version {self._session.version} is already open; "
-                    "finish it first")
-            if version <= self._version:
+                    "finish it first, or AbortWeightUpdate")
+            if run_id and run_id != self._run_id:
+                log.info("run %r starts (previous run %r); its versions count afresh",
+                         run_id, self._run_id)
+                self._run_id = run_id
+            elif version <= self._version:
                 raise FailedPrecondition(
                     f"version: {version} is stale; this replica already serves version "
                     f"{self._version} (updates must increase the version)")
@@ -289,33 +342,43 @@ class RolloutEngine:
     def _receive(
         self, session: _Session, tensors: Iterable[tuple[str, torch.Tensor]] | None = None
     ) -> None:
-        checked = None
         try:
             with self._cond:
                 while self._active_calls:
                     self._cond.wait()
                 self._wake()
             if tensors is None:
-                session.stats = self.generator.receive_weights(session.version, session.specs)
+                session.stats = self.generator.receive_weights(
+                    session.version, session.specs,
+                    should_load=lambda: self._should_load(session))
             else:
                 checked = _Checked(tensors, session.specs)
-                session.stats = self.generator.load_weights(checked)
+                staged = list(checked)  # in full before loading, as the group path
                 checked.finish()
+                if not self._should_load(session):
+                    raise WeightSyncError(f"version {session.version}: the session was "
+                                          "aborted; the pushed weights were dropped")
+                session.stats = self.generator.load_weights(staged)
         except BaseException as exc:  # noqa: BLE001 - reported by finish
             session.error = exc
-            if checked is not None:
-                partial = checked.count > 0
-            else:
-                partial = not isinstance(exc, WeightSyncError)
+            # Transfers are staged, so only a failure inside the load itself mixes weights.
+            partial = session.loading or (tensors is None
+                                          and not isinstance(exc, WeightSyncError))
             if partial:
                 self._dirty = (f"weights: the update to version {session.version} failed "
                                f"while loading ({exc}); this replica holds mixed weights "
                                "until a complete update succeeds")
         finally:
+            with self._cond:
+                session.loading = False
+                self._cond.notify_all()
             session.done.set()
 
     def _close(self, session: _Session) -> UpdateResult:
         with self._cond:
+            if session.aborted:
+                raise FailedPrecondition(f"version: the update to version {session.version} "
+                                         f"was aborted; serving version {self._version}")
             self._session = None
             err = session.error
             if err is None:

@@ -264,7 +264,10 @@ class VllmGenerator(Generator):
         self._run(lambda: self._engine.collective_rpc("quartet_init_weight_group",
                                                       args=(cfg,)))
 
-    def receive_weights(self, version: int, specs: Sequence[TensorSpec]) -> LoadStats:
+    def receive_weights(self, version: int, specs: Sequence[TensorSpec],
+                        should_load: Callable[[], bool] = lambda: True) -> LoadStats:
+        # Received and loaded inside the worker (should_load cannot reach it there); staged
+        # in full first, so a failed transfer loads nothing.
         wire = specs_to_wire(specs)
         return self._after_load(self._run(lambda: self._engine.collective_rpc(
             "quartet_receive_weights", args=(version, wire))))

@@ -17,7 +17,13 @@ from collections.abc import Iterable
 
 import torch
 
-from quartet.weightsync import TensorSpec, WeightGroupConfig, WeightReceiver, init_weight_group
+from quartet.weightsync import (
+    TensorSpec,
+    WeightGroupConfig,
+    WeightReceiver,
+    init_weight_group,
+    receive_staged,
+)
 
 EXTENSION_CLS = "quartet.engines.generation.worker_extension.WeightSyncWorkerExtension"
 
@@ -45,8 +51,9 @@ class WeightSyncWorkerExtension:
         group = getattr(self, "_quartet_group", None)
         if group is None:
             raise RuntimeError("weight group: not initialized in this worker")
-        # The header is checked before reload starts, so a refused session changes nothing.
-        tensors = WeightReceiver(group).receive(version, specs_from_wire(specs))
+        # The whole session is staged before reload starts, so a refused or broken session
+        # changes nothing.
+        tensors = receive_staged(WeightReceiver(group), version, specs_from_wire(specs))
         return self._quartet_reload(tensors)
 
     def quartet_load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:

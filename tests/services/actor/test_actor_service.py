@@ -130,3 +130,62 @@ def test_ptx_rows_add_their_next_token_loss(actor_service, tiny_model_path):
     assert metrics["is_filter_ratio"] == 0.0
     model.load_state_dict({k: v.float() for k, v in actor.engine.module.state_dict().items()})
     assert _nll(model, ptx) < expected
+
+
+def _train_request(actor_service):
+    from quartet.ppo.wire import encode_policy_minibatch
+    from quartet.v1 import common_pb2
+
+    _, client = actor_service
+    batch = _batch()
+    lp = client.logprobs(batch)
+    mb = PolicyMiniBatch(batch, lp, [torch.ones_like(x) for x in lp])
+    return list(encode_policy_minibatch(mb, PolicyLossSettings(), common_pb2.RequestHeader()))
+
+
+def test_a_retried_train_step_is_applied_once(actor_service):
+    """Same x-quartet-request-id twice (a client retry): one optimizer step, one answer."""
+    actor, client = actor_service
+    requests = _train_request(actor_service)
+    before = actor.global_step
+    weights = next(actor.engine.module.parameters()).detach().clone()
+    meta = (("x-quartet-request-id", "retry-test-1"),)
+    first = client.stub.TrainStep(iter(requests), metadata=meta, timeout=120)
+    moved = next(actor.engine.module.parameters()).detach().clone()
+    second = client.stub.TrainStep(iter(requests), metadata=meta, timeout=120)
+    assert actor.global_step == before + 1
+    assert first == second
+    assert torch.equal(next(actor.engine.module.parameters()).detach(), moved)
+    assert not torch.equal(moved, weights)
+    third = client.stub.TrainStep(iter(requests), metadata=(("x-quartet-request-id", "other"),),
+                                  timeout=120)
+    assert actor.global_step == before + 2 and third.global_step == before + 2
+
+
+def test_prepare_run_refuses_a_different_learning_rate_naming_the_field(actor_service):
+    from quartet.ppo.run_settings import train_settings
+
+    actor, client = actor_service
+    wanted = train_settings(actor.cfg)
+    wanted.learning_rate = 5e-4
+    with pytest.raises(RoleCallError) as info:
+        client.prepare_run("run-lr", wanted)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "train.learning_rate" in str(info.value) and "--adam.lr" in str(info.value)
+
+
+def test_runs_one_after_another_restart_the_schedule_and_versions(actor_service):
+    from quartet.ppo.run_settings import train_settings
+
+    actor, client = actor_service
+    wanted = train_settings(actor.cfg)
+    wanted.total_steps = 17
+    first = client.prepare_run("run-a", wanted)
+    assert first.new_run and actor.engine.total_steps == 17
+    actor.weight_version = 3  # as after three syncs of run-a
+    assert not client.prepare_run("run-a", wanted).new_run  # re-announcing changes nothing
+    assert actor.weight_version == 3
+    wanted.total_steps = 9
+    assert client.prepare_run("run-b", wanted).new_run
+    assert actor.engine.total_steps == 9 and actor.weight_version == -1
+    assert actor.engine.scheduler.last_epoch == 0

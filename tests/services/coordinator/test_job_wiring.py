@@ -39,7 +39,7 @@ class InProcessServices:
     def __exit__(self, *exc) -> None:
         return None
 
-    def roles(self):
+    def roles(self, run_id: str = "ppo"):
         return self._roles
 
     def recovery(self):

@@ -6,7 +6,7 @@ import threading
 import grpc
 import pytest
 
-from quartet.serving import RoleServer
+from quartet.serving import PermissionDenied, RoleServer
 from quartet.v1 import coordinator_pb2, coordinator_pb2_grpc
 from services.coordinator.runs import RunManager
 from services.coordinator.servicer import CoordinatorServicer
@@ -108,3 +108,25 @@ def test_unknown_run_is_not_found(coordinator):
     stub, _ = coordinator
     code, details = _code(stub.GetRun, coordinator_pb2.GetRunRequest(run_id="nope"))
     assert code == grpc.StatusCode.NOT_FOUND and "nope" in details
+
+
+def test_reward_code_and_output_are_confined_to_what_the_service_allows(tmp_path):
+    allowed = tmp_path / "rewards"
+    allowed.mkdir()
+    (allowed / "r.py").write_text("def reward_func(q, p, l):\n    return [0.0] * len(q)\n")
+    runner = FakeRunner()
+    manager = RunManager(runner, allowed_reward_dirs=[str(allowed)], runs_root=str(tmp_path))
+    outside = GOOD.replace("[r.py]", "[/tmp/evil.py]")
+    with pytest.raises(PermissionDenied) as info:
+        manager.start(outside + f"ckpt.output_dir: {tmp_path}/run\n")
+    assert "reward.func[0]" in str(info.value) and "--allowed-reward-dir" in str(info.value)
+    escape = GOOD.replace("[r.py]", f"[{allowed / 'r.py'}]") + "ckpt.output_dir: /etc/x\n"
+    with pytest.raises(PermissionDenied) as info:
+        manager.start(escape)
+    assert "ckpt.output_dir" in str(info.value) and "outside" in str(info.value)
+    run = manager.start(GOOD.replace("[r.py]", f"[{allowed / 'r.py'}]") + "ckpt.output_dir: run\n")
+    assert run.config.ckpt.output_dir == str(tmp_path / "run")
+    assert run.config.reward.func == (str(allowed / "r.py"),)
+    run.stop.set()
+    for _ in range(3):
+        runner.gate.release()

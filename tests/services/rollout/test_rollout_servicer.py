@@ -61,7 +61,7 @@ class FakeGenerator(Generator):
     def init_weight_group(self, config):
         self.group = config
 
-    def receive_weights(self, version, specs):
+    def receive_weights(self, version, specs, should_load=lambda: True):
         self.marker = version
         return LoadStats(len(specs), 0, 0.0)
 
@@ -226,3 +226,20 @@ def test_update_waits_for_running_generation(served):
     assert client.finish_weight_update(1, timeout_s=10).version == 1
     after = list(later)
     assert after[0].weight_version == 1 and after[0].samples[0].token_ids[2] == 1
+
+
+def test_versions_are_per_run(served):
+    """A second run against the same replica starts its versions again at 1."""
+    from quartet.v1 import common_pb2
+
+    fake, client, _ = served
+    run_a, run_b = (common_pb2.RequestHeader(run_id=r) for r in ("run-a", "run-b"))
+    new = {"w": torch.ones(2, 2), "b": torch.full((2,), 7.0)}
+    assert client.push_weights(1, new, header=run_a).version == 1
+    assert client.push_weights(2, new, header=run_a).version == 2
+    expect_status(grpc.StatusCode.FAILED_PRECONDITION, "version: 1 is stale",
+                  client.push_weights, 1, new, header=run_a)
+    assert client.push_weights(1, new, header=run_b).version == 1
+    assert client.info().weight_version == 1
+    expect_status(grpc.StatusCode.FAILED_PRECONDITION, "version: 1 is stale",
+                  client.push_weights, 1, new, header=run_b)
