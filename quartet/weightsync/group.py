@@ -22,6 +22,19 @@ import torch.distributed as dist
 log = logging.getLogger("quartet.weightsync")
 
 BACKENDS = ("gloo", "nccl")
+# Bounds a request can ask for: torch's store takes the member count as a C int and its
+# timeout in milliseconds; beyond these a request is refused by name, not overflowed.
+MAX_WORLD_SIZE = 1 << 16
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_group_bounds(world_size: int, timeout_s: float) -> None:
+    """ValueError naming `world_size` or `timeout_s` when outside what a group can use."""
+    if not 2 <= world_size <= MAX_WORLD_SIZE:
+        raise ValueError(f"world_size: must be in 2..{MAX_WORLD_SIZE} (a sender and its "
+                         f"receivers), got {world_size}")
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses NaN
+        raise ValueError(f"timeout_s: must be in (0, {MAX_TIMEOUT_S:g}], got {timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -41,16 +54,12 @@ class WeightGroupConfig:
             raise ValueError("master_address: must not be empty")
         if not 0 < self.master_port < 65536:
             raise ValueError(f"master_port: must be in 1..65535, got {self.master_port}")
-        if self.world_size < 2:
-            raise ValueError(f"world_size: must be >= 2 (a sender and a receiver), "
-                             f"got {self.world_size}")
+        check_group_bounds(self.world_size, self.timeout_s)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank: must be in 0..{self.world_size - 1}, got {self.rank}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, "
                              f"got {self.backend!r}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s: must be > 0, got {self.timeout_s}")
 
     def with_rank(self, rank: int) -> WeightGroupConfig:
         return WeightGroupConfig(self.master_address, self.master_port, self.world_size, rank,
@@ -104,11 +113,28 @@ def advertised_host() -> str:
     return os.environ.get(ADVERTISE_HOST_ENV) or "127.0.0.1"
 
 
+def check_local_address(address: str) -> None:
+    """ValueError naming `master_address` unless `address` resolves to an address this host
+    can bind (a name or IP of one of its interfaces)."""
+    try:
+        family, kind, proto, _name, sockaddr = socket.getaddrinfo(
+            address, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(sockaddr)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise ValueError(f"master_address: {address[:80]!r} is not an address of this host "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
 def host_store(address: str, world_size: int, timeout_s: float) -> dist.TCPStore:
     """Rank 0's rendezvous store on a port the OS picks on this host (read `.port`).
 
     Opened before any member joins, so the address and port come from the sender's host
-    and the coordinator may run anywhere."""
+    and the coordinator may run anywhere. `address` must be one of this host's own: the
+    store's own client connects to it, and to a name that does not resolve here it would
+    retry for the whole `timeout_s`."""
+    check_group_bounds(world_size, timeout_s)
+    check_local_address(address)
     return dist.TCPStore(address, 0, world_size, is_master=True,
                          timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -22,6 +21,7 @@ from quartet.weightsync import (
     WeightGroupConfig,
     WeightSender,
     advertised_host,
+    check_group_bounds,
     host_store,
     init_weight_group,
 )
@@ -96,14 +96,14 @@ class Actor(TrainingRole):
     def open_weight_group(self, address: str, world_size: int,
                           timeout_s: float) -> tuple[str, int]:
         """Hosts the weight group's store here; returns (address, port) for the members."""
-        if world_size < 2:
-            raise InvalidArgument(f"world_size: must be >= 2, got {world_size}")
-        if not math.isfinite(timeout_s) or timeout_s <= 0:
-            raise InvalidArgument(f"timeout_s: must be > 0 (0: the default), got {timeout_s}")
+        try:
+            check_group_bounds(world_size, timeout_s)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
         address = address or advertised_host()
         try:
             self._store = host_store(address, world_size, timeout_s)
-        except (RuntimeError, ValueError, OSError) as exc:  # DistNetworkError: cannot bind
+        except (RuntimeError, ValueError, OSError) as exc:  # not local; DistNetworkError
             raise FailedPrecondition(
                 f"master_address: cannot host the weight group's store at {address!r} on "
                 f"this actor's host ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"

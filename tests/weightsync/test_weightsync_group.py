@@ -127,3 +127,19 @@ def test_rank0_opens_the_store_on_its_own_host_before_anyone_joins():
     assert list(got) == list(want)
     sender.close()
     joined["g"].close()
+
+
+@pytest.mark.parametrize("address, world, timeout_s, field", [
+    ("no-such-host.invalid", 2, 60, "master_address"),  # would retry for all of timeout_s
+    ("192.0.2.1", 2, 60, "master_address"),  # an address, but not one of this host's
+    ("127.0.0.1", 2**40, 60, "world_size"),  # torch takes it as a C int
+    ("127.0.0.1", 1, 60, "world_size"),
+    ("127.0.0.1", 2, 1e30, "timeout_s"),  # overflows torch's milliseconds
+    ("127.0.0.1", 2, float("nan"), "timeout_s"),
+])
+def test_host_store_refuses_what_it_cannot_host_quickly_and_by_name(address, world, timeout_s,
+                                                                  field):
+    from quartet.weightsync import host_store
+
+    with pytest.raises(ValueError, match=field):
+        host_store(address, world, timeout_s)
