@@ -145,7 +145,7 @@ def test_weight_sessions_validate_and_advance_versions(served):
                   WeightGroupConfig("127.0.0.1", 1234, 2, 0))
     stub = rollout_pb2_grpc.RolloutStub(grpc.insecure_channel(client.address))
     from quartet.v1 import common_pb2
-    expect_status(inv, "world_size: must be >= 2", stub.InitWeightGroup,
+    expect_status(inv, "world_size: must be in 2..", stub.InitWeightGroup,
                   common_pb2.InitWeightGroupRequest(master_address="h", master_port=1,
                                                     world_size=1, rank=1))
     assert client.init_weight_group(WeightGroupConfig("127.0.0.1", 1234, 3, 2)) == 2
