@@ -51,12 +51,14 @@ def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
             "--train.num_iterations", "4", "--ckpt.output_dir", str(out),
             "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
             "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
+            "--actor.learning_rate", "1e-3",
         ])
         services = LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
                                 service_args=["--registry", url, "--registry-ttl-s", "5"])
         with services:
-            services.start("actor", config_to_argv(training_role_config(
-                cfg, str(tiny_model_path), 1e-3, None)))
+            services.start("actor", ["--save-root", str(out), *config_to_argv(
+                training_role_config(cfg, str(tiny_model_path), cfg.actor.learning_rate,
+                                     None))])
             services.start("reward", ["--reward-func",
                                       str(HERE / "rewards" / "digit_reward.py")])
             services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT], name="ra")
