@@ -106,10 +106,11 @@ class ProgressPrinter:
     """A live line per phase (on a terminal) and one summary line per iteration; silent with
     ``--no-logger.progress_bar_enable``."""
 
-    def __init__(self, total: int, stream=sys.stdout, enabled: bool = True) -> None:
+    def __init__(self, total: int, stream=None, enabled: bool = True) -> None:
         self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
+        # sys.stdout when called, not at import (pytest swaps and closes capture streams)
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = self.stream.isatty()
         self.enabled = enabled
 
     def line(self, text: str) -> None:

@@ -34,6 +34,7 @@ from quartet.v1 import (
     reward_pb2,
     rollout_pb2,
 )
+from tests.trainers.dist_world import world_of_one
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,15 @@ def _flags(role: str, model: Path, root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def services(tiny_model_path, tmp_path_factory):
+def world():
+    """The in-process actor and critic join this world of one, torn down after the module:
+    otherwise its exported MASTER_PORT (still bound by this process) leaks into later tests'
+    `torchrun`/trainer subprocesses (EADDRINUSE) and DeepSpeed's cached groups into theirs."""
+    yield from world_of_one()
+
+
+@pytest.fixture(scope="module")
+def services(world, tiny_model_path, tmp_path_factory):
     from quartet.cli.main import parse_serve_args
     from quartet.serving import RoleServer
 
