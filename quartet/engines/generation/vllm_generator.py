@@ -13,6 +13,7 @@ with the GPU work. Weight loads go to the worker through `collective_rpc` either
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -110,7 +111,23 @@ class VllmGenerator(Generator):
         kwargs.update(engine_kwargs or {})
         log.info("building vLLM engine (%s engine core): %s",
                  "separate-process" if multiprocess else "in-process", kwargs)
-        self._engine = LLMEngine.from_engine_args(EngineArgs(**kwargs))
+        if not multiprocess:
+            # A dead in-process engine (one that failed to start: its objects live on in the
+            # traceback a log record kept) is finalised at some later garbage collection, and
+            # its teardown destroys vLLM's parallel groups: collect it now, before this
+            # engine makes its own ("pipeline model parallel group is not initialized").
+            gc.collect()
+        try:
+            self._engine = LLMEngine.from_engine_args(EngineArgs(**kwargs))
+        except BaseException:
+            if not multiprocess:
+                # An in-process engine core that failed half way (e.g. an attention backend
+                # refusing the model) has already set up torch.distributed and vLLM's parallel
+                # groups in this process; the next engine built here would find them half made.
+                from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+                cleanup_dist_env_and_memory()
+            raise
         self._multiprocess = multiprocess
         mc = self._engine.model_config
         self.model_name = model
