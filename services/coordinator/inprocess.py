@@ -95,7 +95,8 @@ class LocalWeightSync:
         self.engines = engines
         self.dtype = float_dtype(dtype, "vllm.dtype")
 
-    def __call__(self, version: int) -> dict[str, float]:
+    def __call__(self, version: int, iteration: int | None = None) -> dict[str, float]:
+        """`iteration` names the update in traces of the service data planes; unused here."""
         # One snapshot for every engine: under ZeRO-3 a gathered parameter is only valid
         # while it is yielded, so it is copied, and gathered once rather than per engine.
         with self.actor.lock:

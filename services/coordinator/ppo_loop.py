@@ -102,8 +102,9 @@ class PPORoles:
     reward_weights: Sequence[float] = ()
     reference: ReferenceClient | None = None
     critic: CriticClient | None = None
-    sync_weights: Callable[[int], dict[str, float]] | None = None
-    """Pushes the actor's weights to every rollout replica as `version`; returns stats."""
+    sync_weights: Callable[[int, int | None], dict[str, float]] | None = None
+    """Pushes the actor's weights to every rollout replica as `version` (the update of
+    `iteration`, for traces; None on a rewind); returns stats."""
     refresh_rollouts: Callable[[int, int], tuple[list[RolloutClient], dict[str, float]]] | None = (
         None)
     """Cluster mode: (iteration, version) -> the rollout replicas to use from now on (new
@@ -294,12 +295,12 @@ class PPOLoop:
         out["train_steps"] = float(steps)
         return out
 
-    def sync(self) -> dict[str, float]:
+    def sync(self, iteration: int) -> dict[str, float]:
         self.version += 1
         if self.roles.sync_weights is None:
             return {}
         sync = self.roles.sync_weights
-        return self.repaired(lambda: sync(self.version))
+        return self.repaired(lambda: sync(self.version, iteration))
 
     # ---------------------------------------------------------------- role failures
     def repaired(self, phase: Callable[[], Any], applies_updates: bool = False) -> Any:
@@ -383,7 +384,7 @@ class PPOLoop:
         # fresh replicas already serve version 0; after a rewind they serve a newer policy
         if self.roles.sync_weights is not None and (rewinding or self.version > 0):
             sync = self.roles.sync_weights
-            self.repaired(lambda: sync(self.version))
+            self.repaired(lambda: sync(self.version, None))
         self.start_iteration = it
         return it
 
@@ -446,7 +447,7 @@ class PPOLoop:
             train_metrics = self.repaired(lambda: self.train(exp, it), applies_updates=True)
         self.on_event({"iteration": it, "phase": "sync"})
         with timer("sync"):
-            sync_metrics = self.sync()
+            sync_metrics = self.sync(it)
         stats = experience_stats(exp)
         self.kl_ctl.update(stats["kl"], len(exp))
         metrics: dict[str, float] = {

@@ -81,6 +81,15 @@ class WeightSync:
         """The actor or a replica restarted: the data plane must be rebuilt before the next
         update (nothing to do for the streamed path)."""
 
+    def stamp(self, version: int, iteration: int | None) -> None:
+        """Weight RPCs from now on name the iteration whose update they carry, so a trace
+        hangs them under that iteration (and a catch-up of a restarted replica under the
+        last one)."""
+        if iteration is not None:
+            self.header = common_pb2.RequestHeader(run_id=self.header.run_id,
+                                                   iteration=iteration,
+                                                   policy_version=version)
+
     def manifest(self) -> list[TensorSpec]:
         """Names, dtypes and shapes of the actor's weights: fixed for a run, so asked once
         (under ZeRO-3 answering it gathers every parameter)."""
@@ -196,7 +205,8 @@ class GroupWeightSync(WeightSync):
     def reform(self) -> None:
         self._formed = False
 
-    def __call__(self, version: int) -> dict[str, float]:
+    def __call__(self, version: int, iteration: int | None = None) -> dict[str, float]:
+        self.stamp(version, iteration)
         start = time.perf_counter()
         if not self._formed:
             self.setup()
@@ -217,7 +227,8 @@ class GroupWeightSync(WeightSync):
 class StreamedWeightSync(WeightSync):
     """Fallback data plane: actor.StreamWeights relayed into rollout.PushWeights."""
 
-    def __call__(self, version: int) -> dict[str, float]:
+    def __call__(self, version: int, iteration: int | None = None) -> dict[str, float]:
+        self.stamp(version, iteration)
         start = time.perf_counter()
         wire = self.versions.next_wire(version)
         specs = self.manifest()

@@ -69,7 +69,7 @@ def test_parent_links_form_one_tree_per_iteration(traced_run):
                 # each service's span hangs under the coordinator's client span of that call
                 assert parent.kind == "CLIENT" and parent.role == "coordinator", (s, parent)
                 assert parent.name == s.name
-                # requests with a header name this iteration (weight RPCs carry none)
+                # every request header names this iteration (weight RPCs: the update they carry)
                 assert s.attributes.get("quartet.iteration",
                                         root.attributes["quartet.iteration"]) == \
                     root.attributes["quartet.iteration"], s
