@@ -1,0 +1,66 @@
+"""The Ray launcher restarts a role process killed with SIGKILL, as the local launcher does
+(tests/integration/test_ppo_faults.py): the service comes back in the same Ray actor on the
+same port, gets the current weights, the interrupted phase is re-run, and the run finishes
+every iteration with every replica on every update."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quartet.launch.ray_launcher import RAY_ENV
+from quartet.testing.faults import alive, kill, read_metrics, wait_for
+
+HERE = Path(__file__).resolve().parent
+ITERATIONS = 30  # an iteration of this job takes ~0.5 s: the kill must land mid-run
+
+pytestmark = pytest.mark.slow
+
+
+def _rank0_pid(out: Path, service: str) -> int:
+    placement = json.loads((out / "placement.json").read_text())
+    return int(placement["services"][service]["ranks"][0]["pid"])
+
+
+def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
+        tmp_path, tiny_model_path, tiny_data):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "quartet.cli.main", "ppo", "--launcher", "ray",
+        "--actor.model_name_or_path", str(tiny_model_path),
+        "--data.dataset", str(tiny_data["prompts"]),
+        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+        "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0.0",
+        "--rollout.n_samples_per_prompt", "2", "--vllm.backend", "hf",
+        "--rollout.batch_size", "4", "--rollout.max_new_tokens", "4",
+        "--train.batch_size", "8", "--train.micro_batch_size", "8",
+        "--train.num_iterations", str(ITERATIONS), "--ckpt.output_dir", str(out),
+        "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+    ]
+    with open(tmp_path / "ppo.out", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **RAY_ENV})
+    try:
+        wait_for(lambda: len(read_metrics(out)) >= 2, 600, "iteration 2", poll_s=0.02)
+        victim = _rank0_pid(out, "rollout0")
+        kill(victim)
+        at_kill = len(read_metrics(out))
+        code = proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            kill(proc.pid)
+            proc.wait(60)
+    text = (tmp_path / "ppo.out").read_text()
+    assert code == 0, text[-4000:]
+    assert at_kill < ITERATIONS - 5, f"killed after {at_kill} rows: not mid-run"
+    assert not alive(victim)
+    assert "rollout0 died" in text and "restart 1 of" in text, text[-4000:]
+    rows = read_metrics(out)
+    assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
+    # the restarted replica was brought to the current weights before it served again
+    assert [r["rollout_weight_version"] for r in rows] == list(range(ITERATIONS))
