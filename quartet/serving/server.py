@@ -105,8 +105,8 @@ class RoleServer:
         self.host = host
         self._stopped = threading.Event()
         self._finished = threading.Event()
-        self._on_stop: list = []
-        self._stop_hooks: list[Callable[[], None]] = []
+        self._stop_hooks: dict[str, list[Callable[[], None]]] = {"before_drain": [],
+                                                                  "after_drain": []}
         self._reflection_enabled = False
         self.serving = False
         self.set_serving(False)
@@ -142,10 +142,10 @@ class RoleServer:
             if name != health.SERVICE_NAME:
                 self.health.set(name, status)
 
-    def on_stop(self, callback) -> None:
+    def on_stop(self, callback: Callable[[], None]) -> None:
         """Runs `callback()` once the server has stopped and drained (e.g. to release a
         role's other ranks)."""
-        self._on_stop.append(callback)
+        self._stop_hooks["after_drain"].append(callback)
 
     def local_info(self) -> common_pb2.ServiceInfo | None:
         """The role's own GetInfo answer, called in-process (for the registry heartbeat);
@@ -164,25 +164,25 @@ class RoleServer:
     def add_stop_hook(self, hook: Callable[[], None]) -> None:
         """`hook` runs when the server stops, after health turns NOT_SERVING and before the
         server closes: a role that owns work (the coordinator's runs) ends it there."""
-        self._stop_hooks.append(hook)
+        self._stop_hooks["before_drain"].append(hook)
+
+    def _run_stop_hooks(self, when: str) -> None:
+        """One failing hook must not keep the server up or skip the others."""
+        for hook in self._stop_hooks[when]:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - shutting down regardless
+                log.exception("%s: stop hook (%s) failed", self.role, when)
 
     def stop(self, grace_s: float | None = None) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.set_serving(False)
-        for hook in self._stop_hooks:
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - one failing hook must not keep the server up
-                log.exception("%s: stop hook failed", self.role)
+        self._run_stop_hooks("before_drain")
         self.health.enter_graceful_shutdown()
         self._server.stop(self.grace_s if grace_s is None else grace_s).wait()
-        for callback in self._on_stop:
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - shutting down regardless
-                log.warning("%s: stop callback failed: %s", self.role, exc)
+        self._run_stop_hooks("after_drain")
         log.info("%s stopped", self.role)
         self._finished.set()
 
