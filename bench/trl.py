@@ -99,7 +99,7 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -
     total = steps + 1
     base = [sys.executable, "-m", "quartet.cli.main"]
     if algo == "grpo":
-        reward = ROOT / "quartet" / "demo" / "reward.py"
+        reward = ROOT / "demo" / "reward.py"
         return base + [
             "ppo", "--actor.model_name_or_path", str(model), "--data.dataset", str(data),
             "--data.input_key", "prompt", "--data.label_key", "answer",
@@ -136,7 +136,7 @@ def trl_command(python: Path, algo: str, model: Path, data: Path, out: Path,
            "--steps", str(steps + 1), "--micro-batch", str(w["micro"]),
            "--batch", str(w["batch"])]
     if algo == "grpo":
-        cmd += ["--reward-file", str(ROOT / "quartet" / "demo" / "reward.py"),
+        cmd += ["--reward-file", str(ROOT / "demo" / "reward.py"),
                 "--beta", "0.04", "--lr", "1e-6", "--max-new-tokens", "32",
                 "--num-generations", "4"]
     elif algo == "dpo":
