@@ -16,6 +16,8 @@ The work (`--algo`):
 - dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
   beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
 - rm: 4 pairs per step; `quartet rm` vs `RewardTrainer`.
+- dpo/rm pairs (`--pairs`): `shared-tail` (default) answers that differ only in the final
+  number; `distinct` rejected answers that differ from their first token.
 
 Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
 samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
@@ -46,6 +48,7 @@ WORK = {
     "dpo": {"batch": 4, "micro": 4, "unit": "pairs"},
     "rm": {"batch": 4, "micro": 4, "unit": "pairs"},
 }
+PAIR_SHAPES = ("shared-tail", "distinct")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -56,14 +59,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="rounds; each round runs both, alternating which goes first")
     p.add_argument("--only", choices=["quartet", "trl"], default=None,
                    help="run one side only (profiling); no ratio then")
+    p.add_argument("--pairs", choices=PAIR_SHAPES, default=None,
+                   help="dpo/rm: how much chosen and rejected share (default shared-tail); "
+                        "see pair_texts")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     return p.parse_args(argv)
 
 
 # --------------------------------------------------------------------------- data
-def pair_texts(seed: int, n: int) -> list[dict[str, str]]:
+def pair_texts(seed: int, n: int, shape: str = "shared-tail") -> list[dict[str, str]]:
     """Preference pairs from the demo's arithmetic problems: a worked answer that ends in
-    the right number (chosen) and one that ends in a wrong number (rejected)."""
+    the right number (chosen) and one that ends in a wrong number (rejected).
+
+    ``shape`` says how much of the two answers is the same. ``shared-tail``: the same worked
+    explanation, only the final number differs (the best case for a shared-prefix layout);
+    ``distinct``: the rejected answer is a different, shorter text from its first token on, as
+    in most human preference data, so only the prompt is shared."""
+    if shape not in PAIR_SHAPES:
+        raise ValueError(f"--pairs: expected one of {PAIR_SHAPES}, got {shape!r}")
     from demo.task import make_split
 
     rng = random.Random(seed)
@@ -73,19 +86,22 @@ def pair_texts(seed: int, n: int) -> list[dict[str, str]]:
         explain = ("Let's work through it step by step. First I read the numbers in the "
                    "question carefully, then I decide whether to add, subtract or multiply, "
                    "and finally I check the result once more before answering.")
+        rejected = (f"{explain} The answer is {wrong}." if shape == "shared-tail" else
+                    f"Probably {wrong}, I did not check it.")
         rows.append({"prompt": f"Question: {p.question}\nAnswer: ",
                      "chosen": f"{explain} The answer is {p.answer}.",
-                     "rejected": f"{explain} The answer is {wrong}."})
+                     "rejected": rejected})
     return rows
 
 
-def write_data(algo: str, work: Path, n_rows: int, seed: int = 42) -> Path:
+def write_data(algo: str, work: Path, n_rows: int, seed: int = 42,
+               pairs: str = "shared-tail") -> Path:
     path = work / f"{algo}.jsonl"
     if algo == "grpo":
         from demo.task import make_split, write_jsonl
 
         return write_jsonl(make_split(n_rows, seed), path)
-    rows = pair_texts(seed, n_rows)
+    rows = pair_texts(seed, n_rows, pairs)
     if algo == "rm":  # implicit prompt: the prompt is part of both texts
         rows = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}
                 for r in rows]
@@ -253,13 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     model = prepare_model()
     python = ensure_trl_venv() if args.only != "quartet" else None
     work = Path(tempfile.mkdtemp(prefix=f"quartet-bench-trl-{args.algo}-"))
-    data = write_data(args.algo, work, 512)
+    if args.pairs is not None and args.algo == "grpo":
+        raise SystemExit("--pairs: only for --algo dpo|rm (GRPO has no preference pairs)")
+    pairs = args.pairs or "shared-tail"
+    data = write_data(args.algo, work, 512, pairs=pairs)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
     sides = ["quartet", "trl"] if args.only is None else [args.only]
     result: dict = {"bench": "trl", "algo": args.algo, "steps": args.steps,
                     "per_step": w["batch"], "micro_batch": w["micro"], "unit": w["unit"],
-                    "repeats": args.repeats, "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+                    "repeats": args.repeats,
+                    **({"pairs": pairs} if args.algo != "grpo" else {}),
+                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"bench trl: {args.algo}, {args.steps} timed steps of {w['batch']} {w['unit']}, "
           f"work dir {work}", flush=True)

@@ -47,3 +47,25 @@ def test_quartet_side_parses(algo, tmp_path):
         assert cfg.train.num_iterations == 3
     else:
         assert cfg.train.stop_after_steps == 3
+
+
+@pytest.mark.parametrize("shape", trl.PAIR_SHAPES)
+def test_pair_shapes_share_what_they_say(shape):
+    """`shared-tail` pairs differ only after the explanation; `distinct` ones from the first
+    answer token (so a shared-prefix layout saves only the prompt there)."""
+    from quartet.data.shared_prefix import common_prefix_len
+
+    rows = trl.pair_texts(0, 8, shape)
+    assert len(rows) == 8
+    for r in rows:
+        shared = common_prefix_len(r["chosen"], r["rejected"])
+        if shape == "shared-tail":
+            assert shared > 0.8 * len(r["chosen"])
+        else:
+            assert shared < 3
+        assert r["chosen"] != r["rejected"]
+
+
+def test_unknown_pair_shape_is_refused():
+    with pytest.raises(ValueError, match="--pairs"):
+        trl.pair_texts(0, 2, "same")
