@@ -1,21 +1,25 @@
-"""Preference pairs with their common prefix computed once: one row per pair, not two.
+"""Rows that start alike, their common prefix computed once: one row per group, not k.
 
-A chosen and a rejected sequence start with the same tokens (the prompt at least; often much
-of the answer too). The usual layout runs the model on both rows in full, so every shared
-token is computed twice. Here each pair becomes one row ``prefix + chosen tail + rejected
-tail``: an attention mask lets each tail see the prefix and itself but not the other tail,
-and the rejected tail's positions continue from the prefix, so every token sees exactly the
+The k sequences of a group start with the same tokens: a preference pair's chosen and
+rejected answers (the prompt at least, often much of the answer), or the n samples that PPO /
+GRPO / RLOO draw for one prompt. The usual layout runs the model on every row in full, so
+every shared token is computed k times. Here each group becomes one row ``prefix + tail 1 +
+... + tail k``: an attention mask lets each tail see the prefix and itself but not the other
+tails, and every tail's positions continue from the prefix, so every token sees exactly the
 context it has in its own sequence. The per-token outputs are then gathered back into the
-plain two-rows-per-pair layout (:func:`quartet.data.batch.collate` of chosen + rejected), which
-is what the losses read: nothing downstream changes, only less is computed.
+plain one-row-per-sequence layout (:func:`quartet.data.batch.collate` of the sequences), which
+is what the losses read: nothing downstream changes, only less is computed. A backward
+through the gather sums the gradients that the k tails send into the shared prefix: the
+same gradient as k plain rows.
 
-Used by DPO and RM training on padded batches with sdpa/eager attention (flash-attn takes no
-such mask; packing has its own layout).
+Used by DPO and RM training (pairs, :func:`collate_pairs`) and by PPO scoring and training
+(the samples of one prompt in a micro-batch, :func:`groups_of`) on padded batches with
+sdpa/eager attention (flash-attn takes no such mask; packing has its own layout).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +28,11 @@ from torch import Tensor
 from quartet.data.batch import TokenBatch, collate
 from quartet.data.tokenize import TokenizedSample
 
-__all__ = ["PairLayout", "collate_pairs", "common_prefix_len", "shares_prefix"]
+__all__ = ["SharedLayout", "collate_groups", "collate_pairs", "common_prefix_len", "groups_of",
+           "shares_prefix"]
 
-_PREFIX, _CHOSEN, _REJECTED, _PAD = 0, 1, 2, 3
+_PAD, _PREFIX = -1, 0
+"""Segment ids of a shared row: padding, the prefix; tail i of the group is i + 1."""
 
 LogitsFn = Callable[[TokenBatch, int], Tensor]
 """``fn(batch, logits_from) -> logits [R, T - logits_from, V]`` (an engine's forward)."""
@@ -38,86 +44,107 @@ def shares_prefix(attn_implementation: str) -> bool:
     return not attn_implementation.startswith("flash_attention")
 
 
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix_len(*seqs: Sequence[int]) -> int:
+    """How many leading tokens all of ``seqs`` have in common."""
     n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
+    for column in zip(*seqs, strict=False):
+        if any(x != column[0] for x in column[1:]):
             break
         n += 1
     return n
 
 
-@dataclass
-class PairLayout:
-    """How ``pairs`` (chosen rows, then rejected rows) is computed.
+def groups_of(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Indices of equal ``keys`` (e.g. each row's prompt token ids) grouped, groups in the
+    order of their first row."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
-    ``model_batch`` is what the model runs on: ``pairs`` itself, or one shared-prefix row
-    per pair (``model_batch.tree_mask`` set); ``source[j, t]`` is the position in row
-    ``j mod B`` of ``model_batch`` that computes token ``t`` of ``pairs`` row ``j``.
+
+@dataclass
+class SharedLayout:
+    """How the plain batch ``rows`` is computed.
+
+    ``model_batch`` is what the model runs on: ``rows`` itself, or one shared-prefix row per
+    group (``model_batch.tree_mask`` set); ``source[j, t]`` is the position in row
+    ``model_row[j]`` of ``model_batch`` that computes token ``t`` of ``rows`` row ``j``.
     """
 
-    pairs: TokenBatch
+    rows: TokenBatch
     model_batch: TokenBatch
-    source: Tensor | None
+    source: Tensor | None = None
+    model_row: Tensor | None = None
 
     @property
     def shared(self) -> bool:
         return self.source is not None
 
-    def _rows(self) -> Tensor:
-        n = self.model_batch.input_ids.shape[0]
-        return torch.arange(self.pairs.input_ids.shape[0]) % n
-
-    def logits(self, forward: LogitsFn, start: int) -> Tensor:
-        """Logits of ``pairs`` positions ``start..T-1`` (``[2B, T - start, V]``), from one
-        forward of ``model_batch`` through ``forward``."""
+    def window_start(self, start: int) -> int:
+        """The first ``model_batch`` position whose output :meth:`gather` needs for ``rows``
+        positions ``start..T-1`` (pass it as the forward's ``logits_from``)."""
         if self.source is None:
-            return forward(self.model_batch, start)
+            return start
+        valid = self.rows.sample_ids[:, start:] >= 0
+        return int(self.source[:, start:][valid].min()) if bool(valid.any()) else 0
+
+    def gather(self, out: Tensor, start: int, first: int) -> Tensor:
+        """Per-position outputs ``[R', W - first, ...]`` of ``model_batch`` positions
+        ``first..W-1`` → those of ``rows`` positions ``start..T-1`` (``[R, T - start, ...]``;
+        padding positions hold some other position's output)."""
+        if self.source is None:
+            return out
         window = self.source[:, start:]
-        valid = self.pairs.sample_ids[:, start:] >= 0
-        first = int(window[valid].min()) if bool(valid.any()) else 0
-        out = forward(self.model_batch, first)
+        valid = self.rows.sample_ids[:, start:] >= 0
         cols = torch.where(valid, window, torch.full_like(window, first)) - first
-        rows = self._rows()[:, None].expand_as(cols)
+        rows = self.model_row[:, None].expand_as(cols)
         return out[rows.to(out.device), cols.to(out.device)]
 
+    def logits(self, forward: LogitsFn, start: int) -> Tensor:
+        """Logits of ``rows`` positions ``start..T-1`` (``[R, T - start, V]``), from one
+        forward of ``model_batch`` through ``forward``."""
+        first = self.window_start(start)
+        return self.gather(forward(self.model_batch, first), start, first)
+
     def last_token_index(self, width: int) -> Tensor:
-        """Flat indices into ``[R, width]`` per-token outputs of ``model_batch`` of each
-        ``pairs`` sample's last token (a reward model's score)."""
+        """Flat indices into ``[R', width]`` per-token outputs of ``model_batch`` of each
+        ``rows`` sequence's last token (a reward model's score)."""
         if self.source is None:
-            return self.pairs.last_index
-        w = self.pairs.input_ids.shape[1]
-        rows, cols = self.pairs.last_index // w, self.pairs.last_index % w
-        return self._rows()[rows] * width + self.source[rows, cols]
+            return self.rows.last_index
+        w = self.rows.input_ids.shape[1]
+        rows, cols = self.rows.last_index // w, self.rows.last_index % w
+        return self.model_row[rows] * width + self.source[rows, cols]
 
 
-def _shared_row(chosen: TokenizedSample, rejected: TokenizedSample
-                ) -> tuple[list[int], list[int], list[int]]:
-    """Token ids, position ids and segment of one shared-prefix row."""
-    p = common_prefix_len(chosen.input_ids, rejected.input_ids)
-    c_tail, r_tail = chosen.input_ids[p:], rejected.input_ids[p:]
-    ids = chosen.input_ids[:p] + c_tail + r_tail
-    pos = list(range(p + len(c_tail))) + list(range(p, p + len(r_tail)))
-    seg = [_PREFIX] * p + [_CHOSEN] * len(c_tail) + [_REJECTED] * len(r_tail)
-    return ids, pos, seg
+@dataclass
+class _GroupRow:
+    """One shared-prefix row: token ids, position ids, segment ids, and for each member of
+    the group the row position of each of its tokens."""
+
+    ids: list[int]
+    pos: list[int]
+    seg: list[int]
+    sources: list[list[int]]
 
 
-def _source_positions(chosen: TokenizedSample, rejected: TokenizedSample,
-                      width: int) -> tuple[Tensor, Tensor]:
-    """``[width]`` row positions of the chosen and the rejected tokens (0 past their end)."""
-    p = common_prefix_len(chosen.input_ids, rejected.input_ids)
-    c, r = len(chosen.input_ids), len(rejected.input_ids)
-    src_c = torch.zeros(width, dtype=torch.long)
-    src_r = torch.zeros(width, dtype=torch.long)
-    src_c[:c] = torch.arange(c)
-    src_r[:p] = torch.arange(p)
-    src_r[p:r] = torch.arange(c, c + r - p)
-    return src_c, src_r
+def _group_row(members: Sequence[TokenizedSample]) -> _GroupRow:
+    seqs = [m.input_ids for m in members]
+    p = common_prefix_len(*seqs)
+    row = _GroupRow(list(seqs[0][:p]), list(range(p)), [_PREFIX] * p, [])
+    for i, seq in enumerate(seqs):
+        at = len(row.ids)
+        tail = list(seq[p:])
+        row.sources.append(list(range(p)) + list(range(at, at + len(tail))))
+        row.ids += tail
+        row.pos += range(p, p + len(tail))
+        row.seg += [i + 1] * len(tail)
+    return row
 
 
 def _tree_mask(seg: Tensor) -> Tensor:
     """``[B, W, W]`` bool: query q may attend key k. Causal; a tail sees the prefix and its
-    own earlier tokens, never the other tail; a padding position sees only itself."""
+    own earlier tokens, never another tail; a padding position sees only itself."""
     w = seg.shape[1]
     causal = torch.ones(w, w, dtype=torch.bool).tril()[None]
     q, k = seg[:, :, None], seg[:, None, :]
@@ -126,34 +153,54 @@ def _tree_mask(seg: Tensor) -> Tensor:
     return allowed | pad_self
 
 
-def collate_pairs(chosen: Sequence[TokenizedSample], rejected: Sequence[TokenizedSample],
-                  pad_token_id: int, *, share_prefix: bool, packed: bool = False) -> PairLayout:
-    """The layout of ``chosen + rejected``; ``share_prefix`` computes each pair's common
-    prefix once (padded rows only: ``packed`` ignores it)."""
-    if len(chosen) != len(rejected):
-        raise ValueError(f"{len(chosen)} chosen but {len(rejected)} rejected sequences")
-    pairs = collate([*chosen, *rejected], pad_token_id, packed=packed)
-    if packed or not share_prefix:
-        return PairLayout(pairs, pairs, None)
-    rows = [_shared_row(c, r) for c, r in zip(chosen, rejected, strict=True)]
-    width = max(len(ids) for ids, _, _ in rows)
-    n = len(rows)
+def _check_partition(groups: Sequence[Sequence[int]], n: int) -> None:
+    seen = sorted(i for g in groups for i in g)
+    if seen != list(range(n)):
+        raise ValueError(f"groups must hold each of the {n} sequences once, got {groups}")
+
+
+def collate_groups(samples: Sequence[TokenizedSample], groups: Sequence[Sequence[int]],
+                   pad_token_id: int, *, share_prefix: bool, packed: bool = False
+                   ) -> SharedLayout:
+    """The layout of ``samples``; ``share_prefix`` computes the common prefix of each group
+    (indices into ``samples``, each sequence in one group) once. Padded rows only:
+    ``packed`` ignores it, and so does a batch without a group of two or more."""
+    plain = collate(samples, pad_token_id, packed=packed)
+    _check_partition(groups, len(samples))
+    if packed or not share_prefix or all(len(g) < 2 for g in groups):
+        return SharedLayout(plain, plain)
+    built = [_group_row([samples[i] for i in g]) for g in groups]
+    n, width = len(built), max(len(r.ids) for r in built)
     ids = torch.full((n, width), pad_token_id, dtype=torch.long)
     pos = torch.zeros((n, width), dtype=torch.long)
     seg = torch.full((n, width), _PAD, dtype=torch.long)
-    for i, (row_ids, row_pos, row_seg) in enumerate(rows):
-        ids[i, :len(row_ids)] = torch.tensor(row_ids)
-        pos[i, :len(row_ids)] = torch.tensor(row_pos)
-        seg[i, :len(row_ids)] = torch.tensor(row_seg)
-    lens = [len(r[0]) for r in rows]
+    t = plain.input_ids.shape[1]
+    source = torch.zeros((len(samples), t), dtype=torch.long)
+    model_row = torch.zeros(len(samples), dtype=torch.long)
+    for r, (group, row) in enumerate(zip(groups, built, strict=True)):
+        ids[r, :len(row.ids)] = torch.tensor(row.ids, dtype=torch.long)
+        pos[r, :len(row.ids)] = torch.tensor(row.pos, dtype=torch.long)
+        seg[r, :len(row.ids)] = torch.tensor(row.seg, dtype=torch.long)
+        for j, src in zip(group, row.sources, strict=True):
+            source[j, :len(src)] = torch.tensor(src, dtype=torch.long)
+            model_row[j] = r
+    lens = [len(r.ids) for r in built]
     attn = (seg != _PAD).long()
-    owner = torch.where(attn.bool(), torch.arange(n)[:, None], -1)
     model_batch = TokenBatch(
         input_ids=ids, attention_mask=attn, position_ids=pos,
-        target_mask=torch.zeros_like(ids), sample_ids=owner,
+        target_mask=torch.zeros_like(ids),
+        sample_ids=torch.where(attn.bool(), torch.arange(n)[:, None], -1),
         last_index=torch.arange(n) * width + torch.tensor(lens) - 1, seq_lens=lens,
         packed=False, tree_mask=_tree_mask(seg))
-    t = pairs.input_ids.shape[1]
-    sources = [_source_positions(c, r, t) for c, r in zip(chosen, rejected, strict=True)]
-    source = torch.stack([s[0] for s in sources] + [s[1] for s in sources])
-    return PairLayout(pairs, model_batch, source)
+    return SharedLayout(plain, model_batch, source, model_row)
+
+
+def collate_pairs(chosen: Sequence[TokenizedSample], rejected: Sequence[TokenizedSample],
+                  pad_token_id: int, *, share_prefix: bool, packed: bool = False
+                  ) -> SharedLayout:
+    """The layout of ``chosen + rejected``: each pair a group of two."""
+    if len(chosen) != len(rejected):
+        raise ValueError(f"{len(chosen)} chosen but {len(rejected)} rejected sequences")
+    n = len(chosen)
+    return collate_groups([*chosen, *rejected], [[i, n + i] for i in range(n)], pad_token_id,
+                          share_prefix=share_prefix, packed=packed)

@@ -21,6 +21,7 @@ import torch
 
 from quartet.codec.batches import RowBatch
 from quartet.codec.dtypes import float_dtype
+from quartet.data.shared_prefix import shares_prefix
 from quartet.engines.inference_engine import InferenceEngine
 from quartet.engines.scoring import LogProbsResult, response_logprobs
 from quartet.serving.ranks import RankGroup
@@ -158,8 +159,10 @@ class FrozenCausalLM:
 
     def shard_logprobs(self, batch: RowBatch, temperature: float, with_entropy: bool
                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        return response_logprobs(self.engine.logits, batch, self.pad_id, temperature,
-                                 self.micro_batch_size, with_entropy).rows()
+        return response_logprobs(
+            self.engine.logits, batch, self.pad_id, temperature, self.micro_batch_size,
+            with_entropy,
+            share_prefix=shares_prefix(self.engine.attn_implementation)).rows()
 
     def serve_worker(self) -> int:
         """Ranks > 0: serve rank 0's fanned-out calls until it stops; the exit code."""

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pad_sequence
 from quartet.algos.losses import entropy_from_logits, token_logprobs
 from quartet.codec.batches import RowBatch
 from quartet.data.batch import TokenBatch, collate
+from quartet.data.shared_prefix import SharedLayout, collate_groups, groups_of
 from quartet.data.tokenize import TokenizedSample
 
 
@@ -37,13 +38,25 @@ class LogProbsResult:
         return cls([lp for lp, _ in rows], [e for _, e in rows] if with_entropy else None)
 
 
+def _samples(rows: RowBatch) -> list[TokenizedSample]:
+    return [TokenizedSample(r.tolist(), [0] * p + [1] * (r.numel() - p))
+            for r, p in zip(rows.rows, rows.prompt_lengths, strict=True)]
+
+
 def to_model_batch(rows: RowBatch, pad_id: int, packed: bool = False) -> TokenBatch:
     """Prompt+response rows → the trainers' padded/packed batch, targets on response tokens."""
-    samples = [
-        TokenizedSample(r.tolist(), [0] * p + [1] * (r.numel() - p))
-        for r, p in zip(rows.rows, rows.prompt_lengths, strict=True)
-    ]
-    return collate(samples, pad_id, packed)
+    return collate(_samples(rows), pad_id, packed)
+
+
+def to_model_layout(rows: RowBatch, pad_id: int, packed: bool = False,
+                    share_prefix: bool = False) -> SharedLayout:
+    """`to_model_batch` (the layout's `rows`) and how the model computes it: with
+    `share_prefix`, the rows of one prompt (the n samples of a group) as one shared-prefix
+    row (:mod:`quartet.data.shared_prefix`); rows with no partner stay rows of their own."""
+    samples = _samples(rows)
+    prompts = groups_of([tuple(s.input_ids[:p])
+                         for s, p in zip(samples, rows.prompt_lengths, strict=True)])
+    return collate_groups(samples, prompts, pad_id, share_prefix=share_prefix, packed=packed)
 
 
 def response_start(batch: TokenBatch) -> int:
@@ -97,16 +110,19 @@ def response_logprobs(
     micro_batch_size: int = 8,
     with_entropy: bool = False,
     packed: bool = False,
+    share_prefix: bool = False,
 ) -> LogProbsResult:
     """Log-prob (and optionally entropy) of each response token; `logits_of(batch, start)`
     runs the model on a padded/packed batch and returns the logits of positions `start..T-1`
-    (`[R, T-start, V]`; see `response_start`)."""
+    (`[R, T-start, V]`; see `response_start`). `share_prefix`: the rows of one prompt in a
+    micro-batch run as one shared-prefix row (`to_model_layout`; needs sdpa/eager)."""
     lps: list[torch.Tensor] = []
     ents: list[torch.Tensor] = []
     for s, e in split_micro(len(rows), micro_batch_size):
-        batch = to_model_batch(rows.slice(s, e), pad_id, packed)
+        layout = to_model_layout(rows.slice(s, e), pad_id, packed, share_prefix)
+        batch = layout.rows
         start = response_start(batch)
-        logits = logits_of(batch, start)[:, :-1]
+        logits = layout.logits(logits_of, start)[:, :-1]
         labels = batch.input_ids[:, start + 1:].to(logits.device)
         pos = response_positions(batch, start)
         lps += [t.float().cpu() for t in gather_rows(

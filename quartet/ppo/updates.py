@@ -26,6 +26,7 @@ from quartet.algos.losses import (
 )
 from quartet.algos.masked import masked_mean
 from quartet.codec.batches import RowBatch
+from quartet.data.shared_prefix import SharedLayout, shares_prefix
 from quartet.engines.scoring import (
     LogProbsResult,
     gather_rows,
@@ -35,6 +36,7 @@ from quartet.engines.scoring import (
     response_start,
     split_micro,
     to_model_batch,
+    to_model_layout,
 )
 from quartet.ppo.batch import (
     PolicyLossSettings,
@@ -71,14 +73,19 @@ class _Updater:
         self.micro_batch_size = micro_batch_size
         self.mini_batch_size = mini_batch_size
         self.packed = packed
+        # the samples of one prompt in a micro-batch run as one row (quartet.data.shared_prefix)
+        self.share_prefix = not packed and shares_prefix(engine.attn_implementation)
         # DeepSpeed divides each micro-batch loss by the accumulation steps and averages
         # gradients over the ranks; a share of the mini-batch loss is multiplied back.
         self.share_scale = float(engine.ds_config["gradient_accumulation_steps"]
                                  * engine.world.world_size)
 
+    def _layout(self, rows: RowBatch) -> SharedLayout:
+        return to_model_layout(rows, self.pad_id, self.packed, self.share_prefix)
+
     def _micro_batches(self, mb):
         """Checks the row count, switches to train mode, yields micro-batches and the model
-        batch of each."""
+        layout of each."""
         n = len(mb.batch)
         if n != self.mini_batch_size:
             raise InvalidArgument(
@@ -87,7 +94,7 @@ class _Updater:
         self.engine.train()
         for s, e in split_micro(n, self.micro_batch_size):
             micro = mb.slice(s, e)
-            yield micro, to_model_batch(micro.batch, self.pad_id, self.packed)
+            yield micro, self._layout(micro.batch)
 
     def _step(self, loss_share: torch.Tensor):
         self.engine.backward(loss_share * self.share_scale)
@@ -110,7 +117,8 @@ class PolicyUpdater(_Updater):
         self.engine.eval()
         return response_logprobs(lambda b, start: self.engine.forward(b, start).logits, rows,
                                  self.pad_id,
-                                 temperature, self.micro_batch_size, with_entropy, self.packed)
+                                 temperature, self.micro_batch_size, with_entropy, self.packed,
+                                 self.share_prefix)
 
     def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings,
                    norm: LossNormaliser | None = None) -> dict[str, float]:
@@ -121,10 +129,12 @@ class PolicyUpdater(_Updater):
                     if mb.ptx is not None else None)
         metrics: list[dict[str, float]] = []
         info = None
-        for micro, batch in self._micro_batches(mb):
+        for micro, layout in self._micro_batches(mb):
+            batch = layout.rows
             start = response_start(batch)
-            out = self.engine.forward(batch, start)
-            logits = out.logits[:, :-1]
+            first = layout.window_start(start)
+            out = self.engine.forward(layout.model_batch, first)
+            logits = layout.gather(out.logits, start, first)[:, :-1]
             labels = batch.input_ids[:, start + 1:].to(logits.device)
             pos = response_positions(batch, start)
             new, mask = pad_rows(gather_rows(
@@ -195,17 +205,18 @@ class PolicyUpdater(_Updater):
 class ValueUpdater(_Updater):
     """The critic's compute: per-token values and clipped value-loss steps."""
 
-    def _values(self, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        values = self.engine.forward(batch).values[:, :-1]
-        return gather_rows(values, response_positions(batch)), values
+    def _values(self, layout: SharedLayout) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Each row's response values, and the model's raw output (to keep in the graph)."""
+        raw = self.engine.forward(layout.model_batch).values
+        values = layout.gather(raw, 0, 0)[:, :-1]
+        return gather_rows(values, response_positions(layout.rows)), raw
 
     @torch.no_grad()
     def values(self, rows: RowBatch) -> list[torch.Tensor]:
         self.engine.eval()
         out: list[torch.Tensor] = []
         for s, e in split_micro(len(rows), self.micro_batch_size):
-            batch = to_model_batch(rows.slice(s, e), self.pad_id, self.packed)
-            out += [t.float().cpu() for t in self._values(batch)[0]]
+            out += [t.float().cpu() for t in self._values(self._layout(rows.slice(s, e)))[0]]
         return out
 
     def train_step(self, mb: ValueMiniBatch, loss_cfg: ValueLossSettings,
@@ -215,8 +226,8 @@ class ValueUpdater(_Updater):
         norm = norm or LossNormaliser.of_lengths([r.numel() for r in mb.returns])
         metrics: list[dict[str, float]] = []
         info = None
-        for micro, batch in self._micro_batches(mb):
-            rows, raw = self._values(batch)
+        for micro, layout in self._micro_batches(mb):
+            rows, raw = self._values(layout)
             values, mask = pad_rows(rows)
             width, dev = values.shape[1], values.device
             old = pad_response_values(micro.old_values, width)[0].to(dev)

@@ -47,7 +47,7 @@ class DPOTrainer(ReferencedPolicy, BaseTrainer):
                                self.tokenizer.pad_token_id, packed=self.job.ds.packing_samples,
                                share_prefix=(self.job.model.aux_loss_coef == 0
                                              and shares_prefix(self.engine.attn_implementation)))
-        batch = layout.pairs
+        batch = layout.rows
         # logits only from the first response position on: prompts never reach the LM head
         start = response_start(batch)
         aux: list[Tensor | None] = []

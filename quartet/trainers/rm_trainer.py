@@ -41,7 +41,7 @@ class RMTrainer(BaseTrainer):
         if self.job.rm.compute_fp32_loss_enable:
             scores = scores.float()
         n = len(samples)
-        return scores[:n], scores[n:], layout.pairs.num_tokens
+        return scores[:n], scores[n:], layout.rows.num_tokens
 
     def _loss(self, samples: list[PreferenceSample]) -> tuple[Tensor, Tensor, Tensor, int]:
         chosen, rejected, n_tokens = self.scores(samples)

@@ -32,6 +32,7 @@ from quartet.ppo.experience import (
     experience_stats,
     make_experience,
 )
+from quartet.ppo.minibatches import epoch_order
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.telemetry import ContextThreadPoolExecutor, PhaseTimer, iteration_trace
 from quartet.types import SamplingConfig
@@ -272,8 +273,8 @@ class PPOLoop:
         if exp.old_logprobs is None:
             loss = PolicyLossSettings(**{**asdict(loss), "old_logprobs_from_forward": True})
         for _epoch in range(self.s.ppo_epochs):
-            order = list(range(n))
-            self.rng.shuffle(order)
+            # whole prompt groups per mini-batch: micro-batches compute a group's prompt once
+            order = epoch_order(n, self.s.n_samples_per_prompt, size, self.rng)
             for start in range(0, n - size + 1, size):
                 index = order[start : start + size]
                 futures = {}

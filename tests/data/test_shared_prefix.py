@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from quartet.data import TokenizedSample
-from quartet.data.shared_prefix import collate_pairs, common_prefix_len
+from quartet.data.shared_prefix import (
+    collate_groups,
+    collate_pairs,
+    common_prefix_len,
+    groups_of,
+)
 from quartet.models.attention import forward_inputs
 from quartet.trainers.logps import sequence_logp_stats
 
@@ -54,7 +59,7 @@ def test_prefix_is_computed_once():
     assert shared.shared and not plain.shared
     assert shared.model_batch.input_ids.shape[0] == len(PAIRS)
     assert plain.model_batch.input_ids.shape[0] == 2 * len(PAIRS)
-    assert shared.model_batch.num_tokens < 0.75 * plain.pairs.num_tokens
+    assert shared.model_batch.num_tokens < 0.75 * plain.rows.num_tokens
 
 
 @pytest.mark.parametrize("start", [0, 2])
@@ -65,7 +70,7 @@ def test_shared_rows_give_the_plain_log_probs_and_gradients(model, start):
     for name, layout in (("plain", plain), ("shared", shared)):
         model.zero_grad()
         logits = layout.logits(_forward(model), start)
-        total, counts, means = sequence_logp_stats(layout.pairs, logits, start)
+        total, counts, means = sequence_logp_stats(layout.rows, logits, start)
         (total * torch.arange(1, total.numel() + 1)).sum().backward()
         sums[name] = (total.detach(), counts, means.detach())
         grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -86,3 +91,21 @@ def test_last_token_index_reads_each_sequence_end(model):
     ends = {name: per_token[name][lay.last_token_index(width[name])]
             for name, lay in (("plain", plain), ("shared", shared))}
     torch.testing.assert_close(ends["shared"], ends["plain"], atol=1e-4, rtol=1e-4)
+
+
+def test_groups_of_any_size_share_their_common_prefix(model):
+    assert common_prefix_len([1, 2, 3], [1, 2, 4], [1, 5]) == 1
+    assert groups_of(["a", "b", "a", "c", "b"]) == [[0, 2], [1, 4], [3]]
+    seqs = [_sample(c, p) for c, _, p in PAIRS] + [_sample(r, p) for _, r, p in PAIRS]
+    groups = [[0, 4, 1], [2, 6], [3], [5], [7]]
+    layout = collate_groups(seqs, groups, 0, share_prefix=True)
+    assert layout.model_batch.input_ids.shape[0] == len(groups)
+    assert layout.model_row.tolist() == [0, 0, 1, 2, 0, 3, 1, 4]
+    plain = collate_groups(seqs, groups, 0, share_prefix=False)
+    with torch.no_grad():
+        got = sequence_logp_stats(layout.rows, layout.logits(_forward(model), 1), 1)
+        want = sequence_logp_stats(plain.rows, plain.logits(_forward(model), 1), 1)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="each of the 8 sequences once"):
+        collate_groups(seqs, [[0, 1], [1, 2, 3, 4, 5, 6, 7]], 0, share_prefix=True)
