@@ -22,8 +22,16 @@ The work (`--algo`):
 Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
 samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
 `wall_ratio` = TRL's whole command seconds / quartet's (start-up, model loading and the
-final save included). Peak memory is the largest sum of RSS over each command's whole
-process tree, sampled every 0.2 s. The last line is JSON.
+final save included). Memory (`PeakMemory`), sampled every 0.2 s from /proc/PID/smaps_rollup
+over each command's whole process tree:
+- `*_peak_rss_mb`: the largest sum of RSS (the issue's figure). It counts every shared page
+  (libtorch, libpython and other library text, shared memory) once per process mapping it,
+  so it overstates what a multi-process run occupies.
+- `*_peak_pss_mb`: the largest sum of PSS (each shared page divided among the processes that
+  map it): what the tree really occupies in RAM. For one process RSS and PSS nearly agree.
+- per run, `peak_{rss,pss,uss,anon}_mb_by_process`: each kind of process's own peak RSS, PSS,
+  USS (private pages: what ending it would free) and anonymous PSS (heap, tensors, arenas).
+The last line is JSON.
 """
 
 from __future__ import annotations
@@ -174,73 +182,119 @@ def process_label(cmdline: list[str]) -> str:
     return scripts[0] if scripts else (Path(cmdline[0]).name if cmdline else "?")
 
 
-class PeakRSS:
-    """Largest sum of RSS over a process and all its descendants, sampled in a thread, and
-    the largest RSS of each kind of process in it (`by_label`: which role holds what)."""
+def read_smaps_rollup(pid: int) -> dict[str, int]:
+    """The kernel's memory summary of one process (/proc/PID/smaps_rollup), in bytes:
+    `Rss`, `Pss` (each shared page divided by the number of processes mapping it),
+    `Private_Clean` + `Private_Dirty` (USS: what ending the process would free), `Pss_Anon`
+    (heap, tensors), `Pss_File` (library text, mmapped files), `Pss_Shmem`. Empty when the
+    process is gone or unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[-1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+# per-process figures sampled: name -> how it is computed from smaps_rollup
+MEMORY_KINDS = {
+    "rss": lambda m: m.get("Rss", 0),
+    "pss": lambda m: m.get("Pss", 0),
+    "uss": lambda m: m.get("Private_Clean", 0) + m.get("Private_Dirty", 0),
+    "anon": lambda m: m.get("Pss_Anon", 0),
+}
+
+
+class PeakMemory:
+    """Peaks of one process tree's memory, sampled in a thread every `interval_s`.
+
+    - `peak["rss"]`: the largest sum of RSS over the process and its descendants (the issue's
+      figure: what `ps`/`top` would add up; every shared page, e.g. libtorch's text, is
+      counted once per process mapping it).
+    - `peak["pss"]`: the largest sum of PSS (each shared page split between the processes
+      mapping it): the memory the tree really occupies, shared pages counted once.
+    - `by_label[kind][label]`: the largest RSS / PSS / USS (private pages) / anonymous PSS
+      of each kind of process (`process_label`): which role holds what.
+    """
 
     def __init__(self, pid: int, interval_s: float = 0.2) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
-        self.peak_bytes = 0
-        self.by_label: dict[str, int] = {}
+        self.peak: dict[str, int] = {"rss": 0, "pss": 0}
+        self.by_label: dict[str, dict[str, int]] = {k: {} for k in MEMORY_KINDS}
         self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> int:
+    def _sample(self) -> dict[str, int]:
         import psutil
 
-        total = 0
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
-            return 0
-        per_label: dict[str, int] = {}
+            return {}
+        totals = {k: 0 for k in MEMORY_KINDS}
+        per_label: dict[str, dict[str, int]] = {}
         for p in procs:
             try:
-                rss = p.memory_info().rss
                 if p.pid not in self._labels:
                     self._labels[p.pid] = process_label(p.cmdline())
             except psutil.Error:
                 continue
-            total += rss
-            label = self._labels[p.pid]
-            per_label[label] = per_label.get(label, 0) + rss
-        for label, rss in per_label.items():
-            self.by_label[label] = max(self.by_label.get(label, 0), rss)
-        return total
+            rollup = read_smaps_rollup(p.pid)
+            if not rollup:
+                continue
+            label = per_label.setdefault(self._labels[p.pid], {k: 0 for k in MEMORY_KINDS})
+            for kind, value in MEMORY_KINDS.items():
+                v = value(rollup)
+                totals[kind] += v
+                label[kind] += v
+        for label, kinds in per_label.items():
+            for kind, v in kinds.items():
+                self.by_label[kind][label] = max(self.by_label[kind].get(label, 0), v)
+        return totals
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            totals = self._sample()
+            for kind in self.peak:
+                self.peak[kind] = max(self.peak[kind], totals.get(kind, 0))
             self._stop.wait(self.interval_s)
 
-    def stop(self) -> float:
+    def stop(self) -> dict[str, float]:
+        """Stops sampling; returns the tree's peaks in MiB (`rss`, `pss`)."""
         self._stop.set()
         self._thread.join()
-        return self.peak_bytes / 2**20
+        return {k: v / 2**20 for k, v in self.peak.items()}
+
+    def by_process_mb(self, kind: str) -> dict[str, int]:
+        return {k: round(v / 2**20) for k, v in sorted(self.by_label[kind].items())}
 
 
 def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]
-                 ) -> tuple[float, float, dict[str, int]]:
-    """Runs a command to completion; returns (wall seconds, peak RSS MiB of its tree, peak
-    RSS MiB of each kind of process in it)."""
+                 ) -> tuple[float, PeakMemory]:
+    """Runs a command to completion; returns (wall seconds, its tree's memory peaks)."""
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                 stdin=subprocess.DEVNULL)
-        peak = PeakRSS(proc.pid)
+        memory = PeakMemory(proc.pid)
         code = proc.wait()
     wall = time.perf_counter() - started
-    mb = peak.stop()
+    memory.stop()
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited {code}; "
                            f"log {log_path}:\n{tail}")
-    return wall, mb, {k: round(v / 2**20) for k, v in sorted(peak.by_label.items())}
+    return wall, memory
 
 
 def quartet_step_seconds(algo: str, out: Path) -> list[float]:
@@ -292,22 +346,29 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = quartet_command(args.algo, model, data, out, args.steps)
             else:
                 cmd = trl_command(python, args.algo, model, data, out, args.steps)
-            wall, peak, peak_by_process = run_measured(cmd, work / f"{side}{r}.log", env)
+            wall, memory = run_measured(cmd, work / f"{side}{r}.log", env)
+            peak = memory.stop()
             if side == "quartet":
                 step_s = quartet_step_seconds(args.algo, out)
             else:
                 step_s = json.loads((out / "result.json").read_text())["step_s"]
             rate, timed = steady_rate(step_s, args.steps, w["batch"])
             run = {"per_s": round(rate, 4), "wall_s": round(wall, 1),
-                   "peak_rss_mb": round(peak), "peak_rss_mb_by_process": peak_by_process,
+                   "peak_rss_mb": round(peak["rss"]), "peak_pss_mb": round(peak["pss"]),
+                   **{f"peak_{k}_mb_by_process": memory.by_process_mb(k) for k in MEMORY_KINDS},
                    "step_s": [round(x, 2) for x in step_s]}
             runs[side].append(run)
             print(f"  {side:<8} round {r}: {rate:.3f} {w['unit']}/s  wall {wall:.0f}s  "
-                  f"peak {peak:.0f} MiB  steps {run['step_s']}", flush=True)
+                  f"peak RSS {peak['rss']:.0f} MiB, PSS {peak['pss']:.0f} MiB  "
+                  f"steps {run['step_s']}", flush=True)
+            for kind in MEMORY_KINDS:
+                print(f"    peak {kind} by process (MiB): {run[f'peak_{kind}_mb_by_process']}",
+                      flush=True)
     for side, rs in runs.items():
         result[f"{side}_per_s"] = round(sum(x["per_s"] for x in rs) / len(rs), 4)
         result[f"{side}_wall_s"] = round(sum(x["wall_s"] for x in rs) / len(rs), 1)
         result[f"{side}_peak_rss_mb"] = max(x["peak_rss_mb"] for x in rs)
+        result[f"{side}_peak_pss_mb"] = max(x["peak_pss_mb"] for x in rs)
         result[f"{side}_runs"] = rs
     if len(runs) == 2:
         result["ratio"] = round(result["quartet_per_s"] / result["trl_per_s"], 3)

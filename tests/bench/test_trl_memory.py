@@ -1,0 +1,42 @@
+"""bench trl's memory sampler: PSS counts a page shared by two processes once, RSS twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from bench.trl import PeakMemory, read_smaps_rollup
+
+MIB = 2**20
+
+# a parent writes 64 MiB of shared memory, forks, and both read and hold it for a while
+SHARED_TREE = textwrap.dedent("""
+    import mmap, os, time
+    m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_SHARED)
+    for _ in range(64):
+        m.write(b"x" * (1 << 20))
+    pid = os.fork()
+    sum(m[i] for i in range(0, len(m), 4096))  # the child maps the pages only when it reads them
+    time.sleep(2.0)
+    if pid:
+        os.waitpid(pid, 0)
+""")
+
+
+def test_pss_counts_shared_pages_once_where_rss_counts_them_per_process():
+    proc = subprocess.Popen([sys.executable, "-c", SHARED_TREE])
+    memory = PeakMemory(proc.pid, interval_s=0.05)
+    assert proc.wait(timeout=30) == 0
+    peak = memory.stop()
+    assert peak["pss"] >= 64, peak  # the shared region is there once
+    assert peak["rss"] - peak["pss"] >= 56, peak  # ... and once more in RSS (the child's)
+    pss = memory.by_process_mb("pss")
+    assert len(pss) == 1, pss  # parent and child carry one label: python
+    assert memory.by_process_mb("uss")["python"] < memory.by_process_mb("rss")["python"]
+
+
+def test_smaps_rollup_of_a_gone_process_is_empty():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    assert read_smaps_rollup(proc.pid) == {}
