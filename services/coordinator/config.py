@@ -190,6 +190,11 @@ class VllmGroup:
     are cast to it when synced."""
     max_model_len: int | None = None
     """Context length of the rollout engine; None uses the model's."""
+    kv_cache_mb: int | None = None
+    """CPU KV cache of each locally started vLLM engine, MiB. None: sized from the run
+    (`quartet.launch.kv_cache`: rows per engine x (longest prompt + max_new_tokens), at
+    least one request of the context length), else vLLM-on-CPU's 1 GiB default. Not used
+    on GPU (there --vllm.gpu_memory_utilization sizes it)."""
     gpu_memory_utilization: float = 0.5
     """Fraction of GPU memory vLLM may use (GPU only)."""
     enforce_eager: bool | None = None
@@ -215,6 +220,8 @@ class VllmGroup:
 
     def __post_init__(self) -> None:
         check(self.num_engines >= 1, "num_engines", f"must be >= 1, got {self.num_engines}")
+        check(self.kv_cache_mb is None or self.kv_cache_mb > 0, "kv_cache_mb",
+              f"must be > 0, got {self.kv_cache_mb}")
         check(self.tensor_parallel_size >= 1, "tensor_parallel_size",
               f"must be >= 1, got {self.tensor_parallel_size}")
         check(self.tensor_parallel_size == 1 or self.backend == "vllm", "tensor_parallel_size",

@@ -181,7 +181,9 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
              json.dumps(asdict(settings), default=str))
     print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
     started = time.perf_counter()
-    with RunTelemetry(cfg, run_id, stop) as telemetry, PPOServices(cfg, out) as services:
+    longest = max((len(p.tokens) for p in prompts + eval_prompts), default=None)
+    with (RunTelemetry(cfg, run_id, stop) as telemetry,
+          PPOServices(cfg, out, longest_prompt=longest) as services):
         placement = getattr(services, "placement", None)
         if placement is not None:
             print(placement.table(), flush=True)

@@ -41,7 +41,7 @@ from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.membership import RolloutMembership, discover
-from services.coordinator.memory_budget import ppo_budget
+from services.coordinator.memory_budget import ppo_budget, rollout_kv_cache_bytes
 from services.coordinator.placement import ppo_placement
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.recovery import RestartPolicy, RoleRecovery
@@ -166,10 +166,12 @@ def save_root(cfg: PPOJobConfig, run_dir: Path) -> str:
 
 def service_commands(cfg: PPOJobConfig, device_kind: str,
                      threads: dict[str, dict[str, int]],
-                     save_root: str = ".") -> dict[str, ServiceCommand]:
+                     save_root: str = ".",
+                     kv_cache_bytes: int | None = None) -> dict[str, ServiceCommand]:
     """The `quartet serve` command of every service this run starts, by service name;
     `threads`: per role and phase (`thread_plan`), passed in the environment; `save_root`:
-    the actor's and critic's `--save-root`."""
+    the actor's and critic's `--save-root`; `kv_cache_bytes`: each rollout engine's KV
+    cache (`rollout_kv_cache_bytes`; None: the engine's default)."""
     cmds: dict[str, ServiceCommand] = {}
     actor_model = cfg.actor.model_name_or_path
     root = ("--save-root", save_root)
@@ -209,6 +211,8 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
                     "--gpu-memory-utilization", repr(v.gpu_memory_utilization)]
             if v.max_model_len:
                 args += ["--max-model-len", str(v.max_model_len)]
+            if kv_cache_bytes is not None:
+                args += ["--kv-cache-bytes", str(kv_cache_bytes)]
             if rollout_eager(cfg, device_kind == "cuda"):
                 args.append("--enforce-eager")
             if cfg.train.colocate_all_models:
@@ -253,8 +257,11 @@ class PPOServices:
     """
 
     def __init__(self, cfg: PPOJobConfig, run_dir: str | Path,
-                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0) -> None:
+                 start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0,
+                 longest_prompt: int | None = None) -> None:
         self.cfg = cfg
+        self.longest_prompt = longest_prompt
+        """Tokens of the run's longest prompt: sizes the rollouts' CPU KV cache."""
         self.run_dir = Path(run_dir)
         self.start_timeout_s = start_timeout_s
         self.call_timeout_s = call_timeout_s
@@ -314,10 +321,11 @@ class PPOServices:
         kind, per_node = self.launcher.resources()
         plan = ppo_placement(self.cfg, per_node, kind)
         log.info("%s", plan.table())
+        kv_bytes = rollout_kv_cache_bytes(self.cfg, self.longest_prompt, kind == "cuda")
         if self.cfg.ray.address is None:  # every service runs on this host
-            check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0]))
+            check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0], kv_bytes))
         commands = service_commands(self.cfg, kind, self.threads,
-                                    save_root(self.cfg, self.run_dir))
+                                    save_root(self.cfg, self.run_dir), kv_bytes)
         self.placement = plan = self.launcher.launch(plan, commands, self.start_timeout_s)
         plan.write(self.run_dir / "placement.json")
         self.addresses = {role: [s.address for s in plan.of_role(role)]

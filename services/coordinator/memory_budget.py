@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from quartet.engines.generation.vllm_generator import DEFAULT_CPU_KV_CACHE_BYTES
+from quartet.launch.kv_cache import kv_cache_bytes, kv_shape
 from quartet.launch.memory import (
+    DTYPE_BYTES,
     model_shape,
     rollout_bytes,
     scorer_bytes,
@@ -17,9 +21,30 @@ def ranks_of(num_nodes: int, num_gpus_per_node: int) -> int:
     return max(num_nodes * num_gpus_per_node, 1)
 
 
-def ppo_budget(cfg: PPOJobConfig, critic_model: str) -> dict[str, int]:
+def rollout_kv_cache_bytes(cfg: PPOJobConfig, longest_prompt: int | None,
+                           on_gpu: bool) -> int | None:
+    """The KV cache each locally started vLLM engine gets on CPU: --vllm.kv_cache_mb, else
+    sized from the run (`quartet.launch.kv_cache`) when the longest prompt (tokens) and the
+    model's attention sizes are known, else None (the engine's 1 GiB default). None on GPU,
+    where --vllm.gpu_memory_utilization sizes it."""
+    v = cfg.vllm
+    if on_gpu:
+        return None
+    if v.kv_cache_mb is not None:
+        return v.kv_cache_mb << 20
+    shape = kv_shape(cfg.actor.model_name_or_path)
+    if longest_prompt is None or shape is None:
+        return None
+    rows = math.ceil(cfg.rollout.batch_size * cfg.rollout.n_samples_per_prompt / v.num_engines)
+    return kv_cache_bytes(shape, DTYPE_BYTES[v.engine_dtype(False)], rows,
+                          longest_prompt + cfg.rollout.max_new_tokens, v.max_model_len)
+
+
+def ppo_budget(cfg: PPOJobConfig, critic_model: str,
+               kv_bytes: int | None = None) -> dict[str, int]:
     """Estimated bytes per role started locally (roles with an address run elsewhere).
-    The frozen roles count every rank; the trainers are one rank's estimate still."""
+    The frozen roles count every rank; the trainers are one rank's estimate still.
+    `kv_bytes`: each rollout engine's KV cache (`rollout_kv_cache_bytes`; None: 1 GiB)."""
     seq = cfg.rollout.prompt_max_len + cfg.rollout.max_new_tokens
     micro = cfg.train.micro_batch_size
     dtype = cfg.ds.param_dtype
@@ -49,5 +74,5 @@ def ppo_budget(cfg: PPOJobConfig, critic_model: str) -> dict[str, int]:
     if actor is not None and not cfg.vllm.address:
         for i in range(cfg.vllm.num_engines):
             out[f"rollout{i}"] = rollout_bytes(actor, cfg.vllm.dtype,
-                                               DEFAULT_CPU_KV_CACHE_BYTES)
+                                               kv_bytes or DEFAULT_CPU_KV_CACHE_BYTES)
     return out
