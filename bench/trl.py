@@ -30,7 +30,9 @@ over each command's whole process tree:
 - `*_peak_pss_mb`: the largest sum of PSS (each shared page divided among the processes that
   map it): what the tree really occupies in RAM. For one process RSS and PSS nearly agree.
 - per run, `peak_{rss,pss,uss,anon}_mb_by_process`: each kind of process's own peak RSS, PSS,
-  USS (private pages: what ending it would free) and anonymous PSS (heap, tensors, arenas).
+  USS (private pages: what ending it would free) and anonymous PSS (heap, tensors, arenas);
+  `pss_mb_by_process_at_peak`: each one's PSS in the sample where the tree's PSS peaked
+  (the roles peak at different moments: this says which one makes the tree's peak).
 The last line is JSON.
 """
 
@@ -228,19 +230,21 @@ class PeakMemory:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peak: dict[str, int] = {"rss": 0, "pss": 0}
+        self.at_pss_peak: dict[str, int] = {}
+        """Each kind of process's PSS in the sample where the tree's PSS peaked."""
         self.by_label: dict[str, dict[str, int]] = {k: {} for k in MEMORY_KINDS}
         self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> dict[str, int]:
+    def _sample(self) -> tuple[dict[str, int], dict[str, int]]:
         import psutil
 
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
-            return {}
+            return {}, {}
         totals = {k: 0 for k in MEMORY_KINDS}
         per_label: dict[str, dict[str, int]] = {}
         for p in procs:
@@ -260,11 +264,13 @@ class PeakMemory:
         for label, kinds in per_label.items():
             for kind, v in kinds.items():
                 self.by_label[kind][label] = max(self.by_label[kind].get(label, 0), v)
-        return totals
+        return totals, {label: kinds["pss"] for label, kinds in per_label.items()}
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            totals = self._sample()
+            totals, pss_by_label = self._sample()
+            if totals.get("pss", 0) > self.peak["pss"]:
+                self.at_pss_peak = pss_by_label
             for kind in self.peak:
                 self.peak[kind] = max(self.peak[kind], totals.get(kind, 0))
             self._stop.wait(self.interval_s)
@@ -277,6 +283,9 @@ class PeakMemory:
 
     def by_process_mb(self, kind: str) -> dict[str, int]:
         return {k: round(v / 2**20) for k, v in sorted(self.by_label[kind].items())}
+
+    def at_pss_peak_mb(self) -> dict[str, int]:
+        return {k: round(v / 2**20) for k, v in sorted(self.at_pss_peak.items())}
 
 
 def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]
@@ -356,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             run = {"per_s": round(rate, 4), "wall_s": round(wall, 1),
                    "peak_rss_mb": round(peak["rss"]), "peak_pss_mb": round(peak["pss"]),
                    **{f"peak_{k}_mb_by_process": memory.by_process_mb(k) for k in MEMORY_KINDS},
+                   "pss_mb_by_process_at_peak": memory.at_pss_peak_mb(),
                    "step_s": [round(x, 2) for x in step_s]}
             runs[side].append(run)
             print(f"  {side:<8} round {r}: {rate:.3f} {w['unit']}/s  wall {wall:.0f}s  "
@@ -364,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in MEMORY_KINDS:
                 print(f"    peak {kind} by process (MiB): {run[f'peak_{kind}_mb_by_process']}",
                       flush=True)
+            print(f"    pss by process when the tree's PSS peaked (MiB): "
+                  f"{run['pss_mb_by_process_at_peak']}", flush=True)
     for side, rs in runs.items():
         result[f"{side}_per_s"] = round(sum(x["per_s"] for x in rs) / len(rs), 4)
         result[f"{side}_wall_s"] = round(sum(x["wall_s"] for x in rs) / len(rs), 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from quartet.heap import release_free_heap
 from quartet.ppo.role_config import TrainingRoleConfig
 from quartet.ppo.training_role import add_save_root_argument
 from quartet.serving import RoleServer
@@ -23,6 +24,7 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from services.actor.servicer import ActorServicer
 
     actor = Actor(args.role_config)
+    release_free_heap()  # what loading and converting the model freed
     actor_pb2_grpc.add_ActorServicer_to_server(ActorServicer(actor, save_root=args.save_root),
                                                server.grpc_server)
     # Constructing the engine is collective, so every rank has joined by now.

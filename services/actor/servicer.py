@@ -5,6 +5,7 @@ from __future__ import annotations
 from quartet.codec import chunk_tensor
 from quartet.codec.chunks import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES
 from quartet.codec.dtypes import torch_dtype
+from quartet.heap import PhaseTrimmer
 from quartet.ppo.training_role import load_response, prepare_run_response, save_response
 from quartet.ppo.wire import decode_policy_minibatch
 from quartet.serving.errors import InvalidArgument
@@ -31,15 +32,19 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
     def __init__(self, actor: Actor, save_root: str = ".") -> None:
         self.actor = actor
         self.save_root = save_root
+        self.trimmer = PhaseTrimmer()  # activations freed after each pass leave the RSS
 
     def LogProbs(self, request_iterator, context):
-        yield from stream_logprobs(request_iterator, self.actor, self.actor.global_step,
-                                   with_entropy=False)
+        with self.trimmer.phase():
+            yield from stream_logprobs(request_iterator, self.actor, self.actor.global_step,
+                                       with_entropy=False)
 
     def TrainStep(self, request_iterator, context):
-        mb, loss, _header = decode_policy_minibatch(request_iterator, self.actor.vocab_size,
-                                                    self.actor.max_len)
-        metrics = self.actor.train_step(mb, loss)
+        with self.trimmer.phase():
+            mb, loss, _header = decode_policy_minibatch(request_iterator,
+                                                        self.actor.vocab_size,
+                                                        self.actor.max_len)
+            metrics = self.actor.train_step(mb, loss)
         return actor_pb2.TrainStepResponse(
             metrics=[common_pb2.Metric(name=k, value=v) for k, v in metrics.items()],
             policy_version=self.actor.global_step, global_step=self.actor.global_step,

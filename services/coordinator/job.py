@@ -149,6 +149,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     ends the run after the current iteration, with a final checkpoint.
     """
     from quartet.config.model import ModelConfig
+    from quartet.heap import release_free_heap
     from quartet.models.loading import load_tokenizer
     from services.coordinator.checkpoint import CheckpointSettings, RunCheckpoints
     from services.coordinator.launch import PPOServices
@@ -182,6 +183,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     print(f"quartet ppo: starting services (logs in {out / 'logs'})", flush=True)
     started = time.perf_counter()
     longest = max((len(p.tokens) for p in prompts + eval_prompts), default=None)
+    release_free_heap()  # what reading the dataset freed (Arrow tables, token lists)
     with (RunTelemetry(cfg, run_id, stop) as telemetry,
           PPOServices(cfg, out, longest_prompt=longest) as services):
         placement = getattr(services, "placement", None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from quartet.heap import release_free_heap
 from quartet.serving import RoleServer
 
 
@@ -36,6 +37,7 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     from services.reference.servicer import ReferenceServicer
 
     model = _model(args)
+    release_free_heap()  # what loading the model freed
     reference_pb2_grpc.add_ReferenceServicer_to_server(ReferenceServicer(model),
                                                        server.grpc_server)
     # Loading is collective with several ranks, so every rank has joined by now.

@@ -6,6 +6,7 @@ import argparse
 import gc
 import logging
 
+from quartet.heap import release_free_heap
 from quartet.serving import RoleServer
 from quartet.v1 import rollout_pb2_grpc
 
@@ -72,5 +73,6 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     # collection (faster GC pauses while serving, and a prompt exit).
     gc.collect()
     gc.freeze()
+    release_free_heap()  # what loading the weights and vLLM's warm-up freed
     rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(engine), server.grpc_server)
     server.set_serving(True)

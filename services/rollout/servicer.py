@@ -14,6 +14,7 @@ import grpc
 import quartet
 from quartet.codec import DEFAULT_MAX_TENSOR_BYTES, ragged_from_proto
 from quartet.engines.generation import RolloutEngine
+from quartet.heap import PhaseTrimmer
 from quartet.serving.errors import InvalidArgument
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
@@ -79,6 +80,8 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
         self._engine = engine
         self._max_tensor_bytes = max_tensor_bytes
+        # a generation's freed buffers leave the RSS once no Generate is in flight
+        self._trimmer = PhaseTrimmer()
 
     def Generate(self, request: rollout_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[rollout_pb2.GenerateResponse]:
@@ -95,11 +98,12 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         )
         # The client went away (cancel, deadline, disconnect): abort its engine requests.
         context.add_callback(stream.cancel)
-        try:
-            for out in stream:
-                yield output_to_proto(out)
-        finally:
-            stream.cancel()  # no-op when the stream already ended
+        with self._trimmer.phase():
+            try:
+                for out in stream:
+                    yield output_to_proto(out)
+            finally:
+                stream.cancel()  # no-op when the stream already ended
 
     def InitWeightGroup(self, request: common_pb2.InitWeightGroupRequest,
                         context: grpc.ServicerContext) -> common_pb2.InitWeightGroupResponse:

@@ -34,6 +34,7 @@ def test_pss_counts_shared_pages_once_where_rss_counts_them_per_process():
     pss = memory.by_process_mb("pss")
     assert len(pss) == 1, pss  # parent and child carry one label: python
     assert memory.by_process_mb("uss")["python"] < memory.by_process_mb("rss")["python"]
+    assert abs(memory.at_pss_peak_mb()["python"] - peak["pss"]) <= 1  # the one label's share
 
 
 def test_smaps_rollup_of_a_gone_process_is_empty():
