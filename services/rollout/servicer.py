@@ -80,7 +80,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
                  max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
         self._engine = engine
         self._max_tensor_bytes = max_tensor_bytes
-        # a generation's freed buffers leave the RSS once no Generate is in flight
+        # what a generation or a weight load freed leaves the RSS once none is in flight
         self._trimmer = PhaseTrimmer()
 
     def Generate(self, request: rollout_pb2.GenerateRequest,
@@ -122,15 +122,17 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     def FinishWeightUpdate(
         self, request: rollout_pb2.FinishWeightUpdateRequest, context: grpc.ServicerContext
     ) -> rollout_pb2.FinishWeightUpdateResponse:
-        result = self._engine.finish_weight_update(request.version, request.timeout_s)
+        with self._trimmer.phase():  # the staged buckets and vLLM's reload temporaries
+            result = self._engine.finish_weight_update(request.version, request.timeout_s)
         return rollout_pb2.FinishWeightUpdateResponse(version=result.version,
                                                       load_seconds=result.load_seconds)
 
     def PushWeights(self, request_iterator, context: grpc.ServicerContext
                     ) -> rollout_pb2.FinishWeightUpdateResponse:
         pushed = PushedWeights(request_iterator, self._max_tensor_bytes)
-        result = self._engine.push_weights(pushed.version, pushed.specs, pushed.tensors(),
-                                           run_id=pushed.header.run_id)
+        with self._trimmer.phase():
+            result = self._engine.push_weights(pushed.version, pushed.specs, pushed.tensors(),
+                                               run_id=pushed.header.run_id)
         return rollout_pb2.FinishWeightUpdateResponse(version=result.version,
                                                       load_seconds=result.load_seconds)
 
