@@ -27,9 +27,10 @@ def world():
 class InProcessServices:
     """Stands in for PPOServices: the roles in this process (services.coordinator.inprocess)."""
 
-    def __init__(self, cfg, out) -> None:
+    def __init__(self, cfg, out, longest_prompt: int | None = None) -> None:
         from services.coordinator.inprocess import build_inprocess_roles
 
+        assert longest_prompt is not None and longest_prompt > 0  # job.run read the prompts
         self.addresses: dict[str, list[str]] = {}
         self._roles = build_inprocess_roles(cfg)
 
