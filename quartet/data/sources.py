@@ -6,6 +6,7 @@ tokenization, sharding and resume positions simple and deterministic.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,40 @@ def _hub_offline() -> bool:
     )
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of one JSON-lines file as `datasets.load_dataset("json")` gives them (every
+    row has every column, None where a line lacks it; a column of ints and floats is all
+    floats), without importing `datasets`/pyarrow: ~95 MiB RSS (~55 MiB anonymous) in a
+    process that needs nothing else from them (the PPO coordinator, the DPO/RM trainers),
+    and no Arrow cache written and memory-mapped."""
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise DataError(f"{path}:{i}: not valid JSON ({err})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: a row must be a JSON object, "
+                                f"got {type(row).__name__}")
+            rows.append(row)
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    floats = {c for c in columns
+              if any(isinstance(r.get(c), float) for r in rows)
+              and any(isinstance(r.get(c), int) and not isinstance(r.get(c), bool)
+                      for r in rows)}
+    return [{c: (float(r[c]) if c in floats and isinstance(r.get(c), int)
+                 and not isinstance(r.get(c), bool) else r.get(c)) for c in columns}
+            for r in rows]
+
+
 def _load_local(path: Path, split: str) -> list[dict[str, Any]]:
+    if path.is_file() and path.suffix == ".jsonl":
+        return read_jsonl(path)
     import datasets
 
     if path.is_dir():
