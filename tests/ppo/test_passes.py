@@ -16,6 +16,16 @@ from quartet.launch.threads import PHASE_ENV, role_threads, thread_env
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
+from tests.trainers.dist_world import world_of_one
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    """The actors of this module join a world of one that is torn down after it: left alive,
+    a later in-process vLLM engine destroys its process group while DeepSpeed keeps the groups
+    it derived from it, and the next DeepSpeed engine in this pytest process fails with
+    "Group ... is not registered" (tests/ppo then tests/engines in one run)."""
+    yield from world_of_one()
 
 
 def test_one_pass_only_with_one_epoch_one_minibatch_and_no_reward_kl():
