@@ -6,9 +6,11 @@ engine thread, which steps while requests are pending and otherwise sleeps on it
 queue. Requests of concurrent Generate calls are batched together by vLLM's scheduler.
 
 Engine process: on CPU the engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING
-=0`: ~5 s start instead of ~30 s, and vLLM binds one compute thread either way); on GPU the
-default is vLLM's separate engine-core process, which overlaps scheduling and detokenizing
-with the GPU work. Weight loads go to the worker through `collective_rpc` either way.
+=0`: ~5 s start instead of ~30 s) and computes with this process's torch threads, i.e.
+`OMP_NUM_THREADS` at start (the launcher plans it; vLLM binds threads only in its own worker
+processes and refuses `torch.set_num_threads` afterwards); on GPU the default is vLLM's
+separate engine-core process, which overlaps scheduling and detokenizing with the GPU work.
+Weight loads go to the worker through `collective_rpc` either way.
 """
 
 from __future__ import annotations
