@@ -148,7 +148,7 @@ class VllmGenerator(Generator):
         self._specs = checkpoint_specs(model)
         self.cached_prompt_tokens = 0
         """Prompt tokens whose KV came from the prefix cache instead of a forward (all calls;
-        read by tests and logs)."""
+        what sharing saved; read by tests)."""
         self._calls: dict[str, _Call] = {}
         self._ids = itertools.count()
         self._commands: queue.Queue[Callable[[], None] | None] = queue.Queue()
