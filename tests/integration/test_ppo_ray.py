@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from quartet.launch.ray_launcher import RAY_ENV, LocalRay
 from quartet.testing import write_tiny_reward_model
+from quartet.testing.commands import quartet_ppo_command
 
 HERE = Path(__file__).resolve().parent
 ITERATIONS = 3
@@ -33,11 +33,8 @@ def test_gae_ppo_on_a_local_ray_instance(tmp_path, tiny_model_path, tiny_data, z
     colocated), a rule reward, 2 rollout engines, 3 iterations. `cluster`: the run joins a
     running instance (`--ray.address`) and adds a reward model of 2 ZeRO-3 ranks."""
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "quartet.cli.main", "ppo", "--launcher", "ray",
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+    cmd = quartet_ppo_command(
+        tiny_model_path, tiny_data["prompts"], HERE / "rewards" / "digit_reward.py",
         "--algo.kl.init_coef", "0.01",
         "--actor.num_gpus_per_node", "2", "--critic.num_gpus_per_node", "2",
         "--vllm.num_engines", "2", "--vllm.backend", "hf",
@@ -45,8 +42,8 @@ def test_gae_ppo_on_a_local_ray_instance(tmp_path, tiny_model_path, tiny_data, z
         "--train.batch_size", "8", "--train.micro_batch_size", "4",
         "--train.num_iterations", str(ITERATIONS), "--ckpt.output_dir", str(out),
         "--lr_scheduler", "constant", "--ds.param_dtype", "fp32",
-        "--ds.zero_stage", str(zero_stage),
-    ]
+        "--ds.zero_stage", str(zero_stage), launcher="ray",
+    )
     if colocate:
         cmd += ["--train.colocate_actor_ref", "--ref.num_gpus_per_node", "2"]
     head = None

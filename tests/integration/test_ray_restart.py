@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from quartet.launch.ray_launcher import RAY_ENV
+from quartet.testing.commands import quartet_ppo_command
 from quartet.testing.faults import alive, kill, read_metrics, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -30,18 +30,15 @@ def _rank0_pid(out: Path, service: str) -> int:
 def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
         tmp_path, tiny_model_path, tiny_data):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable, "-m", "quartet.cli.main", "ppo", "--launcher", "ray",
-        "--actor.model_name_or_path", str(tiny_model_path),
-        "--data.dataset", str(tiny_data["prompts"]),
-        "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+    cmd = quartet_ppo_command(
+        tiny_model_path, tiny_data["prompts"], HERE / "rewards" / "digit_reward.py",
         "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0.0",
         "--rollout.n_samples_per_prompt", "2", "--vllm.backend", "hf",
         "--rollout.batch_size", "4", "--rollout.max_new_tokens", "4",
         "--train.batch_size", "8", "--train.micro_batch_size", "8",
         "--train.num_iterations", str(ITERATIONS), "--ckpt.output_dir", str(out),
-        "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
-    ]
+        "--ds.param_dtype", "fp32", "--ds.zero_stage", "0", launcher="ray",
+    )
     with open(tmp_path / "ppo.out", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **RAY_ENV})
