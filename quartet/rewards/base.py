@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
-from quartet.codec.batches import RowBatch
+if TYPE_CHECKING:  # the codec imports torch; a rule or HTTP reward service need not
+    from quartet.codec.batches import RowBatch
 
 
 @dataclass
@@ -39,7 +39,8 @@ class RewardFunction(Protocol):
 
 
 def _floats(value: Any, what: str, n: int) -> list[float]:
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only if its function imported torch
+    if torch is not None and isinstance(value, torch.Tensor):
         value = value.detach().float().reshape(-1).tolist()
     elif isinstance(value, int | float):
         value = [float(value)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from quartet.codec import decode_token_batch
 from quartet.rewards.base import RewardFunction, RewardInputs, check_inputs, pad_list
 from quartet.rewards.http import RemoteRewardError, RemoteRewardUnavailable
 from quartet.serving.errors import Internal, InvalidArgument, Unavailable
@@ -13,7 +12,11 @@ def decode_score_request(req: reward_pb2.ScoreRequest) -> RewardInputs:
     n = len(req.queries)
     if n == 0:
         raise InvalidArgument("queries: no samples to score")
-    batch = decode_token_batch(req.batch, "batch") if req.HasField("batch") else None
+    batch = None
+    if req.HasField("batch"):  # token ids, for a reward model: the codec (torch) loads here
+        from quartet.codec import decode_token_batch
+
+        batch = decode_token_batch(req.batch, "batch")
     inputs = RewardInputs(
         queries=list(req.queries),
         prompts=pad_list(req.prompts, n),

@@ -46,10 +46,10 @@ def test_parse_answer(text, value):
 def test_reward_func_is_the_verifier():
     out = reward_func(["q1 12", "q2 5 = 7"], ["q1 ", "q2 "], ["12", "5"],
                       responses=["12", "5 = 7"])
-    assert out["rewards"].tolist() == [1.0, 0.0]
-    assert out["extra_logs"]["has_number"].tolist() == [1.0, 1.0]
+    assert out["rewards"] == [1.0, 0.0]
+    assert out["extra_logs"]["has_number"] == [1.0, 1.0]
     # without responses it strips the prompt from the query
-    assert reward_func(["Q: 3"], ["Q: "], ["3"])["rewards"].tolist() == [1.0]
+    assert reward_func(["Q: 3"], ["Q: "], ["3"])["rewards"] == [1.0]
     assert is_correct("Ben has 2 + 3 = 5 apples", 5)
     assert not is_correct("Ben has 5 apples and", "6")
 
