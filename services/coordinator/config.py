@@ -189,7 +189,9 @@ class VllmGroup:
     """Dtype of the rollout engine (auto: bfloat16 on GPUs, float32 on CPU); actor weights
     are cast to it when synced."""
     max_model_len: int | None = None
-    """Context length of the rollout engine; None uses the model's."""
+    """Context length of the rollout engine. None: for the engines `quartet ppo` starts, the
+    run's longest prompt + --rollout.max_new_tokens rounded up to 32-token KV blocks
+    (requests beyond it are refused, not cut short), else the model's."""
     kv_cache_mb: int | None = None
     """CPU KV cache of each locally started vLLM engine, MiB. None: sized from the run
     (`quartet.launch.kv_cache`: rows per engine x (longest prompt + max_new_tokens), at

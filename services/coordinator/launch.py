@@ -41,7 +41,11 @@ from quartet.types import PromptOutput, SamplingConfig
 from quartet.v1 import common_pb2
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.membership import RolloutMembership, discover
-from services.coordinator.memory_budget import ppo_budget, rollout_kv_cache_bytes
+from services.coordinator.memory_budget import (
+    ppo_budget,
+    rollout_kv_cache_bytes,
+    rollout_max_model_len,
+)
 from services.coordinator.placement import ppo_placement
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.recovery import RestartPolicy, RoleRecovery
@@ -168,11 +172,14 @@ def save_root(cfg: PPOJobConfig, run_dir: Path) -> str:
 def service_commands(cfg: PPOJobConfig, device_kind: str,
                      threads: dict[str, dict[str, int]],
                      save_root: str = ".",
-                     kv_cache_bytes: int | None = None) -> dict[str, ServiceCommand]:
+                     kv_cache_bytes: int | None = None,
+                     run_context: int | None = None) -> dict[str, ServiceCommand]:
     """The `quartet serve` command of every service this run starts, by service name;
     `threads`: per role and phase (`thread_plan`), passed in the environment; `save_root`:
     the actor's and critic's `--save-root`; `kv_cache_bytes`: each rollout engine's KV
-    cache (`rollout_kv_cache_bytes`; None: the engine's default)."""
+    cache (`rollout_kv_cache_bytes`; None: the engine's default); `run_context`: the
+    rollouts' context sized from the run (`rollout_max_model_len` without
+    --vllm.max_model_len), which they then enforce (`--strict-context`)."""
     cmds: dict[str, ServiceCommand] = {}
     actor_model = cfg.actor.model_name_or_path
     root = ("--save-root", save_root)
@@ -212,6 +219,8 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
                     "--gpu-memory-utilization", repr(v.gpu_memory_utilization)]
             if v.max_model_len:
                 args += ["--max-model-len", str(v.max_model_len)]
+            elif run_context:
+                args += ["--max-model-len", str(run_context), "--strict-context"]
             if kv_cache_bytes is not None:
                 args += ["--kv-cache-bytes", str(kv_cache_bytes)]
             if rollout_eager(cfg, device_kind == "cuda"):
@@ -327,7 +336,8 @@ class PPOServices:
         if self.cfg.ray.address is None:  # every service runs on this host
             check_budget(ppo_budget(self.cfg, critic_model(self.cfg)[0], kv_bytes))
         commands = service_commands(self.cfg, kind, self.threads,
-                                    save_root(self.cfg, self.run_dir), kv_bytes)
+                                    save_root(self.cfg, self.run_dir), kv_bytes,
+                                    rollout_max_model_len(self.cfg, self.longest_prompt))
         self.placement = plan = self.launcher.launch(plan, commands, self.start_timeout_s)
         plan.write(self.run_dir / "placement.json")
         self.addresses = {role: [s.address for s in plan.of_role(role)]

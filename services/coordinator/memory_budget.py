@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from quartet.engines.generation.vllm_generator import DEFAULT_CPU_KV_CACHE_BYTES
-from quartet.launch.kv_cache import kv_cache_bytes, kv_shape
+from quartet.launch.kv_cache import kv_cache_bytes, kv_shape, run_context_len
 from quartet.launch.memory import (
     DTYPE_BYTES,
     model_shape,
@@ -19,6 +19,17 @@ from services.coordinator.config import PPOJobConfig
 def ranks_of(num_nodes: int, num_gpus_per_node: int) -> int:
     """A role's rank processes (a role asking for no device still runs one)."""
     return max(num_nodes * num_gpus_per_node, 1)
+
+
+def rollout_max_model_len(cfg: PPOJobConfig, longest_prompt: int | None) -> int | None:
+    """The context of each locally started rollout engine: --vllm.max_model_len, else the
+    run's longest prompt (tokens) + --rollout.max_new_tokens rounded up to whole KV blocks
+    (`run_context_len`) when the prompts are known, else None (the model's)."""
+    if cfg.vllm.max_model_len:
+        return cfg.vllm.max_model_len
+    if longest_prompt is None:
+        return None
+    return run_context_len(longest_prompt, cfg.rollout.max_new_tokens)
 
 
 def rollout_kv_cache_bytes(cfg: PPOJobConfig, longest_prompt: int | None,
@@ -37,7 +48,8 @@ def rollout_kv_cache_bytes(cfg: PPOJobConfig, longest_prompt: int | None,
         return None
     rows = math.ceil(cfg.rollout.batch_size * cfg.rollout.n_samples_per_prompt / v.num_engines)
     return kv_cache_bytes(shape, DTYPE_BYTES[v.engine_dtype(False)], rows,
-                          longest_prompt + cfg.rollout.max_new_tokens, v.max_model_len)
+                          longest_prompt + cfg.rollout.max_new_tokens,
+                          rollout_max_model_len(cfg, longest_prompt))
 
 
 def ppo_budget(cfg: PPOJobConfig, critic_model: str,

@@ -21,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="context length (prompt + response); default: the model's")
+    g.add_argument("--strict-context", action="store_true",
+                   help="reject a request whose prompt + max_new_tokens exceeds "
+                        "--max-model-len instead of generating fewer tokens (quartet ppo sets "
+                        "it when it sizes the context from the run's prompts)")
     g.add_argument("--seed", type=int, default=0, help="engine seed")
     g.add_argument("--initial-version", type=int, default=0,
                    help="weight version of the weights loaded from --model")
@@ -44,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_engine(args: argparse.Namespace):
     from quartet.engines.generation import RolloutEngine, build_generator
 
+    if args.strict_context and args.max_model_len is None:
+        raise ValueError("--strict-context: needs --max-model-len (the context to enforce)")
     generator = build_generator(
         args.backend,
         args.model,
@@ -58,6 +64,7 @@ def build_engine(args: argparse.Namespace):
         enforce_eager=args.enforce_eager,
         sleep_mode=args.sleep_when_idle,
     )
+    generator.strict_context = args.strict_context
     log.info("rollout engine ready: backend=%s model=%s max_model_len=%d vocab=%d",
              generator.backend, generator.model_name, generator.max_model_len,
              generator.vocab_size)

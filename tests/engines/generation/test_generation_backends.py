@@ -83,6 +83,20 @@ def test_max_new_tokens_capped_by_context(generator):
     assert len(s.token_ids) <= 3 and s.finish_reason in ("length", "stop")
 
 
+def test_strict_context_rejects_what_it_would_cut_short(generator):
+    prompt = [1] + [50] * (generator.max_model_len - 4)
+    sampling = SamplingConfig(temperature=0, max_new_tokens=50)
+    generator.strict_context = True
+    try:
+        with pytest.raises(InvalidArgument, match=r"prompt_tokens\[0\]: .* exceed this rollout's"):
+            generator.generate([prompt], sampling)
+        # what fits is generated whole
+        fits = generator.generate([prompt[:generator.max_model_len - 50]], sampling).collect()
+        assert fits[0].samples[0].token_ids
+    finally:
+        generator.strict_context = False
+
+
 def test_stop_string_ends_sample(generator):
     free = generator.generate([[1, 50]], SamplingConfig(temperature=0, max_new_tokens=12))
     tokens = free.collect()[0].samples[0].token_ids

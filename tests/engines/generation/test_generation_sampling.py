@@ -49,6 +49,13 @@ def test_validate_prompts():
         assert str(info.value).startswith(message)
 
 
+def test_validate_prompts_with_max_new_tokens_rejects_what_would_be_cut_short():
+    validate_prompts([[1] * 4], vocab_size=10, max_model_len=8, max_new_tokens=4)
+    with pytest.raises(InvalidArgument, match=r"prompt_tokens\[1\]: 5 tokens \+ max_new_tokens 4 "
+                                              r"exceed this rollout's context of 8 tokens"):
+        validate_prompts([[1] * 4, [1] * 5], vocab_size=10, max_model_len=8, max_new_tokens=4)
+
+
 def test_resolve_backend():
     assert resolve_backend("hf") == "hf"
     assert resolve_backend("auto") in ("vllm", "hf")

@@ -15,11 +15,11 @@ BLOCK = 32
 
 
 def test_samples_of_a_prompt_reuse_its_blocks_and_draw_the_same_tokens(vllm_generator):
-    from quartet.engines.generation.vllm_generator import CPU_BLOCK_SIZE
+    from quartet.launch.kv_cache import CPU_BLOCK_TOKENS
 
     if torch.cuda.is_available():
         pytest.skip("the block size is set for CPU engines")
-    assert CPU_BLOCK_SIZE == BLOCK
+    assert CPU_BLOCK_TOKENS == BLOCK
     g = vllm_generator
     rng = random.Random(7)
     # 2 full blocks and a partial one; ids of this test only, so no earlier call cached them.
