@@ -6,8 +6,9 @@ below glibc's mmap threshold (which glibc raises up to 32 MiB after the first la
 every activation of a 135M model qualifies) come from malloc arenas, one per thread that
 allocated, and glibc keeps their freed pages mapped for reuse. Those pages still count in
 the process's RSS/PSS during the idle wait, i.e. exactly while another role peaks.
-`malloc_trim(0)` returns every arena's free pages; it is called when a phase ends, not
-inside one, so it costs one pass over the arenas per phase.
+`malloc_trim(0)` returns every arena's free pages; `PhaseTrimmer` calls it from a background
+thread once a role has stayed idle for a moment after a phase, not inside one and not before
+the phase's reply leaves, so it costs one pass over the arenas per idle wait.
 
 Where glibc is absent (musl, macOS) this is a no-op.
 """
@@ -19,7 +20,11 @@ import ctypes
 import ctypes.util
 import functools
 import threading
+import time
 from collections.abc import Iterator
+
+DEFAULT_SETTLE_S = 0.05
+"""How long a role stays idle before its heap is trimmed (see `PhaseTrimmer`)."""
 
 
 @functools.cache
@@ -43,23 +48,57 @@ def release_free_heap() -> bool:
 
 
 class PhaseTrimmer:
-    """Counts a role's heavy calls in flight; the last one to end trims the heap. Calls that
-    overlap (the rollout's concurrent Generate streams, the reference's scoring shards) do
-    not trim under each other's feet: the trim runs once the role goes idle."""
+    """Trims the heap once a role has gone idle, off the calls' critical path.
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    Counts a role's heavy calls in flight. When the last one ends, a background thread
+    waits `settle_s`; if no call started meanwhile, it trims (the trim releases the GIL).
+    So the reply is sent without waiting for the trim, and the short gaps inside a phase
+    (the actor between two mini-batches while the critic finishes, the rollout between a
+    weight load and the next generation) do not trim memory the next call would fault back
+    in at once; the long idle waits between phases, where the memory counts, still trim.
+    Calls that overlap (the rollout's concurrent Generate streams, the reference's scoring
+    shards) do not trim under each other's feet. A call that starts while a trim runs
+    proceeds; it may wait for one arena's lock for the rest of that trim."""
+
+    def __init__(self, settle_s: float = DEFAULT_SETTLE_S) -> None:
+        self.settle_s = settle_s
+        self._cond = threading.Condition()
         self._active = 0
+        self._idle_since: float | None = None
+        """When the role last went idle with a trim owed; None: nothing to trim."""
+        self._thread: threading.Thread | None = None
+        self.trims = 0
+        """Trims run so far (for logs and tests)."""
 
     @contextlib.contextmanager
     def phase(self) -> Iterator[None]:
-        with self._lock:
+        with self._cond:
             self._active += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._cond:
                 self._active -= 1
-                idle = self._active == 0
-            if idle:
-                release_free_heap()
+                if self._active == 0:
+                    self._idle_since = time.monotonic()
+                    if self._thread is None:
+                        self._thread = threading.Thread(target=self._trim_when_idle,
+                                                        name="heap-trim", daemon=True)
+                        self._thread.start()
+                    self._cond.notify()
+
+    def _trim_when_idle(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._active == 0 and self._idle_since is not None:
+                        wait = self._idle_since + self.settle_s - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:  # busy (its end owes a trim) or nothing owed
+                        self._cond.wait()
+                self._idle_since = None
+            release_free_heap()
+            with self._cond:
+                self.trims += 1

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+import time
 
 # 64 MiB in 64 KiB blocks (below glibc's mmap threshold: they come from the heap), all freed
 # but the last, which pins the heap's top so glibc cannot shrink it on its own.
@@ -35,20 +36,48 @@ def test_trim_returns_freed_heap_pages_that_glibc_kept():
     assert before - after > 48, (before, after)  # most of the freed 64 MiB left the RSS
 
 
-def test_overlapping_phases_trim_once_when_the_last_one_ends(monkeypatch):
+def wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_overlapping_phases_trim_once_after_the_last_one_ends(monkeypatch):
     import quartet.heap as heap
 
     trims = []
     monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(1) or True)
-    trimmer = heap.PhaseTrimmer()
+    trimmer = heap.PhaseTrimmer(settle_s=0.05)
     with trimmer.phase():
         with trimmer.phase():
             pass
+        time.sleep(0.2)
         assert trims == []  # the outer call is still running
-    assert trims == [1]
+    assert trims == []  # not on the call's path: the trim comes after it returned
+    wait_for(lambda: trims == [1])
     try:
         with trimmer.phase():
             raise RuntimeError("a failed call")
     except RuntimeError:
         pass
-    assert trims == [1, 1]  # a failed call still ends its phase
+    wait_for(lambda: trims == [1, 1])  # a failed call still ends its phase
+
+
+def test_a_call_within_the_settle_time_postpones_the_trim(monkeypatch):
+    """Back-to-back calls (mini-batches) do not trim between them: only the idle wait after
+    the last one does."""
+    import quartet.heap as heap
+
+    trims = []
+    monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(time.monotonic()))
+    trimmer = heap.PhaseTrimmer(settle_s=0.3)
+    for _ in range(3):
+        with trimmer.phase():
+            time.sleep(0.02)
+        time.sleep(0.05)
+    last_end = time.monotonic() - 0.05
+    wait_for(lambda: trimmer.trims == 1)
+    time.sleep(0.4)
+    assert len(trims) == 1
+    assert trims[0] - last_end >= 0.29

@@ -287,16 +287,25 @@ def update_replicas(
 ) -> tuple[T, list[UpdateResult]]:
     """The one sequence of a versioned update over the weight group: begin on every replica
     -> `broadcast()` (whoever holds rank 0 sends the buckets) -> finish on every replica.
-    Returns the broadcast's result and each replica's; errors name the replica and RPC.
+    Returns the broadcast's result and each replica's; errors name the replica and RPC. A
+    failed broadcast cancels the finish calls; the replicas' sessions stay open until the
+    group is re-formed (which aborts them) or their finish times out.
     `header.run_id` tells the replicas which run the version belongs to."""
     for c in clients:
         try:
             c.begin_weight_update(version, specs, bucket_bytes, header=header)
         except grpc.RpcError as exc:
             raise _replica_error(c, "BeginWeightUpdate", exc) from None
-    sent = broadcast()
+    # Finish is asked before the broadcast: each replica answers once its receiver loaded
+    # the last bucket, with no round trip after the broadcast on the sync's critical path.
     futures = [c.finish_weight_update_future(version, finish_timeout_s, header)
                for c in clients]
+    try:
+        sent = broadcast()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
     results = []
     for c, f in zip(clients, futures, strict=True):
         try:

@@ -76,8 +76,9 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
                                         tensors=[s.to_proto() for s in specs])
 
     def BroadcastWeights(self, request, context):
-        stats = self.actor.broadcast(request.version, request.bucket_bytes,
-                                     optional_dtype(request.dtype, "dtype"))
+        with self.trimmer.phase():  # follows TrainStep at once: trim after it, not during it
+            stats = self.actor.broadcast(request.version, request.bucket_bytes,
+                                         optional_dtype(request.dtype, "dtype"))
         return actor_pb2.BroadcastWeightsResponse(
             version=stats.version, num_tensors=stats.num_tensors,
             num_buckets=stats.num_buckets, total_bytes=stats.total_bytes,
