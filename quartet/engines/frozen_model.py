@@ -138,11 +138,11 @@ class FrozenCausalLM:
         self.model_path = model_path
         self.micro_batch_size = micro_batch_size
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
-        module = host.load(AutoModelForCausalLM, model_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)  # its pad id only:
+        module = host.load(AutoModelForCausalLM, model_path, **kwargs)  # not kept (~56 MiB)
         self.engine = host.engine(module, attn_implementation)
-        self.pad_id = (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-                       else self.tokenizer.eos_token_id)
+        self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                       else tokenizer.eos_token_id)
         self.vocab_size = int(module.config.vocab_size)
         self.max_len = int(getattr(module.config, "max_position_embeddings", 1 << 30))
         self._lock = threading.Lock()

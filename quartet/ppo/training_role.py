@@ -57,15 +57,23 @@ class TrainingRole:
             global_batch=cfg.train.batch_size, micro_batch=cfg.train.micro_batch_size,
             total_steps=cfg.train.total_steps, world=self.world, **extra,
         )
-        self.tokenizer = load_tokenizer(cfg.model)
         hf_config = self.engine.module.config
         self.vocab_size = int(hf_config.vocab_size)
         self.max_len = int(getattr(hf_config, "max_position_embeddings", 1 << 30))
-        self.pad_id = int(self.tokenizer.pad_token_id)
+        # Only the pad id is needed between saves: the tokenizer (~56 MiB resident for
+        # SmolLM2) is loaded again by `tokenizer` when an HF export writes it.
+        self.pad_id = int(load_tokenizer(cfg.model).pad_token_id)
         self.rows_per_rank = cfg.train.batch_size // size
         self.lock = threading.Lock()
         self.ranks = RankGroup(self.world.rank, size)
         self.run_id = ""
+
+    @property
+    def tokenizer(self):
+        """The model's tokenizer, loaded on each use (HF exports, benchmarks), not kept."""
+        from quartet.models.loading import load_tokenizer
+
+        return load_tokenizer(self.cfg.model)
 
     @property
     def global_step(self) -> int:

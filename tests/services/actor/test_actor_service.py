@@ -189,3 +189,14 @@ def test_runs_one_after_another_restart_the_schedule_and_versions(actor_service)
     assert client.prepare_run("run-b", wanted).new_run
     assert actor.engine.total_steps == 9 and actor.weight_version == -1
     assert actor.engine.scheduler.last_epoch == 0
+
+
+def test_hf_export_writes_the_tokenizer_the_actor_does_not_keep(actor_service, tmp_path):
+    from transformers import AutoTokenizer
+
+    actor, _ = actor_service
+    assert "tokenizer" not in vars(actor)  # loaded for the pad id and for exports only
+    hf_dir, _ = actor.save(str(tmp_path), "tok", hf_export=True, hf_only=True)
+    saved = AutoTokenizer.from_pretrained(hf_dir)
+    assert saved.pad_token_id == actor.pad_id
+    assert saved("hello world")["input_ids"] == actor.tokenizer("hello world")["input_ids"]
