@@ -138,6 +138,9 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -
             "--lr_scheduler", "constant", "--algo.kl.init_coef", "0.04", "--algo.kl.use_loss",
             "--algo.kl.estimator", "k3", "--algo.loss_reduction", "token_mean",
             "--ds.param_dtype", "fp32", "--ds.zero_stage", "0", "--ckpt.output_dir", str(out),
+            # the rollout's weights and KV cache and the reference's weights are freed while
+            # the actor trains (the tree's peak); TRL's one process has no idle copies
+            "--vllm.enable_sleep", "--ref.enable_sleep",
         ]
     common = [
         "--model.model_name_or_path", str(model), "--data.dataset", str(data),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from quartet.clients.base import GrpcRoleClient
+from quartet.clients.base import INFO_TIMEOUT_S, GrpcRoleClient
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
 from quartet.v1 import common_pb2, reference_pb2_grpc
@@ -22,6 +22,12 @@ class GrpcReferenceClient(GrpcRoleClient):
         return call_logprobs(lambda reqs: self._stream("LogProbs", self.stub.LogProbs, reqs),
                              batch, temperature, header or common_pb2.RequestHeader(),
                              f"reference at {self.address}")
+
+    def release_memory(self, header: common_pb2.RequestHeader | None = None) -> int:
+        """Frees the reference's weights until its next LogProbs; returns the bytes freed."""
+        return self._call("ReleaseMemory", self.stub.ReleaseMemory,
+                          common_pb2.ReleaseMemoryRequest(header=header),
+                          timeout=INFO_TIMEOUT_S).released_bytes
 
     def info(self) -> common_pb2.ServiceInfo:
         return self._info(self.stub.GetInfo)

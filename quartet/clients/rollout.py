@@ -154,6 +154,13 @@ class GrpcRolloutClient:
         return ReplicaInfo(self.address, msg.backend, msg.model, msg.policy_version,
                            msg.inflight_requests, msg.vocab_size, msg.run_id)
 
+    def release_memory(self, header: common_pb2.RequestHeader | None = None) -> int:
+        """Frees the replica's weights and KV cache until the next weight update (it refuses
+        Generate meanwhile); returns the bytes freed."""
+        return self._unary("ReleaseMemory", self._stub.ReleaseMemory,
+                           common_pb2.ReleaseMemoryRequest(header=header),
+                           CONTROL_TIMEOUT_S).released_bytes
+
     # Weights ------------------------------------------------------------------------------
     def init_weight_group_future(
         self, config: WeightGroupConfig, header: common_pb2.RequestHeader | None = None

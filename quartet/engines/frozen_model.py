@@ -24,7 +24,9 @@ from quartet.codec.dtypes import float_dtype
 from quartet.data.shared_prefix import shares_prefix
 from quartet.engines.inference_engine import InferenceEngine
 from quartet.engines.scoring import LogProbsResult, response_logprobs
+from quartet.serving.errors import FailedPrecondition
 from quartet.serving.ranks import RankGroup
+from quartet.storage_release import SpilledStorages
 
 log = logging.getLogger("quartet.engines")
 
@@ -120,6 +122,24 @@ class FrozenHost:
                 f"zero_stage={self.zero_stage}, rank {self.ranks.rank} of {self.ranks.size})")
 
 
+def releasable_weights(module: torch.nn.Module, host: FrozenHost,
+                       spill_dir: str) -> SpilledStorages:
+    """The weights of a frozen model, to be freed between its phases and read back exactly
+    from a spill file in `spill_dir`: whole weights in CPU memory on one rank only (ZeRO-3
+    partitions live in DeepSpeed, several ranks would each need the call, an accelerator
+    has --ref.offload)."""
+    if host.zero_stage == 3:
+        raise ValueError("--enable-sleep: the weights are partitioned by ZeRO-3 "
+                         "(--zero-stage 3); releasing handles whole weights only")
+    if host.ranks.size > 1:
+        raise ValueError(f"--enable-sleep: {host.ranks.size} ranks; releasing handles one "
+                         "rank only")
+    if host.device.type != "cpu" or host.offload:
+        raise ValueError(f"--enable-sleep: weights on {host.device}; releasing spills CPU "
+                         "memory (on an accelerator use --offload)")
+    return SpilledStorages(module.parameters(), spill_dir, "reference weights")
+
+
 class FrozenCausalLM:
     def __init__(
         self,
@@ -131,7 +151,10 @@ class FrozenCausalLM:
         gguf_file: str | None = None,
         attn_implementation: str = "sdpa",
         zero_stage: int = 0,
+        spill_dir: str | None = None,
     ) -> None:
+        """`spill_dir`: accept `release_memory` (the coordinator's --ref.enable_sleep); the
+        weights wait in a file there while released."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         host = FrozenHost(dtype, device, offload, micro_batch_size, zero_stage)
@@ -147,12 +170,27 @@ class FrozenCausalLM:
         self.max_len = int(getattr(module.config, "max_position_embeddings", 1 << 30))
         self._lock = threading.Lock()
         self.ranks = host.ranks
+        self._spill = (releasable_weights(module, host, spill_dir)
+                       if spill_dir is not None else None)
         log.info("loaded frozen model %s %s", model_path, host.describe())
+
+    def release_memory(self) -> int:
+        """Frees the weights until the next `logprobs` reads them back (exactly: the same
+        bytes, from the spill file); returns the bytes freed."""
+        if self._spill is None:
+            raise FailedPrecondition("reference: ReleaseMemory needs the service started "
+                                     "with --enable-sleep")
+        with self._lock:
+            freed = self._spill.release()
+        log.info("released the weights (%.0f MB) until the next scoring", freed / 1e6)
+        return freed
 
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
         # One forward at a time: the model is shared by the server's worker threads.
         with self._lock:
+            if self._spill is not None:
+                self._spill.restore()
             rows = self.ranks.scatter_rows(self, "shard_logprobs", batch, temperature,
                                            with_entropy)
         return LogProbsResult.from_rows(rows, with_entropy)

@@ -698,3 +698,49 @@ class PrepareRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrepareRunResponse: _TypeAlias = PrepareRunResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseMemoryRequest(_message.Message):
+    """Asks a role to give back the memory it needs only in its own phase (the rollout after the
+    generate phase, the reference after the score phase), until that phase comes again: see
+    docs/ppo.md, "Memory between phases". The rollout's weights come back with the next weight
+    update (which must carry every weight), the reference's before its next LogProbs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___RequestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___RequestHeader | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseMemoryRequest: _TypeAlias = ReleaseMemoryRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseMemoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_BYTES_FIELD_NUMBER: _builtins.int
+    released_bytes: _builtins.int
+    """Bytes of tensor storage freed (0 when already released, or not reported)."""
+    def __init__(
+        self,
+        *,
+        released_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released_bytes", b"released_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseMemoryResponse: _TypeAlias = ReleaseMemoryResponse  # noqa: Y015

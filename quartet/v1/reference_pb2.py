@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quartet.v1 import common_pb2 as quartet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aquartet/v1/reference.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto2\x96\x01\n\tReference\x12I\n\x08LogProbs\x12\x1b.quartet.v1.LogProbsRequest\x1a\x1c.quartet.v1.LogProbsResponse(\x01\x30\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aquartet/v1/reference.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto2\xec\x01\n\tReference\x12I\n\x08LogProbs\x12\x1b.quartet.v1.LogProbsRequest\x1a\x1c.quartet.v1.LogProbsResponse(\x01\x30\x01\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfo\x12T\n\rReleaseMemory\x12 .quartet.v1.ReleaseMemoryRequest\x1a!.quartet.v1.ReleaseMemoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.v1.reference_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REFERENCE']._serialized_start=68
-  _globals['_REFERENCE']._serialized_end=218
+  _globals['_REFERENCE']._serialized_end=304
 # @@protoc_insertion_point(module_scope)

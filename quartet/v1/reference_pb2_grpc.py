@@ -44,6 +44,11 @@ class ReferenceStub:
                 request_serializer=quartet_dot_v1_dot_common__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=quartet_dot_v1_dot_common__pb2.ServiceInfo.FromString,
                 _registered_method=True)
+        self.ReleaseMemory = channel.unary_unary(
+                '/quartet.v1.Reference/ReleaseMemory',
+                request_serializer=quartet_dot_v1_dot_common__pb2.ReleaseMemoryRequest.SerializeToString,
+                response_deserializer=quartet_dot_v1_dot_common__pb2.ReleaseMemoryResponse.FromString,
+                _registered_method=True)
 
 
 class ReferenceServicer:
@@ -61,6 +66,13 @@ class ReferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseMemory(self, request, context):
+        """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_ReferenceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=quartet_dot_v1_dot_common__pb2.GetInfoRequest.FromString,
                     response_serializer=quartet_dot_v1_dot_common__pb2.ServiceInfo.SerializeToString,
+            ),
+            'ReleaseMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseMemory,
+                    request_deserializer=quartet_dot_v1_dot_common__pb2.ReleaseMemoryRequest.FromString,
+                    response_serializer=quartet_dot_v1_dot_common__pb2.ReleaseMemoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Reference:
             '/quartet.v1.Reference/GetInfo',
             quartet_dot_v1_dot_common__pb2.GetInfoRequest.SerializeToString,
             quartet_dot_v1_dot_common__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quartet.v1.Reference/ReleaseMemory',
+            quartet_dot_v1_dot_common__pb2.ReleaseMemoryRequest.SerializeToString,
+            quartet_dot_v1_dot_common__pb2.ReleaseMemoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,12 +33,16 @@ class ReferenceStub:
     def __new__(cls, channel: _aio.Channel) -> ReferenceAsyncStub: ...
     LogProbs: _grpc.StreamStreamMultiCallable[_common_pb2.LogProbsRequest, _common_pb2.LogProbsResponse]
     GetInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]
+    ReleaseMemory: _grpc.UnaryUnaryMultiCallable[_common_pb2.ReleaseMemoryRequest, _common_pb2.ReleaseMemoryResponse]
+    """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 @_typing.type_check_only
 class ReferenceAsyncStub(ReferenceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     LogProbs: _aio.StreamStreamMultiCallable[_common_pb2.LogProbsRequest, _common_pb2.LogProbsResponse]  # type: ignore[assignment]
     GetInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]  # type: ignore[assignment]
+    ReleaseMemory: _aio.UnaryUnaryMultiCallable[_common_pb2.ReleaseMemoryRequest, _common_pb2.ReleaseMemoryResponse]  # type: ignore[assignment]
+    """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 class ReferenceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +58,13 @@ class ReferenceServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.GetInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ServiceInfo, _abc.Awaitable[_common_pb2.ServiceInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseMemory(
+        self,
+        request: _common_pb2.ReleaseMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.ReleaseMemoryResponse, _abc.Awaitable[_common_pb2.ReleaseMemoryResponse]]:
+        """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 def add_ReferenceServicer_to_server(servicer: ReferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

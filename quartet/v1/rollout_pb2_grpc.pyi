@@ -54,6 +54,8 @@ class RolloutStub:
     A no-op (aborted=false) when no session for `version` is open.
     """
     GetInfo: _grpc.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]
+    ReleaseMemory: _grpc.UnaryUnaryMultiCallable[_common_pb2.ReleaseMemoryRequest, _common_pb2.ReleaseMemoryResponse]
+    """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 @_typing.type_check_only
 class RolloutAsyncStub(RolloutStub):
@@ -78,6 +80,8 @@ class RolloutAsyncStub(RolloutStub):
     A no-op (aborted=false) when no session for `version` is open.
     """
     GetInfo: _aio.UnaryUnaryMultiCallable[_common_pb2.GetInfoRequest, _common_pb2.ServiceInfo]  # type: ignore[assignment]
+    ReleaseMemory: _aio.UnaryUnaryMultiCallable[_common_pb2.ReleaseMemoryRequest, _common_pb2.ReleaseMemoryResponse]  # type: ignore[assignment]
+    """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 class RolloutServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -141,5 +145,13 @@ class RolloutServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.GetInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.ServiceInfo, _abc.Awaitable[_common_pb2.ServiceInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseMemory(
+        self,
+        request: _common_pb2.ReleaseMemoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.ReleaseMemoryResponse, _abc.Awaitable[_common_pb2.ReleaseMemoryResponse]]:
+        """Frees memory until this role's phase comes again (--vllm.enable_sleep / --ref.enable_sleep)."""
 
 def add_RolloutServicer_to_server(servicer: RolloutServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -46,6 +46,7 @@ from services.coordinator.memory_budget import (
     rollout_kv_cache_bytes,
     rollout_max_model_len,
 )
+from services.coordinator.phase_memory import PhaseMemory
 from services.coordinator.placement import ppo_placement
 from services.coordinator.ppo_loop import PPORoles
 from services.coordinator.recovery import RestartPolicy, RoleRecovery
@@ -197,6 +198,8 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
         args = ["--model", ref_model, *frozen_args(cfg, cfg.ref.offload)]
         if cfg.actor.gguf_file and ref_model == actor_model:
             args += ["--gguf-file", cfg.actor.gguf_file]
+        if cfg.ref.enable_sleep:
+            args += ["--enable-sleep", "--spill-dir", str(Path(cfg.ckpt.output_dir).resolve())]
         cmds["reference"] = ServiceCommand("reference", tuple(args),
                                            thread_env(threads["reference"]))
     r = cfg.reward
@@ -227,6 +230,8 @@ def service_commands(cfg: PPOJobConfig, device_kind: str,
                 args.append("--enforce-eager")
             if cfg.train.colocate_all_models:
                 args.append("--sleep-when-idle")
+            if v.enable_sleep:
+                args.append("--enable-sleep")
             cmds[f"rollout{i}"] = ServiceCommand("rollout", tuple(args),
                                                  thread_env(threads["rollout"]))
     return cmds
@@ -392,17 +397,21 @@ class PPOServices:
             sync(0)
         replicas = [RolloutReplica(c, t, self.replica_names.get(c.address, ""), sync.versions)
                     for c in rollout_clients]
+        reference = (GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
+                     if a["reference"] else None)
         return PPORoles(
             actor=actor,
             rollouts=replicas,
             rewards=rewards,
             reward_weights=weights,
-            reference=GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
-            if a["reference"]
-            else None,
+            reference=reference,
             critic=critic,
             sync_weights=sync,
             refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
+            release_memory=PhaseMemory(
+                rollout_clients if cfg.vllm.enable_sleep else [],
+                reference if cfg.ref.enable_sleep else None, run_id)
+            if cfg.vllm.enable_sleep or cfg.ref.enable_sleep else None,
         )
 
     def membership(self, replicas: list[RolloutReplica],

@@ -110,6 +110,9 @@ class PPORoles:
         None)
     """Cluster mode: (iteration, version) -> the rollout replicas to use from now on (new
     ones already at `version`) and membership metrics; called before each iteration."""
+    release_memory: Callable[[str, int], None] | None = None
+    """(phase, iteration): roles done with `phase` give back memory they need only in it
+    (services/coordinator/phase_memory.py); called in synchronous runs only."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -296,6 +299,13 @@ class PPOLoop:
         out["train_steps"] = float(steps)
         return out
 
+    def release_memory(self, phase: str, iteration: int) -> None:
+        """Roles done with `phase` free memory until it comes again (not in async mode: the
+        rollouts generate there while the actor trains)."""
+        release = self.roles.release_memory
+        if release is not None and not self.s.async_generation:
+            self.repaired(lambda: release(phase, iteration))
+
     def sync(self, iteration: int) -> dict[str, float]:
         self.version += 1
         if self.roles.sync_weights is None:
@@ -422,12 +432,14 @@ class PPOLoop:
             return {"iteration": float(it + 1), "reward": float(collected.rewards.mean()),
                     "skipped": 1.0, "policy_version": float(self.version),
                     **collected.extra, **{f"time/{k}": v for k, v in timer.seconds.items()}}
+        self.release_memory("generate", it)
         batch, rewards = rollouts.batch, rollouts.rewards
         self.on_event({"iteration": it, "phase": "score"})
         one_pass = self.one_pass(len(batch))
         with timer("score"):
             old_lp, ref_lp, values = self.repaired(
                 lambda: self.score(batch, it, actor_pass=not one_pass))
+        self.release_memory("score", it)
         raw_reward = float(rewards.mean())
         self.on_event({"iteration": it, "phase": "advantage"})
         with timer("advantage"):

@@ -6,6 +6,7 @@ split over the ranks, and `--zero-stage 3` also shards the weights over them."""
 from __future__ import annotations
 
 import argparse
+import tempfile
 
 from quartet.heap import release_free_heap
 from quartet.serving import RoleServer
@@ -21,6 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload", action="store_true",
                         help="keep the model on CPU between calls (ZeRO-3: its partitions)")
     parser.add_argument("--micro-batch-size", type=int, default=8)
+    parser.add_argument("--enable-sleep", action="store_true",
+                        help="accept ReleaseMemory: free the weights after a score phase and "
+                             "read them back (exactly) from a spill file before the next one "
+                             "(one rank, whole weights in CPU memory)")
+    parser.add_argument("--spill-dir", default=None,
+                        help="with --enable-sleep: directory of the spill file (unlinked at "
+                             "once; not a tmpfs); default: the system's temporary directory")
     parser.add_argument("--zero-stage", type=int, default=0, choices=[0, 3],
                         help="3 shards the weights over this role's ranks (ZeRO-3 inference)")
 
@@ -28,8 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model(args: argparse.Namespace):
     from quartet.engines.frozen_model import FrozenCausalLM
 
+    spill_dir = (args.spill_dir or tempfile.gettempdir()) if args.enable_sleep else None
     return FrozenCausalLM(args.model, args.dtype, args.device, args.offload,
-                          args.micro_batch_size, args.gguf_file, zero_stage=args.zero_stage)
+                          args.micro_batch_size, args.gguf_file, zero_stage=args.zero_stage,
+                          spill_dir=spill_dir)
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:

@@ -18,6 +18,11 @@ class ReferenceServicer(reference_pb2_grpc.ReferenceServicer):
         with self.trimmer.phase():
             yield from stream_logprobs(request_iterator, self.model)
 
+    def ReleaseMemory(self, request, context):
+        with self.trimmer.phase():
+            freed = self.model.release_memory()
+        return common_pb2.ReleaseMemoryResponse(released_bytes=freed)
+
     def GetInfo(self, request, context):
         return common_pb2.ServiceInfo(
             role="reference", model=self.model.model_path, backend="transformers",

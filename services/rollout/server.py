@@ -41,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="vLLM on GPU: sleep (free GPU memory) between generations, wake for "
                         "the next one or a weight update (colocated with trainers); a no-op "
                         "on CPU and with the HF backend")
+    g.add_argument("--enable-sleep", action="store_true",
+                   help="accept ReleaseMemory: free the weights and KV cache after a generate "
+                        "phase until the next weight update (vLLM backend; on GPU vLLM's "
+                        "sleep level 2, on CPU in the worker)")
     g.add_argument("--max-batch-rows", type=int, default=256,
                    help="HF backend: most rows (prompts x n) per generate call")
 
@@ -62,14 +66,15 @@ def build_engine(args: argparse.Namespace):
         multiprocess={"auto": None, "on": True, "off": False}[args.engine_process],
         max_batch_rows=args.max_batch_rows,
         enforce_eager=args.enforce_eager,
-        sleep_mode=args.sleep_when_idle,
+        sleep_mode=args.sleep_when_idle or args.enable_sleep,
     )
     generator.strict_context = args.strict_context
     log.info("rollout engine ready: backend=%s model=%s max_model_len=%d vocab=%d",
              generator.backend, generator.model_name, generator.max_model_len,
              generator.vocab_size)
     return RolloutEngine(generator, initial_version=args.initial_version,
-                         sleep_when_idle=args.sleep_when_idle)
+                         sleep_when_idle=args.sleep_when_idle,
+                         enable_release=args.enable_sleep)
 
 
 def serve(args: argparse.Namespace, server: RoleServer) -> None:

@@ -145,6 +145,12 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         aborted, version = self._engine.abort_weight_update(request.version, request.reason)
         return rollout_pb2.AbortWeightUpdateResponse(aborted=aborted, version=version)
 
+    def ReleaseMemory(self, request: common_pb2.ReleaseMemoryRequest,
+                      context: grpc.ServicerContext) -> common_pb2.ReleaseMemoryResponse:
+        with self._trimmer.phase():
+            freed = self._engine.release_memory()
+        return common_pb2.ReleaseMemoryResponse(released_bytes=freed)
+
     def GetInfo(self, request: common_pb2.GetInfoRequest,
                 context: grpc.ServicerContext) -> common_pb2.ServiceInfo:
         info = self._engine.info()

@@ -158,6 +158,12 @@ class Generator(ABC):
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
+    def release_memory(self) -> int:
+        """Frees the weights and KV cache until the next weight load (which must carry every
+        weight); returns the bytes freed. Backends that cannot, raise NotImplementedError."""
+        raise NotImplementedError(f"the {self.backend} backend cannot release its memory "
+                                  "between phases (the vLLM backend can)")
+
     def sleep(self) -> None:  # noqa: B027 - optional hook
         """Frees accelerator memory while idle (vLLM sleep mode); a no-op by default."""
 

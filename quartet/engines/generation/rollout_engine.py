@@ -46,6 +46,11 @@ from quartet.weightsync import (
 
 log = logging.getLogger("quartet.rollout")
 
+RELEASED = ("rollout: the weights and KV cache were released after the generate phase "
+            "(ReleaseMemory: the coordinator's --vllm.enable_sleep) and come back with the "
+            "next weight update; send one (BeginWeightUpdate/FinishWeightUpdate or "
+            "PushWeights) before Generate")
+
 
 @dataclass(frozen=True)
 class RolloutInfo:
@@ -82,12 +87,17 @@ class RolloutEngine:
         initial_version: int = 0,
         admission_timeout_s: float = 600.0,
         sleep_when_idle: bool = False,
+        enable_release: bool = False,
     ) -> None:
         """`sleep_when_idle`: put the generator to sleep once no generation runs and wake it
-        for the next one or a weight update (colocated with trainers on the same GPUs)."""
+        for the next one or a weight update (colocated with trainers on the same GPUs).
+        `enable_release`: `release_memory` may free the weights and KV cache until the next
+        weight update (the coordinator's --vllm.enable_sleep)."""
         self.generator = generator
         self._sleep_when_idle = sleep_when_idle
         self._asleep = False
+        self._enable_release = enable_release
+        self._released = False
         self._version = initial_version
         self._admission_timeout_s = admission_timeout_s
         self._cond = threading.Condition()
@@ -133,6 +143,8 @@ class RolloutEngine:
                 self._cond.wait(left)
             if self._dirty:
                 raise FailedPrecondition(self._dirty)
+            if self._released:
+                raise FailedPrecondition(RELEASED)
             if expected_version is not None and expected_version > self._version:
                 raise FailedPrecondition(
                     f"header.policy_version: this replica serves weight version "
@@ -190,6 +202,36 @@ class RolloutEngine:
         if self._asleep:
             self.generator.wake_up()
             self._asleep = False
+
+    # Memory between phases ------------------------------------------------------------------
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release_memory(self) -> int:
+        """Frees the generator's weights and KV cache until the next weight update, which
+        must carry every weight (the coordinator calls it after the generate phase of a
+        synchronous run); returns the bytes freed. Generate refuses meanwhile."""
+        with self._cond:
+            if not self._enable_release:
+                raise FailedPrecondition("rollout: ReleaseMemory needs the service started "
+                                         "with --enable-sleep")
+            if self._session is not None:
+                raise FailedPrecondition(f"weights: an update to version "
+                                         f"{self._session.version} is open; release after it")
+            if self._active_calls:
+                raise FailedPrecondition(f"rollout: {self._active_calls} Generate calls are "
+                                         "running; release after the generate phase")
+            if self._released:
+                return 0
+            try:
+                freed = self.generator.release_memory()
+            except NotImplementedError as exc:
+                raise FailedPrecondition(f"rollout: {exc}") from exc
+            self._released = True
+        log.info("released the generator's weights and KV cache (%.0f MB) until the next "
+                 "weight update", freed / 1e6)
+        return freed
 
     # Weight group -------------------------------------------------------------------------
     def init_weight_group(self, config: WeightGroupConfig) -> WeightGroupConfig:
@@ -384,6 +426,7 @@ class RolloutEngine:
             if err is None:
                 self._version = session.version
                 self._dirty = None
+                self._released = False
             self._cond.notify_all()
         seconds = time.perf_counter() - session.started
         if err is not None:

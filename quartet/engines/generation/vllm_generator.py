@@ -147,6 +147,7 @@ class VllmGenerator(Generator):
         self._ids = itertools.count()
         self._commands: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._closed = False
+        self._released_on_gpu = False
         self._thread = threading.Thread(target=self._loop, name="vllm-engine", daemon=True)
         self._thread.start()
 
@@ -293,6 +294,7 @@ class VllmGenerator(Generator):
         # Received and loaded inside the worker (should_load cannot reach it there); staged
         # in full first, so a failed transfer loads nothing.
         wire = specs_to_wire(specs)
+        self._wake_released("weights")
         return self._after_load(self._run(lambda: self._engine.collective_rpc(
             "quartet_receive_weights", args=(version, wire))))
 
@@ -300,10 +302,34 @@ class VllmGenerator(Generator):
         # In-process the worker pulls from the iterator directly; a separate engine process
         # needs the tensors serialized, so they are gathered first.
         items = list(named_tensors) if self._multiprocess else iter(named_tensors)
+        self._wake_released("weights")
         return self._after_load(self._run(lambda: self._engine.collective_rpc(
             "quartet_load_weights", args=(items,))))
 
+    def release_memory(self) -> int:
+        """Frees the weights and the KV cache until the next weight load, which must carry
+        every weight: on GPU vLLM's sleep level 2 (needs the engine built with sleep mode),
+        on CPU `vllm_release` in each worker. Returns the bytes freed (0 on GPU: vLLM does
+        not report them)."""
+        if not torch.cuda.is_available():
+            return int(sum(self._run(lambda: self._engine.collective_rpc(
+                "quartet_release_memory"))))
+        if not self._sleep_mode:
+            raise RuntimeError("vLLM sleep mode is off in this engine: start the rollout "
+                               "with --enable-sleep")
+        self._run(lambda: self._engine.sleep(level=2))
+        self._released_on_gpu = True
+        return 0
+
+    def _wake_released(self, tag: str) -> None:
+        """GPU engines released by `release_memory`: back before (weights) and after
+        (kv_cache) a load, as vLLM's sleep level 2 asks."""
+        if self._released_on_gpu:
+            self._run(lambda: self._engine.wake_up(tags=[tag]))
+            self._released_on_gpu = tag == "weights"
+
     def _after_load(self, results: list[dict]) -> LoadStats:
+        self._wake_released("kv_cache")
         self.reset_prefix_cache()  # cached prefixes were computed with the old weights
         r = results[0]
         return LoadStats(r["num_tensors"], r["num_bytes"], r["seconds"])

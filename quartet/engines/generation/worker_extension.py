@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
+from quartet.engines.generation.vllm_cpu_weights import ReleasedWorker, repack_kept_weights
 from quartet.weightsync import (
     TensorSpec,
     WeightGroupConfig,
@@ -59,7 +60,17 @@ class WeightSyncWorkerExtension:
     def quartet_load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
         return self._quartet_reload(named_tensors)
 
+    def quartet_release_memory(self) -> int:
+        """Frees the weights and KV cache until the next load (CPU workers; see
+        `vllm_release`); returns the bytes freed."""
+        released = getattr(self, "_quartet_released", None) or ReleasedWorker(self.model_runner)
+        self._quartet_released = released
+        return released.release()
+
     def _quartet_reload(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
+        released = getattr(self, "_quartet_released", None)
+        if released is not None:
+            released.reacquire()
         stats = {"num_tensors": 0, "num_bytes": 0}
 
         def counted():
@@ -71,5 +82,9 @@ class WeightSyncWorkerExtension:
         start = time.perf_counter()
         reload = getattr(self, "reload_weights", None) or self.model_runner.reload_weights
         reload(weights_iterator=counted())
+        repack_kept_weights(self.model_runner.model)  # a tied LM head: see its docstring
+        if released is not None:
+            released.finish()
+            self._quartet_released = None
         stats["seconds"] = time.perf_counter() - start
         return stats
