@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,44 @@ def torch_dtype(param_dtype: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[param_dtype]
 
 
+PLAIN_TOKENIZER_MODEL_TYPES = frozenset({"llama", "qwen3", "gpt2"})
+"""Model types whose saved `TokenizersBackend` tokenizer `AutoTokenizer` loads as exactly that
+class (transformers 5: no model-specific tokenizer registered over it, not in its
+MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS; tests/models/test_tokenizer_loading.py checks)."""
+
+
+def plain_tokenizer_dir(model: ModelConfig) -> Path | None:
+    """The local directory of a tokenizer `AutoTokenizer` would load as the generic
+    `TokenizersBackend`, or None. Loading that class directly skips importing
+    `transformers.models.auto` (torch._dynamo, sympy: ~160 MiB resident), which a process
+    that holds no model (the PPO coordinator) does not need otherwise."""
+    path = Path(model.model_name_or_path)
+    if model.gguf_file or model.trust_remote_code or not (path / "tokenizer.json").is_file():
+        return None
+    try:
+        tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+    plain = (tok_cfg.get("tokenizer_class") == "TokenizersBackend" and "auto_map" not in tok_cfg
+             and model_type in PLAIN_TOKENIZER_MODEL_TYPES)
+    return path if plain else None
+
+
 def load_tokenizer(model: ModelConfig, chat_template: str | None = None) -> Any:
     """The model's tokenizer; pad token falls back to EOS; optional chat template override."""
-    from transformers import AutoTokenizer
+    plain = plain_tokenizer_dir(model)
+    if plain is not None:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-    kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code}
-    if model.gguf_file:
-        kwargs["gguf_file"] = model.gguf_file
-    tok = AutoTokenizer.from_pretrained(model.model_name_or_path, **kwargs)
+        tok = TokenizersBackend.from_pretrained(str(plain))
+    else:
+        from transformers import AutoTokenizer
+
+        kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code}
+        if model.gguf_file:
+            kwargs["gguf_file"] = model.gguf_file
+        tok = AutoTokenizer.from_pretrained(model.model_name_or_path, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if chat_template:
