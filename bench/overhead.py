@@ -3,8 +3,11 @@
 `--modes services,services-async` instead measures async generation (iteration k+1 generated
 while k trains) against the synchronous loop; `async_speedup` = sync / async s/iteration.
 
-Both modes run the identical `PPOLoop` with identical settings and seeds; the only
-difference is the transport (gRPC services in separate processes vs direct calls). The
+Both modes run the identical `PPOLoop` with identical settings and seeds, and (by default,
+`--threads equal`) the same compute threads for every role: the in-process run is one
+process with one `OMP_NUM_THREADS`, so the services get that count in every phase too,
+instead of their thread plan (which gives the rollout every core to generate). The only
+difference is then the transport (gRPC services in separate processes vs direct calls). The
 first iteration of each mode is warm-up and not timed. The last line is JSON with `ratio`
 = services seconds per iteration / in-process seconds per iteration.
 """
@@ -29,6 +32,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     p.add_argument("--estimator", default="gae")
     p.add_argument("--modes", default="services,inprocess")
+    p.add_argument("--threads", default="equal", choices=["equal", "planned"],
+                   help="equal (default): every service computes on OMP_NUM_THREADS threads "
+                        "in every phase, as every role does in the in-process run, so only "
+                        "the transport differs; planned: the services' own thread plan "
+                        "(the rollout gets all cores to generate)")
     return p.parse_args(argv)
 
 
@@ -46,6 +54,9 @@ def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
         "--train.num_iterations", str(args.iterations + 1), "--ckpt.output_dir", str(out),
         "--ds.zero_stage", "0", "--ds.param_dtype", "fp32", "--lr_scheduler", "constant",
         "--vllm.backend", args.backend, "--algo.advantage.estimator", args.estimator,
+        # compiled in both modes: the in-process engine always was (vLLM's default), and the
+        # services would otherwise run eagerly on CPU (their start-up default)
+        "--vllm.enforce_eager", "false",
     ] + (["--rollout.n_samples_per_prompt", "2"] if args.estimator != "gae" else [])
       + (["--train.async_enable", "--algo.advantage.is_correction_level", "token",
           "--algo.advantage.is_correction_mode", "clip",
@@ -93,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"bench": "overhead", "model": model.name, "iterations": args.iterations,
                     "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
                     "backend": args.backend, "estimator": args.estimator,
+                    "threads": args.threads,
                     "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
           f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend})", flush=True)
@@ -104,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             return tokenizer.decode(ids, skip_special_tokens=True)
 
         if mode.startswith("services"):
-            from services.coordinator.launch import PPOServices
+            from quartet.launch.threads import uniform_threads
+            from services.coordinator.launch import PPOServices, thread_plan
 
-            with PPOServices(cfg, work / mode) as services:
+            threads = (uniform_threads(thread_plan(cfg), torch.get_num_threads())
+                       if args.threads == "equal" else None)
+            with PPOServices(cfg, work / mode, threads=threads) as services:
                 stats = timed_loop(services.roles(), cfg, prompts, decode, work / mode)
         else:
             from services.coordinator.inprocess import build_inprocess_roles

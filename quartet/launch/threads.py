@@ -55,6 +55,12 @@ def role_threads(cores: int, *, actor_scores: bool, reference: bool, critic: boo
     return plan
 
 
+def uniform_threads(plan: dict[str, dict[str, int]], n: int) -> dict[str, dict[str, int]]:
+    """`plan`'s roles and phases with `n` threads each: what an in-process run gives every
+    role (one process, one `OMP_NUM_THREADS`), for comparing like with like."""
+    return {role: {phase: n for phase in phases} for role, phases in plan.items()}
+
+
 def thread_env(phases: dict[str, int]) -> dict[str, str]:
     """The environment that gives a role process its planned threads."""
     env = {"OMP_NUM_THREADS": str(max(phases.values(), default=1))}

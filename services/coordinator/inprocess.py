@@ -17,7 +17,12 @@ from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.types import PromptOutput, SamplingConfig
 from quartet.weightsync import TensorSpec
 from services.coordinator.config import PPOJobConfig
-from services.coordinator.launch import critic_model, frozen_dtype, training_role_config
+from services.coordinator.launch import (
+    critic_model,
+    frozen_dtype,
+    rollout_eager,
+    training_role_config,
+)
 from services.coordinator.ppo_loop import PPORoles
 
 
@@ -141,11 +146,13 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
         raise ValueError("--reward.address: in-process mode runs no remote reward services")
     import torch
 
-    dtype = cfg.vllm.engine_dtype(torch.cuda.is_available())
-    engines = [
+    on_gpu = torch.cuda.is_available()
+    dtype = cfg.vllm.engine_dtype(on_gpu)
+    engines = [  # eager or compiled as the rollout services would be (`rollout_eager`)
         RolloutEngine(build_generator(cfg.vllm.backend, cfg.actor.model_name_or_path,
                                       dtype=dtype, max_model_len=cfg.vllm.max_model_len,
-                                      seed=cfg.train.seed + i))
+                                      seed=cfg.train.seed + i,
+                                      enforce_eager=rollout_eager(cfg, on_gpu)))
         for i in range(cfg.vllm.num_engines)
     ]
     return PPORoles(

@@ -274,7 +274,8 @@ class PPOServices:
 
     def __init__(self, cfg: PPOJobConfig, run_dir: str | Path,
                  start_timeout_s: float = 600.0, call_timeout_s: float = 3600.0,
-                 longest_prompt: int | None = None) -> None:
+                 longest_prompt: int | None = None,
+                 threads: dict[str, dict[str, int]] | None = None) -> None:
         self.cfg = cfg
         self.longest_prompt = longest_prompt
         """Tokens of the run's longest prompt: sizes the rollouts' CPU KV cache."""
@@ -287,7 +288,8 @@ class PPOServices:
         self.security = ClientSecurity.from_env(token_file)
         self.launcher = make_launcher(cfg, self.run_dir / "logs", self.service_args(),
                                       env={TOKEN_ENV: token_file})
-        self.threads = thread_plan(cfg)
+        self.threads = threads or thread_plan(cfg)
+        """Compute threads per local role and phase (default: `thread_plan`)."""
         self.placement: PlacementPlan | None = None
         self.addresses: dict[str, list[str]] = {}
         self.replica_names: dict[str, str] = {}

@@ -12,7 +12,7 @@ from quartet.codec import RowBatch
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.model import ModelConfig
 from quartet.config.optim import AdamConfig, OptimConfig
-from quartet.launch.threads import PHASE_ENV, role_threads, thread_env
+from quartet.launch.threads import PHASE_ENV, role_threads, thread_env, uniform_threads
 from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from quartet.ppo.passes import old_logprobs_from_forward
 from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
@@ -72,6 +72,17 @@ def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps():
     assert inside == "2" and after == before
     assert role_threads(1, actor_scores=True, reference=True, critic=True,
                         reward_model=True, async_generation=True)["critic"]["train"] == 1
+
+
+def test_uniform_threads_keep_the_plans_roles_and_phases():
+    """What `bench overhead --threads equal` gives the services: the in-process thread
+    count for every role in every phase it computes in."""
+    plan = role_threads(2, actor_scores=True, reference=True, critic=True,
+                        reward_model=False, async_generation=False)
+    assert uniform_threads(plan, 1) == {
+        "actor": {"score": 1, "train": 1}, "critic": {"score": 1, "train": 1},
+        "reference": {"score": 1}, "reward": {}, "rollout": {"generate": 1}}
+    assert thread_env(uniform_threads(plan, 1)["rollout"]) == {"OMP_NUM_THREADS": "1"}
 
 
 def _actor(tiny_model_path, rows: int):
