@@ -66,6 +66,8 @@ class PhaseTrimmer:
         self._active = 0
         self._idle_since: float | None = None
         """When the role last went idle with a trim owed; None: nothing to trim."""
+        self._now = False
+        """A trim asked for at once (`trim_now`), busy or not."""
         self._thread: threading.Thread | None = None
         self.trims = 0
         """Trims run so far (for logs and tests)."""
@@ -81,16 +83,32 @@ class PhaseTrimmer:
                 self._active -= 1
                 if self._active == 0:
                     self._idle_since = time.monotonic()
-                    if self._thread is None:
-                        self._thread = threading.Thread(target=self._trim_when_idle,
-                                                        name="heap-trim", daemon=True)
-                        self._thread.start()
+                    self._start_thread()
                     self._cond.notify()
+
+    def trim_now(self) -> None:
+        """Trims as soon as the background thread runs, without waiting for the role to go
+        idle: for a call that follows a heavy phase at once and holds memory of its own
+        meanwhile (the actor's weight broadcast right after its last TrainStep: the freed
+        activations would otherwise stay mapped through the sync, while the rollout reloads
+        its weights). The caller does not wait for the trim."""
+        with self._cond:
+            self._now = True
+            self._start_thread()
+            self._cond.notify()
+
+    def _start_thread(self) -> None:  # with self._cond held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._trim_when_idle, name="heap-trim",
+                                            daemon=True)
+            self._thread.start()
 
     def _trim_when_idle(self) -> None:
         while True:
             with self._cond:
                 while True:
+                    if self._now:
+                        break
                     if self._active == 0 and self._idle_since is not None:
                         wait = self._idle_since + self.settle_s - time.monotonic()
                         if wait <= 0:
@@ -99,6 +117,7 @@ class PhaseTrimmer:
                     else:  # busy (its end owes a trim) or nothing owed
                         self._cond.wait()
                 self._idle_since = None
+                self._now = False
             release_free_heap()
             with self._cond:
                 self.trims += 1

@@ -81,3 +81,21 @@ def test_a_call_within_the_settle_time_postpones_the_trim(monkeypatch):
     time.sleep(0.4)
     assert len(trims) == 1
     assert trims[0] - last_end >= 0.29
+
+
+def test_trim_now_trims_while_a_call_is_in_flight(monkeypatch):
+    """The actor's weight broadcast asks for the trim its train phase owes at once: it runs
+    during the call, not after it (the idle trim would come only once the sync ended)."""
+    import quartet.heap as heap
+
+    trims = []
+    monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(time.monotonic()))
+    trimmer = heap.PhaseTrimmer(settle_s=5.0)
+    with trimmer.phase():
+        pass  # the train phase: its idle trim is 5 s away
+    trimmer.trim_now()
+    with trimmer.phase():
+        wait_for(lambda: trimmer.trims == 1)  # inside the broadcast call
+        assert len(trims) == 1
+    time.sleep(0.2)
+    assert len(trims) == 1  # the idle trim stays owed, 5 s out

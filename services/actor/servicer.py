@@ -76,7 +76,11 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
                                         tensors=[s.to_proto() for s in specs])
 
     def BroadcastWeights(self, request, context):
-        with self.trimmer.phase():  # follows TrainStep at once: trim after it, not during it
+        # The sync follows the last TrainStep within milliseconds, too soon for the idle
+        # trim: give the freed activations back now (in the background, while this sends),
+        # not after the sync, when the rollout has already reloaded its weights beside them.
+        self.trimmer.trim_now()
+        with self.trimmer.phase():
             stats = self.actor.broadcast(request.version, request.bucket_bytes,
                                          optional_dtype(request.dtype, "dtype"))
         return actor_pb2.BroadcastWeightsResponse(
