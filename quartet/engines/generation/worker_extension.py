@@ -13,7 +13,8 @@ weights for its kernels.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -38,6 +39,12 @@ def specs_from_wire(items: Iterable[tuple[str, str, list[int]]]) -> list[TensorS
     return [TensorSpec(n, getattr(torch, d), tuple(shape)) for n, d, shape in items]
 
 
+def _drained(items: deque) -> Iterator:
+    """Yields the items and forgets each one as it goes."""
+    while items:
+        yield items.popleft()
+
+
 class WeightSyncWorkerExtension:
     """Mixed into vLLM's worker class; `self` is the worker (has `model_runner`, `rank`)."""
 
@@ -53,9 +60,10 @@ class WeightSyncWorkerExtension:
         if group is None:
             raise RuntimeError("weight group: not initialized in this worker")
         # The whole session is staged before reload starts, so a refused or broken session
-        # changes nothing.
-        tensors = receive_staged(WeightReceiver(group), version, specs_from_wire(specs))
-        return self._quartet_reload(tensors)
+        # changes nothing. No reference stays here: each staged tensor is freed once loaded,
+        # before a released KV cache comes back.
+        return self._quartet_reload(_drained(deque(
+            receive_staged(WeightReceiver(group), version, specs_from_wire(specs)))))
 
     def quartet_load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
         return self._quartet_reload(named_tensors)
