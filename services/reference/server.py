@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _model(args: argparse.Namespace):
     from quartet.engines.frozen_model import FrozenCausalLM
 
+    if args.spill_dir is not None and not args.enable_sleep:
+        raise ValueError("--spill-dir: only read with --enable-sleep (where released weights "
+                         "wait); add --enable-sleep or drop --spill-dir")
     spill_dir = (args.spill_dir or tempfile.gettempdir()) if args.enable_sleep else None
     return FrozenCausalLM(args.model, args.dtype, args.device, args.offload,
                           args.micro_batch_size, args.gguf_file, zero_stage=args.zero_stage,
