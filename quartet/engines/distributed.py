@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -56,7 +57,37 @@ def init_distributed() -> World:
         backend = "gloo"
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend)
+        if backend == "gloo":
+            _unlink_shm_allreduce_buffer()
     return World(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shm_allreduce_buffer_path(rank: int) -> Path:
+    """The file DeepSpeed's CPU shared-memory allreduce creates for `rank` of this world.
+
+    DeepSpeed (its `shm_comm` op) names it from the uid, MASTER_ADDR and MASTER_PORT.
+    """
+    addr = os.environ.get("MASTER_ADDR", "")
+    port = os.environ.get("MASTER_PORT", "")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def _unlink_shm_allreduce_buffer() -> None:
+    """Remove this rank's DeepSpeed shared-memory allreduce file once every rank has mapped it.
+
+    Why: when all ranks are on one host (the deepspeed launcher sets LOCAL_SIZE = WORLD_SIZE)
+    DeepSpeed's CPU allreduce creates a ~66 MB file per rank in /dev/shm and never unlinks
+    it, so every such run left RAM-backed files behind for good (72 of them, 4.7 GB, had
+    piled up on the development machine). Each rank maps all its peers' files before
+    `init_distributed` returns; after a barrier the names are no longer needed and the
+    mappings stay valid until the processes exit.
+    """
+    local_size = os.environ.get("LOCAL_SIZE")
+    if local_size is None or int(local_size) != dist.get_world_size():
+        return  # DeepSpeed created no shared-memory buffer
+    dist.barrier()  # every rank has mapped every peer's file by now
+    # missing when the shm op did not build or load and DeepSpeed fell back to plain gloo
+    shm_allreduce_buffer_path(dist.get_rank()).unlink(missing_ok=True)
 
 
 def barrier() -> None:

@@ -85,12 +85,17 @@ def test_torchrun_two_processes(algo, stage, tmp_path, tiny_model_path, tiny_dat
 
 
 def test_deepspeed_launcher_two_processes(tmp_path, tiny_model_path, tiny_data, separable):
-    _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_port()),
+    port = _port()
+    _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port),
           "--module", "quartet.cli.train_rm",
           *_flags("rm", tiny_model_path, tiny_data, separable, tmp_path, 2)])
     losses = _losses(tmp_path)
     assert len(losses) == 8
     assert losses[-1] < 0.75 * losses[0]
+    # DeepSpeed's same-host CPU allreduce makes a ~66 MB /dev/shm file per rank and never
+    # removes it; init_distributed unlinks them once every rank has mapped them.
+    left = sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    assert not left, f"shared-memory files left behind: {left}"
 
 
 @pytest.mark.parametrize("module", ["train_sft", "train_rm", "train_dpo"])
