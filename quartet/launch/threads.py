@@ -14,18 +14,23 @@ A local vLLM engine on CPU runs in the rollout process and takes torch's thread 
 `torch.set_num_threads` afterwards): left at the launcher's default of 1 it generated on one
 core of two while every other role waited.
 
-A role's process starts with `OMP_NUM_THREADS` = its largest share; a role that takes part
-in several phases (the actor, the critic) also gets `QUARTET_PHASE_THREADS` ("score=1,train=2")
-and switches `torch.set_num_threads` at each call (`phase_threads`).
+A role's process starts with `OMP_NUM_THREADS` = `MKL_NUM_THREADS` = its largest share (torch
+reads MKL_NUM_THREADS over OMP_NUM_THREADS, so one inherited from the user's shell would
+override the plan); a role that takes part in several phases (the actor, the critic) also
+gets `QUARTET_PHASE_THREADS` ("score=1,train=2") and switches `torch.set_num_threads` at each
+call (`phase_threads`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 PHASE_ENV = "QUARTET_PHASE_THREADS"
+
+log = logging.getLogger("quartet.launch")
 
 
 def available_cores() -> int:
@@ -63,7 +68,8 @@ def uniform_threads(plan: dict[str, dict[str, int]], n: int) -> dict[str, dict[s
 
 def thread_env(phases: dict[str, int]) -> dict[str, str]:
     """The environment that gives a role process its planned threads."""
-    env = {"OMP_NUM_THREADS": str(max(phases.values(), default=1))}
+    n = str(max(phases.values(), default=1))
+    env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
     if len(phases) > 1:
         env[PHASE_ENV] = ",".join(f"{p}={n}" for p, n in phases.items())
     return env
@@ -93,3 +99,32 @@ def phase_threads(phase: str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def openmp_default_threads() -> int:
+    """The threads OpenMP gives a thread that never set its own: `OMP_NUM_THREADS` (its
+    first level), else the usable cores."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else available_cores()
+
+
+def align_torch_threads() -> int:
+    """Makes torch compute with OpenMP's default thread count; returns that count.
+
+    Why: torch takes its count from MKL_NUM_THREADS over OMP_NUM_THREADS, OpenMP its default
+    from OMP_NUM_THREADS only. A kernel that plans its work with OpenMP's count and runs it
+    on torch's threads then disagrees with itself: vLLM's CPU attention aborted its first
+    step with "cpu_attn_impl.hpp Check failed: thread_num (2 vs. 1)" under OMP_NUM_THREADS=2
+    MKL_NUM_THREADS=1. Call it before building an in-process vLLM engine on CPU (after that
+    vLLM replaces `torch.set_num_threads` with a no-op)."""
+    import torch
+
+    n = openmp_default_threads()
+    if torch.get_num_threads() != n:
+        log.warning("torch computes with %d threads (MKL_NUM_THREADS=%s) but OpenMP's default "
+                    "is %d (OMP_NUM_THREADS=%s): using %d, as vLLM's CPU kernels need both "
+                    "equal; set MKL_NUM_THREADS and OMP_NUM_THREADS alike to choose",
+                    torch.get_num_threads(), os.environ.get("MKL_NUM_THREADS"), n,
+                    os.environ.get("OMP_NUM_THREADS"), n)
+        torch.set_num_threads(n)
+    return n

@@ -241,7 +241,7 @@ def make_launcher(cfg: PPOJobConfig, log_dir: Path, service_args: list[str],
                   env: dict[str, str] | None = None) -> Launcher:
     """`service_args` go to every service (`PPOServices.service_args`), `env` to its
     environment (the cluster token file)."""
-    env = {"OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**thread_env({}), **(env or {})}  # one thread unless a role's plan says more
     if cfg.launch.launcher == "ray":
         from quartet.launch.ray_launcher import RayLauncher
 

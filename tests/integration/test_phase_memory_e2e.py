@@ -2,10 +2,9 @@
 (--vllm.enable_sleep, --ref.enable_sleep) learns exactly what the same run learns without:
 the same metrics in every iteration. The model ties its LM head, as SmolLM2 does.
 
-Each run gets its own rollout service, started here with one compute thread: a rollout this
-test's coordinator starts inherits tests/conftest.py's OMP_NUM_THREADS=1 somewhere and on this
-model its vLLM fails the first step ("cpu_attn ... thread_num 2 vs. 1") and falls back to HF
-generate, which cannot release (the fallback is not this test's subject)."""
+Each run gets its own vLLM rollout service, started here with one compute thread. (Written
+when a launched rollout fell back to HF generate on this model, which cannot release; since
+2026-11-28 it runs vLLM too: tests/integration/test_rollout_threads_e2e.py.)"""
 
 from __future__ import annotations
 

@@ -32,6 +32,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROMPTS = [[1, 50, 60, 70], [1, 51], [1, 80, 81, 82, 83, 84, 85, 86, 87]]
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_new_tokens=10, logprobs=True)
 BACKENDS = ("vllm", "hf")
+# The vLLM replica as a shell with MKL_NUM_THREADS=1 starts it by hand: torch would compute on
+# 1 thread while OpenMP defaults to 2, and vLLM's CPU attention aborted its first step on
+# that ("thread_num (2 vs. 1)") until the generator aligned the two.
+REPLICA_THREADS = {"vllm": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"},
+                   "hf": {"OMP_NUM_THREADS": "1"}}
 
 
 def start_replica(model: Path, backend: str, workdir: str) -> tuple[subprocess.Popen, Path]:
@@ -43,7 +48,7 @@ def start_replica(model: Path, backend: str, workdir: str) -> tuple[subprocess.P
          "--dtype", "float32", "--max-model-len", "256", "--kv-cache-bytes", str(256 << 20),
          "--enforce-eager"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "PYTHONPATH": str(REPO), **REPLICA_THREADS[backend]},
     )
     return proc, port_file
 

@@ -57,7 +57,7 @@ def test_thread_plan_gives_lone_roles_the_machine_and_splits_overlaps():
                             reward_model=False, async_generation=False)["actor"]
     assert two_pass == {"score": 2, "train": 4}
     env = thread_env(two_pass)
-    assert env == {"OMP_NUM_THREADS": "4", PHASE_ENV: "score=2,train=4"}
+    assert env == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", PHASE_ENV: "score=2,train=4"}
     # A fresh interpreter, as a role process is: an in-process vLLM engine earlier in the
     # same pytest process replaces torch.set_num_threads with a no-op.
     probe = ("import torch\n"
@@ -82,7 +82,24 @@ def test_uniform_threads_keep_the_plans_roles_and_phases():
     assert uniform_threads(plan, 1) == {
         "actor": {"score": 1, "train": 1}, "critic": {"score": 1, "train": 1},
         "reference": {"score": 1}, "reward": {}, "rollout": {"generate": 1}}
-    assert thread_env(uniform_threads(plan, 1)["rollout"]) == {"OMP_NUM_THREADS": "1"}
+    assert thread_env(uniform_threads(plan, 1)["rollout"]) == {"OMP_NUM_THREADS": "1",
+                                                                "MKL_NUM_THREADS": "1"}
+
+
+def test_torch_is_aligned_with_openmps_default_threads():
+    """Under OMP_NUM_THREADS=2 MKL_NUM_THREADS=1 (a shell's MKL setting) torch computes on 1
+    thread and OpenMP defaults to 2; `align_torch_threads` makes torch use OpenMP's 2 (what
+    an in-process vLLM CPU engine needs), and leaves an agreeing process alone."""
+    probe = ("import torch\n"
+             "from quartet.launch.threads import align_torch_threads\n"
+             "before = torch.get_num_threads()\n"
+             "print(before, align_torch_threads(), torch.get_num_threads())\n")
+    for omp, mkl, expected in (("2", "1", ["1", "2", "2"]), ("1", "1", ["1", "1", "1"])):
+        out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                             text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": omp,
+                                  "MKL_NUM_THREADS": mkl}).stdout.split()
+        assert out == expected, (omp, mkl, out)
 
 
 def _actor(tiny_model_path, rows: int):

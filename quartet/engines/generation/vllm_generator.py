@@ -8,7 +8,8 @@ queue. Requests of concurrent Generate calls are batched together by vLLM's sche
 Engine process: on CPU the engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING
 =0`: ~5 s start instead of ~30 s) and computes with this process's torch threads, i.e.
 `OMP_NUM_THREADS` at start (the launcher plans it; vLLM binds threads only in its own worker
-processes and refuses `torch.set_num_threads` afterwards); on GPU the default is vLLM's
+processes and refuses `torch.set_num_threads` afterwards; `align_torch_threads` first makes torch
+agree with OpenMP on that count); on GPU the default is vLLM's
 separate engine-core process, which overlaps scheduling and detokenizing with the GPU work.
 Weight loads go to the worker through `collective_rpc` either way.
 """
@@ -32,6 +33,7 @@ from quartet.engines.generation.base import GenerationStream, Generator
 from quartet.engines.generation.checkpoint import checkpoint_specs
 from quartet.engines.generation.worker_extension import EXTENSION_CLS, specs_to_wire
 from quartet.launch.kv_cache import CPU_BLOCK_TOKENS
+from quartet.launch.threads import align_torch_threads
 from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 
@@ -115,6 +117,8 @@ class VllmGenerator(Generator):
         kwargs.update(engine_kwargs or {})
         log.info("building vLLM engine (%s engine core): %s",
                  "separate-process" if multiprocess else "in-process", kwargs)
+        if not multiprocess and not on_gpu:
+            align_torch_threads()  # vLLM's CPU attention plans and runs on the same count
         if not multiprocess:
             # A dead in-process engine (one that failed to start: its objects live on in the
             # traceback a log record kept) is finalised at some later garbage collection, and
