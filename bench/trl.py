@@ -47,10 +47,12 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from bench.scratch import Scratch
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "_trl_worker.py"
@@ -75,7 +77,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pairs", choices=PAIR_SHAPES, default=None,
                    help="dpo/rm: how much chosen and rejected share (default shared-tail); "
                         "see pair_texts")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the work directory (else removed at the end, on a failure and "
+                        "on SIGTERM/SIGINT, with the run in progress stopped)")
     return p.parse_args(argv)
 
 
@@ -294,13 +298,15 @@ class PeakMemory:
         return {k: round(v / 2**20) for k, v in sorted(self.at_pss_peak.items())}
 
 
-def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]
+def run_measured(cmd: list[str], log_path: Path, env: dict[str, str],
+                 start: Callable[..., subprocess.Popen] = subprocess.Popen
                  ) -> tuple[float, PeakMemory]:
-    """Runs a command to completion; returns (wall seconds, its tree's memory peaks)."""
+    """Runs a command to completion (started by `start`: `Scratch.popen` stops it if the
+    benchmark is stopped); returns (wall seconds, its tree's memory peaks)."""
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                stdin=subprocess.DEVNULL)
+        proc = start(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                     stdin=subprocess.DEVNULL)
         memory = PeakMemory(proc.pid)
         code = proc.wait()
     wall = time.perf_counter() - started
@@ -308,7 +314,8 @@ def run_measured(cmd: list[str], log_path: Path, env: dict[str, str]
     if code != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"{cmd[2] if len(cmd) > 2 else cmd[0]} exited {code}; "
-                           f"log {log_path}:\n{tail}")
+                           f"log {log_path} (removed with the work directory; --keep keeps "
+                           f"it):\n{tail}")
     return wall, memory
 
 
@@ -334,12 +341,22 @@ def main(argv: list[str] | None = None) -> int:
     from bench.trl_env import ensure_trl_venv
     from demo.model import prepare_model
 
-    w = WORK[args.algo]
-    model = prepare_model()
-    python = ensure_trl_venv() if args.only != "quartet" else None
-    work = Path(tempfile.mkdtemp(prefix=f"quartet-bench-trl-{args.algo}-"))
     if args.pairs is not None and args.algo == "grpo":
         raise SystemExit("--pairs: only for --algo dpo|rm (GRPO has no preference pairs)")
+    model = prepare_model()
+    python = ensure_trl_venv() if args.only != "quartet" else None
+    # Removed (unless --keep) however the benchmark ends: finished, failed, SIGTERM, Ctrl-C.
+    with Scratch(f"quartet-bench-trl-{args.algo}-", keep=args.keep) as scratch:
+        result = measure(args, model, python, scratch)
+    print(json.dumps(result))
+    return 0
+
+
+def measure(args: argparse.Namespace, model: Path, python: Path | None,
+            scratch: Scratch) -> dict:
+    """Runs both sides `args.repeats` times in `scratch`; the result line's fields."""
+    w = WORK[args.algo]
+    work = scratch.path
     pairs = args.pairs or "shared-tail"
     data = write_data(args.algo, work, 512, pairs=pairs)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
@@ -361,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = quartet_command(args.algo, model, data, out, args.steps)
             else:
                 cmd = trl_command(python, args.algo, model, data, out, args.steps)
-            wall, memory = run_measured(cmd, work / f"{side}{r}.log", env)
+            wall, memory = run_measured(cmd, work / f"{side}{r}.log", env, scratch.popen)
             peak = memory.stop()
             if side == "quartet":
                 step_s = quartet_step_seconds(args.algo, out)
@@ -392,9 +409,4 @@ def main(argv: list[str] | None = None) -> int:
         result["ratio"] = round(result["quartet_per_s"] / result["trl_per_s"], 3)
         result["wall_ratio"] = round(result["trl_wall_s"] / result["quartet_wall_s"], 3)
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
-    if not args.keep:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
-    return 0
+    return result
