@@ -13,6 +13,7 @@ from torch import nn
 from quartet.config.deepspeed import DeepSpeedConfig, LoraConfig
 from quartet.config.model import ModelConfig
 from quartet.models.attention import resolve_attn_implementation
+from quartet.models.checkpointing import checkpoint_kwargs
 from quartet.models.value_model import ValueModel
 
 __all__ = [
@@ -122,9 +123,8 @@ def _pretrained_kwargs(model: ModelConfig, ds: DeepSpeedConfig) -> dict[str, Any
 def _checkpointing(module: nn.Module, model: ModelConfig) -> None:
     if model.gradient_checkpointing_enable:
         reentrant = model.gradient_checkpointing_use_reentrant
-        module.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-        )
+        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs(
+            model.gradient_checkpointing_policy, reentrant))
         if hasattr(module, "enable_input_require_grads"):
             # Reentrant checkpointing needs an input that requires grad when weights are frozen.
             module.enable_input_require_grads()

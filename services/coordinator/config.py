@@ -18,6 +18,7 @@ from quartet.config.data import DataConfig, reject_unused_keys
 from quartet.config.deepspeed import DeepSpeedConfig
 from quartet.config.eval import EvalConfig
 from quartet.config.logger import LoggerConfig
+from quartet.config.model import check_checkpointing
 from quartet.config.optim import OptimConfig
 from quartet.config.telemetry import RegistryConfig, TraceConfig
 from quartet.config.train import check_batch_sizes
@@ -70,7 +71,11 @@ class ActorGroup:
     learning_rate: float = 1e-6
     """Actor peak learning rate."""
     gradient_checkpointing_enable: bool = False
-    """Recompute activations in backward to save memory."""
+    """Recompute activations in backward to save memory (the actor and the critic)."""
+    gradient_checkpointing_policy: Literal["full", "selective"] = "full"
+    """What checkpointing recomputes: full (each layer's forward) or selective (only the
+    pointwise ops; keeps matmul and attention outputs). As --model.gradient_checkpointing_policy
+    of the trainers; docs/ppo.md "Memory between phases"."""
     num_nodes: int = 1
     """Nodes this role's ranks span (placement; multi-node needs --launcher ray)."""
     num_gpus_per_node: int = 1
@@ -85,6 +90,8 @@ class ActorGroup:
 
     def __post_init__(self) -> None:
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check_checkpointing(self.gradient_checkpointing_enable,
+                            self.gradient_checkpointing_policy, group="--actor")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,8 @@ def training_role_config(cfg: PPOJobConfig, model: str, lr: float,
     total = cfg.train.num_iterations * cfg.steps_per_iteration
     return TrainingRoleConfig(
         model=ModelConfig(model_name_or_path=model, gguf_file=gguf,
-                          gradient_checkpointing_enable=cfg.actor.gradient_checkpointing_enable),
+                          gradient_checkpointing_enable=cfg.actor.gradient_checkpointing_enable,
+                          gradient_checkpointing_policy=cfg.actor.gradient_checkpointing_policy),
         ds=cfg.ds, optim=cfg.optim, adam=AdamConfig(lr=lr),
         train=RoleTrainConfig(batch_size=cfg.train.batch_size,
                               micro_batch_size=cfg.train.micro_batch_size,
