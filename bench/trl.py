@@ -21,6 +21,9 @@ The work (`--algo`):
 - rm: 4 pairs per step; `quartet rm` vs `RewardTrainer`.
 - dpo/rm pairs (`--pairs`): `shared-tail` (default) answers that differ only in the final
   number; `distinct` rejected answers that differ from their first token.
+- other shapes, both sides alike: `--prompts`, `--group` (samples per prompt) and
+  `--max-new-tokens` (grpo; still one optimizer step of prompts x group rows per
+  iteration) and `--micro-batch` (every algo).
 
 Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
 samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
@@ -50,6 +53,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.scratch import Scratch
@@ -64,6 +68,51 @@ WORK = {
     "rm": {"batch": 4, "micro": 4, "unit": "pairs"},
 }
 PAIR_SHAPES = ("shared-tail", "distinct")
+GRPO_DEFAULTS = {"prompts": 16, "group": 4, "max_new_tokens": 32}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The work of one comparison: rows (GRPO) or pairs per optimizer step, the micro-batch,
+    and for GRPO the prompts per iteration, samples per prompt and new-token limit. The
+    defaults are the issue's work; the flags exist to check other shapes side by side."""
+
+    batch: int
+    micro: int
+    unit: str
+    prompts: int = 0
+    group: int = 0
+    max_new_tokens: int = 0
+
+
+def shape_for(algo: str, prompts: int | None = None, group: int | None = None,
+              max_new_tokens: int | None = None, micro: int | None = None) -> Shape:
+    """The work for `algo`, with any GRPO shape flag given; errors name the flag."""
+    w = WORK[algo]
+    if algo != "grpo":
+        given = [f for f, v in (("--prompts", prompts), ("--group", group),
+                                ("--max-new-tokens", max_new_tokens)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for --algo grpo (the {algo} work has "
+                             f"{w['batch']} pairs per step)")
+        batch, extra = w["batch"], {}
+    else:
+        extra = {"prompts": GRPO_DEFAULTS["prompts"] if prompts is None else prompts,
+                 "group": GRPO_DEFAULTS["group"] if group is None else group,
+                 "max_new_tokens": (GRPO_DEFAULTS["max_new_tokens"] if max_new_tokens is None
+                                    else max_new_tokens)}
+        bad = {k: v for k, v in extra.items() if v < 1}
+        if bad:
+            raise ValueError(f"--prompts/--group/--max-new-tokens: expected >= 1, got {bad}")
+        if extra["group"] < 2:
+            raise ValueError(f"--group: GRPO normalises rewards within a prompt's group; "
+                             f"expected >= 2, got {extra['group']}")
+        batch = extra["prompts"] * extra["group"]  # one optimizer step per iteration
+    micro = min(w["micro"], batch) if micro is None else micro
+    if micro < 1 or batch % micro:
+        raise ValueError(f"--micro-batch: expected a divisor of the {batch} "
+                         f"{w['unit']} per step, got {micro}")
+    return Shape(batch=batch, micro=micro, unit=w["unit"], **extra)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +126,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pairs", choices=PAIR_SHAPES, default=None,
                    help="dpo/rm: how much chosen and rejected share (default shared-tail); "
                         "see pair_texts")
+    p.add_argument("--prompts", type=int, default=None,
+                   help=f"grpo: prompts per iteration (default {GRPO_DEFAULTS['prompts']})")
+    p.add_argument("--group", type=int, default=None,
+                   help=f"grpo: samples per prompt (default {GRPO_DEFAULTS['group']}); one "
+                        "optimizer step of prompts x group rows per iteration")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"grpo: new-token limit (default {GRPO_DEFAULTS['max_new_tokens']})")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="rows or pairs per forward/backward, the same on both sides "
+                        "(default: grpo 8, dpo/rm 4)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work directory (else removed at the end, on a failure and "
                         "on SIGTERM/SIGINT, with the run in progress stopped)")
@@ -127,8 +186,9 @@ def write_data(algo: str, work: Path, n_rows: int, seed: int = 42,
 
 
 # --------------------------------------------------------------------------- commands
-def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -> list[str]:
-    w = WORK[algo]
+def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int,
+                    shape: Shape | None = None) -> list[str]:
+    w = shape or shape_for(algo)
     total = steps + 1
     base = [sys.executable, "-m", "quartet.cli.main"]
     if algo == "grpo":
@@ -138,9 +198,10 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -
             "--data.input_key", "prompt", "--data.label_key", "answer",
             "--data.apply_chat_template", "--reward.func", str(reward),
             "--algo.advantage.estimator", "group_norm",
-            "--rollout.batch_size", "16", "--rollout.n_samples_per_prompt", "4",
-            "--rollout.max_new_tokens", "32", "--rollout.temperature", "1.0",
-            "--train.batch_size", str(w["batch"]), "--train.micro_batch_size", str(w["micro"]),
+            "--rollout.batch_size", str(w.prompts),
+            "--rollout.n_samples_per_prompt", str(w.group),
+            "--rollout.max_new_tokens", str(w.max_new_tokens), "--rollout.temperature", "1.0",
+            "--train.batch_size", str(w.batch), "--train.micro_batch_size", str(w.micro),
             "--train.num_iterations", str(total), "--actor.learning_rate", "1e-6",
             "--lr_scheduler", "constant", "--algo.kl.init_coef", "0.04", "--algo.kl.use_loss",
             "--algo.kl.estimator", "k3", "--algo.loss_reduction", "token_mean",
@@ -151,8 +212,8 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -
         ]
     common = [
         "--model.model_name_or_path", str(model), "--data.dataset", str(data),
-        "--data.max_len", "256", "--train.batch_size", str(w["batch"]),
-        "--train.micro_batch_size", str(w["micro"]), "--train.stop_after_steps", str(total),
+        "--data.max_len", "256", "--train.batch_size", str(w.batch),
+        "--train.micro_batch_size", str(w.micro), "--train.stop_after_steps", str(total),
         "--train.max_epochs", "1", "--lr_scheduler", "constant", "--ds.param_dtype", "fp32",
         "--ds.zero_stage", "0", "--logger.logging_steps", "1", "--ckpt.output_dir", str(out),
         "--ckpt.disable_ds", "--no-logger.progress_bar_enable",
@@ -164,17 +225,17 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int) -
 
 
 def trl_command(python: Path, algo: str, model: Path, data: Path, out: Path,
-                steps: int) -> list[str]:
-    w = WORK[algo]
+                steps: int, shape: Shape | None = None) -> list[str]:
+    w = shape or shape_for(algo)
     # -I: the worker must import the real `trl`, never this file (bench/trl.py)
     cmd = [str(python), "-I", str(WORKER), "--algo", algo, "--model", str(model),
            "--data", str(data), "--out", str(out / "result.json"), "--workdir", str(out),
-           "--steps", str(steps + 1), "--micro-batch", str(w["micro"]),
-           "--batch", str(w["batch"])]
+           "--steps", str(steps + 1), "--micro-batch", str(w.micro),
+           "--batch", str(w.batch)]
     if algo == "grpo":
         cmd += ["--reward-file", str(ROOT / "demo" / "reward.py"),
-                "--beta", "0.04", "--lr", "1e-6", "--max-new-tokens", "32",
-                "--num-generations", "4"]
+                "--beta", "0.04", "--lr", "1e-6", "--max-new-tokens", str(w.max_new_tokens),
+                "--num-generations", str(w.group)]
     elif algo == "dpo":
         cmd += ["--beta", "0.1", "--lr", "5e-7", "--max-len", "256"]
     else:
@@ -319,13 +380,12 @@ def run_measured(cmd: list[str], log_path: Path, env: dict[str, str],
     return wall, memory
 
 
-def quartet_step_seconds(algo: str, out: Path) -> list[float]:
+def quartet_step_seconds(algo: str, out: Path, per_step: int) -> list[float]:
     """Per-iteration (GRPO: sum of the loop's phase times) or per-step seconds."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     if algo == "grpo":
         return [sum(v for k, v in r.items() if k.startswith("time/")) for r in rows]
-    w = WORK[algo]
-    return [w["batch"] / r["samples_per_s"] for r in rows if "samples_per_s" in r]
+    return [per_step / r["samples_per_s"] for r in rows if "samples_per_s" in r]
 
 
 def steady_rate(step_s: list[float], steps: int, per_step: int) -> tuple[float, list[float]]:
@@ -343,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pairs is not None and args.algo == "grpo":
         raise SystemExit("--pairs: only for --algo dpo|rm (GRPO has no preference pairs)")
+    try:  # refused before anything is built or loaded
+        shape_for(args.algo, args.prompts, args.group, args.max_new_tokens, args.micro_batch)
+    except ValueError as e:
+        raise SystemExit(f"bench trl: {e}") from None
     model = prepare_model()
     python = ensure_trl_venv() if args.only != "quartet" else None
     # Removed (unless --keep) however the benchmark ends: finished, failed, SIGTERM, Ctrl-C.
@@ -355,43 +419,46 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace, model: Path, python: Path | None,
             scratch: Scratch) -> dict:
     """Runs both sides `args.repeats` times in `scratch`; the result line's fields."""
-    w = WORK[args.algo]
+    w = shape_for(args.algo, args.prompts, args.group, args.max_new_tokens, args.micro_batch)
     work = scratch.path
     pairs = args.pairs or "shared-tail"
-    data = write_data(args.algo, work, 512, pairs=pairs)
+    # GRPO draws `prompts` rows per iteration; both sides read the same file in order
+    data = write_data(args.algo, work, max(512, w.prompts * (args.steps + 1)), pairs=pairs)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
     sides = ["quartet", "trl"] if args.only is None else [args.only]
     result: dict = {"bench": "trl", "algo": args.algo, "steps": args.steps,
-                    "per_step": w["batch"], "micro_batch": w["micro"], "unit": w["unit"],
+                    "per_step": w.batch, "micro_batch": w.micro, "unit": w.unit,
+                    **({"prompts": w.prompts, "group": w.group,
+                        "max_new_tokens": w.max_new_tokens} if args.algo == "grpo" else {}),
                     "repeats": args.repeats,
                     **({"pairs": pairs} if args.algo != "grpo" else {}),
                     "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
-    print(f"bench trl: {args.algo}, {args.steps} timed steps of {w['batch']} {w['unit']}, "
+    print(f"bench trl: {args.algo}, {args.steps} timed steps of {w.batch} {w.unit}, "
           f"work dir {work}", flush=True)
     for r in range(args.repeats):
         for side in (sides if r % 2 == 0 else sides[::-1]):
             out = work / f"{side}{r}"
             out.mkdir()
             if side == "quartet":
-                cmd = quartet_command(args.algo, model, data, out, args.steps)
+                cmd = quartet_command(args.algo, model, data, out, args.steps, w)
             else:
-                cmd = trl_command(python, args.algo, model, data, out, args.steps)
+                cmd = trl_command(python, args.algo, model, data, out, args.steps, w)
             wall, memory = run_measured(cmd, work / f"{side}{r}.log", env, scratch.popen)
             peak = memory.stop()
             if side == "quartet":
-                step_s = quartet_step_seconds(args.algo, out)
+                step_s = quartet_step_seconds(args.algo, out, w.batch)
             else:
                 step_s = json.loads((out / "result.json").read_text())["step_s"]
-            rate, timed = steady_rate(step_s, args.steps, w["batch"])
+            rate, timed = steady_rate(step_s, args.steps, w.batch)
             run = {"per_s": round(rate, 4), "wall_s": round(wall, 1),
                    "peak_rss_mb": round(peak["rss"]), "peak_pss_mb": round(peak["pss"]),
                    **{f"peak_{k}_mb_by_process": memory.by_process_mb(k) for k in MEMORY_KINDS},
                    "pss_mb_by_process_at_peak": memory.at_pss_peak_mb(),
                    "step_s": [round(x, 2) for x in step_s]}
             runs[side].append(run)
-            print(f"  {side:<8} round {r}: {rate:.3f} {w['unit']}/s  wall {wall:.0f}s  "
+            print(f"  {side:<8} round {r}: {rate:.3f} {w.unit}/s  wall {wall:.0f}s  "
                   f"peak RSS {peak['rss']:.0f} MiB, PSS {peak['pss']:.0f} MiB  "
                   f"steps {run['step_s']}", flush=True)
             for kind in MEMORY_KINDS:

@@ -69,3 +69,34 @@ def test_pair_shapes_share_what_they_say(shape):
 def test_unknown_pair_shape_is_refused():
     with pytest.raises(ValueError, match="--pairs"):
         trl.pair_texts(0, 2, "same")
+
+
+def test_grpo_shape_flags_reach_both_sides(tmp_path):
+    """`--prompts/--group/--max-new-tokens/--micro-batch` change the work on both sides alike."""
+    from services.coordinator.config import PPOJobConfig
+
+    shape = trl.shape_for("grpo", prompts=8, group=2, max_new_tokens=64, micro=4)
+    assert (shape.batch, shape.micro) == (16, 4)
+    cmd = trl.quartet_command("grpo", tmp_path / "m", tmp_path / "d.jsonl", tmp_path / "o",
+                              steps=2, shape=shape)
+    cfg = parse_config_or_raise(PPOJobConfig, cmd[cmd.index("quartet.cli.main") + 2:])
+    assert (cfg.rollout.batch_size, cfg.rollout.n_samples_per_prompt) == (8, 2)
+    assert (cfg.rollout.max_new_tokens, cfg.train.batch_size) == (64, 16)
+    assert cfg.train.micro_batch_size == 4
+    other = trl.trl_command(Path("python"), "grpo", tmp_path / "m", tmp_path / "d.jsonl",
+                            tmp_path / "o", steps=2, shape=shape)
+    flag = {k: v for k, v in zip(other, other[1:], strict=False) if k.startswith("--")}
+    assert (flag["--batch"], flag["--micro-batch"]) == ("16", "4")
+    assert (flag["--max-new-tokens"], flag["--num-generations"]) == ("64", "2")
+
+
+@pytest.mark.parametrize("algo,kwargs,flag", [
+    ("dpo", {"prompts": 8}, "--prompts"),
+    ("rm", {"max_new_tokens": 64}, "--max-new-tokens"),
+    ("grpo", {"group": 1}, "--group"),
+    ("grpo", {"micro": 5}, "--micro-batch"),
+    ("grpo", {"prompts": 0}, "--prompts"),
+])
+def test_shape_flags_refused_with_the_flag_named(algo, kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        trl.shape_for(algo, **kwargs)
