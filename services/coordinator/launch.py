@@ -402,6 +402,9 @@ class PPOServices:
                     for c in rollout_clients]
         reference = (GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
                      if a["reference"] else None)
+        membership = self.membership(replicas, sync) if self.registry else None
+        releasing = ((lambda: [r.client for r in membership.replicas.values()])
+                     if membership is not None else rollout_clients)  # joined ones too
         return PPORoles(
             actor=actor,
             rollouts=replicas,
@@ -410,9 +413,9 @@ class PPOServices:
             reference=reference,
             critic=critic,
             sync_weights=sync,
-            refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
+            refresh_rollouts=membership,
             release_memory=PhaseMemory(
-                rollout_clients if cfg.vllm.enable_sleep else [],
+                releasing if cfg.vllm.enable_sleep else [],
                 reference if cfg.ref.enable_sleep else None, run_id)
             if cfg.vllm.enable_sleep or cfg.ref.enable_sleep else None,
         )

@@ -19,7 +19,7 @@ trains, so they have no idle phase (the config refuses the combination).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -43,9 +43,13 @@ class ReleasingReference(Protocol):
 class PhaseMemory:
     """Called by the loop when a phase ends; tells the roles done with it to release."""
 
-    def __init__(self, rollouts: Sequence[ReleasingRollout] = (),
+    def __init__(self, rollouts: Sequence[ReleasingRollout]
+                 | Callable[[], Sequence[ReleasingRollout]] = (),
                  reference: ReleasingReference | None = None, run_id: str = "") -> None:
-        self.rollouts = list(rollouts)
+        """`rollouts`: the replicas, or a function returning the current ones (registry
+        mode: replicas that joined mid-run release too, and those that left are not
+        called)."""
+        self.rollouts = rollouts if callable(rollouts) else list(rollouts)
         self.reference = reference
         self.run_id = run_id
 
@@ -53,7 +57,8 @@ class PhaseMemory:
         header = common_pb2.RequestHeader(run_id=self.run_id, iteration=iteration,
                                           request_id=f"{self.run_id}/{iteration}/release")
         if phase == "generate":
-            for replica in self.rollouts:
+            current = self.rollouts() if callable(self.rollouts) else self.rollouts
+            for replica in current:
                 try:
                     freed = replica.release_memory(header)
                 except grpc.RpcError as exc:

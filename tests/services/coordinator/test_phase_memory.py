@@ -76,3 +76,15 @@ def test_phase_memory_releases_the_roles_done_with_the_phase():
     with pytest.raises(RoleCallError, match=r"rollout at x:9: ReleaseMemory failed with "
                                             r"FAILED_PRECONDITION: .*--enable-sleep"):
         PhaseMemory([_Role("x:9", fail=True)])("generate", 0)
+
+
+def test_phase_memory_releases_the_replicas_in_the_run_now():
+    """Registry mode: the rollouts are a function of the membership; a replica that joined
+    mid-run releases too, one that left is not called (it would fail the run)."""
+    first, joined = _Role("a:1"), _Role("c:3")
+    current = [first]
+    memory = PhaseMemory(lambda: list(current))
+    memory("generate", 0)
+    current[:] = [joined]  # `first` left, `joined` came
+    memory("generate", 1)
+    assert first.calls == [0] and joined.calls == [1]
