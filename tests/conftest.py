@@ -29,3 +29,13 @@ def tiny_data(tmp_path_factory):
     from quartet.testing import write_tiny_datasets
 
     return write_tiny_datasets(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def head16_model():
+    """A tiny Llama with head size 16, which vLLM's CPU attention rejects (so `--backend
+    auto` falls back to HF generate on it)."""
+    from quartet.testing import tiny_model_dir
+
+    return tiny_model_dir(name="tiny-llama-head16", hidden_size=64, num_attention_heads=4,
+                          num_key_value_heads=4, head_dim=16)

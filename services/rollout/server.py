@@ -51,9 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_engine(args: argparse.Namespace):
     from quartet.engines.generation import RolloutEngine, build_generator
+    from quartet.engines.generation.rollout_engine import release_refusal
 
     if args.strict_context and args.max_model_len is None:
         raise ValueError("--strict-context: needs --max-model-len (the context to enforce)")
+    if args.enable_sleep and args.backend == "hf":  # before loading; auto is checked after
+        raise ValueError(release_refusal("hf"))
     generator = build_generator(
         args.backend,
         args.model,

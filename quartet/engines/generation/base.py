@@ -116,6 +116,8 @@ class Generator(ABC):
     response (the context was sized from the run's prompts: `--strict-context`)."""
     vocab_size: int = 0
     tokenizer = None
+    can_release_memory: bool = False
+    """True where `release_memory` frees the weights and KV cache (the vLLM backend)."""
 
     def generate(
         self, prompts: Sequence[Sequence[int]], sampling: SamplingConfig

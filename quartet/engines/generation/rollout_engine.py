@@ -52,6 +52,15 @@ RELEASED = ("rollout: the weights and KV cache were released after the generate 
             "PushWeights) before Generate")
 
 
+def release_refusal(backend: str) -> str:
+    """Why a rollout on `backend` cannot start with --enable-sleep, and what to do."""
+    return (f"--enable-sleep (quartet ppo: --vllm.enable_sleep): the {backend} generation "
+            "backend cannot release its weights and KV cache between phases; only vLLM can. "
+            "Start the rollout with --backend vllm (quartet ppo: --vllm.backend vllm; with "
+            "auto, the log above says why vLLM could not run this model), or without "
+            "--enable-sleep")
+
+
 @dataclass(frozen=True)
 class RolloutInfo:
     backend: str
@@ -92,7 +101,10 @@ class RolloutEngine:
         """`sleep_when_idle`: put the generator to sleep once no generation runs and wake it
         for the next one or a weight update (colocated with trainers on the same GPUs).
         `enable_release`: `release_memory` may free the weights and KV cache until the next
-        weight update (the coordinator's --vllm.enable_sleep)."""
+        weight update (the coordinator's --vllm.enable_sleep); refused at once for a
+        generator that cannot (the HF backend), not at the first release an iteration later."""
+        if enable_release and not generator.can_release_memory:
+            raise ValueError(release_refusal(generator.backend))
         self.generator = generator
         self._sleep_when_idle = sleep_when_idle
         self._asleep = False

@@ -57,6 +57,7 @@ class _Call:
 
 class VllmGenerator(Generator):
     backend = "vllm"
+    can_release_memory = True
 
     def __init__(
         self,

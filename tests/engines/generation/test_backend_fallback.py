@@ -9,15 +9,6 @@ import os
 import pytest
 
 
-@pytest.fixture(scope="module")
-def head16_model():
-    from quartet.testing import tiny_model_dir
-
-    # vLLM's CPU attention rejects head size 16.
-    return tiny_model_dir(name="tiny-llama-head16", hidden_size=64, num_attention_heads=4,
-                          num_key_value_heads=4, head_dim=16)
-
-
 @pytest.mark.slow
 def test_auto_falls_back_to_hf_when_vllm_cannot_run_the_model(head16_model, caplog):
     pytest.importorskip("vllm")
