@@ -189,8 +189,9 @@ class FrozenCausalLM:
                  with_entropy: bool = False) -> LogProbsResult:
         # One forward at a time: the model is shared by the server's worker threads.
         with self._lock:
-            if self._spill is not None:
+            if self._spill is not None and self._spill.released:
                 self._spill.restore()
+                log.info("restored the weights from the spill file for scoring")
             rows = self.ranks.scatter_rows(self, "shard_logprobs", batch, temperature,
                                            with_entropy)
         return LogProbsResult.from_rows(rows, with_entropy)

@@ -1,0 +1,86 @@
+"""A role killed while it has released its memory (--vllm.enable_sleep, --ref.enable_sleep)
+is restarted and the run ends exactly as a fault-free one with the same flags.
+
+The rollout is SIGKILLed after it released its weights and KV cache (the actor trains; the
+next call it gets is the weight sync), the reference after it released its weights (the next
+call is the next iteration's LogProbs). The restarted process starts with full weights: the
+rollout's are the initial ones until the coordinator brings it to the current version, the
+reference's the frozen ones it had."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quartet.testing.faults import kill, read_metrics, role_pid, runs_differences, wait_for
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+ITERATIONS = 4
+# What each role logs when it releases its memory (rollout_engine.py, frozen_model.py).
+RELEASED = {"rollout0": "released the generator's weights",
+            "reference": "released the weights"}
+# ... and when it next computes: a weight load (rollout), a restore before scoring (reference).
+RESUMED = {"rollout0": "serving weight version", "reference": "restored the weights"}
+
+
+def start(out: Path, model: Path, prompts: Path) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "quartet.cli.main", "ppo",
+           "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
+           "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
+           "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4",
+           "--rollout.max_new_tokens", "8", "--train.batch_size", "16",
+           "--train.micro_batch_size", "8", "--train.num_iterations", str(ITERATIONS),
+           "--algo.advantage.estimator", "group_norm", "--algo.kl.init_coef", "0.05",
+           "--algo.kl.use_loss", "--algo.kl.estimator", "k3",
+           "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+           "--actor.learning_rate", "1e-3", "--lr_scheduler", "constant",
+           "--vllm.backend", "vllm", "--vllm.enable_sleep", "--ref.enable_sleep"]
+    with open(out / "ppo.out", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> list[dict]:
+    assert proc.wait(600) == 0, (out / "ppo.out").read_text()[-4000:]
+    return read_metrics(out)
+
+
+@pytest.fixture(scope="module")
+def tied_model():
+    from quartet.testing import tiny_model_dir
+
+    return tiny_model_dir(name="tiny-llama-tied", tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, tied_model, tiny_data):
+    out = tmp_path_factory.mktemp("sleep-clean")
+    rows = finish(start(out, tied_model, tiny_data["prompts"]), out)
+    assert len(rows) == ITERATIONS
+    return rows
+
+
+@pytest.mark.parametrize("service", ["rollout0", "reference"])
+def test_sigkill_while_released_restarts_the_role_and_the_run_equals_a_fault_free_one(
+        service, tmp_path, tied_model, tiny_data, clean_run):
+    out = tmp_path / f"{service}-killed"
+    proc = start(out, tied_model, tiny_data["prompts"])
+    log_path = out / "logs" / f"{service}.log"
+
+    def released_twice() -> bool:
+        return log_path.is_file() and log_path.read_text().count(RELEASED[service]) >= 2
+
+    wait_for(released_twice, 300, f"{service}'s second release", poll_s=0.01)
+    kill(role_pid(proc.pid, service))
+    at_kill = log_path.read_text()
+    rows = finish(proc, out)
+    # killed asleep: nothing brought its memory back between the release and the kill
+    assert RESUMED[service] not in at_kill[at_kill.rindex(RELEASED[service]):], at_kill[-2000:]
+    assert f"restart 1 of {service}" in log_path.read_text()
+    diffs = runs_differences(rows, clean_run)
+    assert not diffs, diffs
