@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.quartet-installed
+EXT_STAMP := $(VENV)/torch_extensions/.quartet-built
 # pip's noise about this machine's unused local index folders
 QUIET_PIP := 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
 export OMP_NUM_THREADS ?= 2
@@ -14,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup system-deps test test-fast lint proto demo clean
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) $(EXT_STAMP) system-deps
 
 $(STAMP): requirements/constraints.txt requirements/runtime.txt requirements/dev.txt pyproject.toml
 	@echo "==> creating $(VENV) and installing pinned dependencies (first run: several minutes)"
@@ -30,6 +31,13 @@ $(STAMP): requirements/constraints.txt requirements/runtime.txt requirements/dev
 	$(PIP) install -q --no-deps -e . $(QUIET_PIP)
 	$(PY) -c "import torch, vllm, deepspeed, grpc; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
 	@touch $(STAMP)
+
+# DeepSpeed's CPU communication op, compiled once into this venv (quartet/engines/
+# torch_extensions.py), so that no run compiles it (~20 s, a ~3 GB cc1plus).
+$(EXT_STAMP): $(STAMP)
+	@echo "==> building DeepSpeed's CPU op into $(VENV)/torch_extensions (once per venv)"
+	$(PY) -m quartet.engines.torch_extensions
+	@touch $@
 
 # redis-server (cluster-mode discovery) and docker-compose (validates deploy/*.yaml; no
 # Docker engine is needed for that) from Debian's packages, as root.

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from quartet.engines.torch_extensions import use_venv_extensions_dir
+
 __all__ = ["World", "barrier", "init_distributed"]
 
 
@@ -56,6 +58,7 @@ def init_distributed() -> World:
         device = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
+        use_venv_extensions_dir()  # DeepSpeed builds its CPU comm op here
         deepspeed.init_distributed(dist_backend=backend)
         if backend == "gloo":
             _unlink_shm_allreduce_buffer()
