@@ -8,15 +8,27 @@ Both modes run the identical `PPOLoop` with identical settings and seeds, and (b
 process with one `OMP_NUM_THREADS`, so the services get that count in every phase too,
 instead of their thread plan (which gives the rollout every core to generate). The only
 difference is then the transport (gRPC services in separate processes vs direct calls). The
-first iteration of each mode is warm-up and not timed. The last line is JSON with `ratio`
-= services seconds per iteration / in-process seconds per iteration.
+first iteration of each mode is warm-up and not timed.
+
+The statistic, and why: on a shared host the load from other jobs comes and goes over tens
+of seconds, and it only ever slows an iteration down. Measured one mode after the other,
+a busy minute landed on one mode only and moved `ratio` between 0.70 and 1.22 in runs of
+the same code (docs/benchmarks.md, fourth pass). So by default (`--order auto`) both modes
+are started first and their iterations alternate (each round starts with the next mode),
+and `ratio` = the median of the services' iteration seconds / the median of the in-process
+ones: alternating puts both modes under the same load, the median ignores the few iterations
+a burst stalled. `ratio_mean` is the previous statistic (mean / mean) over the same
+iterations. Async modes run one after the other (their rollout generates ahead in the
+background, so it would compute during the other mode's iterations). The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +36,8 @@ from pathlib import Path
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__)
-    p.add_argument("--iterations", type=int, default=4, help="timed iterations (+1 warm-up)")
+    p.add_argument("--iterations", type=int, default=12,
+                   help="timed iterations per mode (+1 warm-up each)")
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
@@ -37,6 +50,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "in every phase, as every role does in the in-process run, so only "
                         "the transport differs; planned: the services' own thread plan "
                         "(the rollout gets all cores to generate)")
+    p.add_argument("--order", default="auto", choices=["auto", "alternate", "sequential"],
+                   help="alternate: every mode is started first, then their iterations take "
+                        "turns (round i starts with mode i mod n), so the host's load hits "
+                        "every mode alike; sequential: one mode's iterations after the "
+                        "other's; auto (default): alternate, sequential when a mode is async")
     return p.parse_args(argv)
 
 
@@ -63,23 +81,43 @@ def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
           "--algo.advantage.is_correction_threshold", "2.0"] if async_enable else []))
 
 
-def timed_loop(roles, cfg, prompts, decode, out: Path) -> dict[str, float]:
-    from services.coordinator.job import loop_settings
-    from services.coordinator.ppo_loop import PPOLoop
+class ModeRun:
+    """One mode's loop and what its timed iterations measured."""
 
-    loop = PPOLoop(roles, loop_settings(cfg, str(out), "bench"), prompts, decode)
-    loop.iteration(0)  # warm-up: first forward passes, allocator, JIT paths
-    start = time.perf_counter()
-    phases: dict[str, float] = {}
-    for it in range(1, cfg.train.num_iterations):
-        m = loop.iteration(it)
-        for k, v in m.items():
+    def __init__(self, name: str, loop) -> None:
+        self.name = name
+        self.loop = loop
+        self.iter_s: list[float] = []
+        self.phases: dict[str, float] = {}
+
+    def warm_up(self) -> None:
+        self.loop.iteration(0)  # first forward passes, allocator, JIT paths: not timed
+
+    def step(self, iteration: int) -> None:
+        start = time.perf_counter()
+        metrics = self.loop.iteration(iteration)
+        self.iter_s.append(time.perf_counter() - start)
+        for k, v in metrics.items():
             if k.startswith("time/"):
-                phases[k[5:]] = phases.get(k[5:], 0.0) + v
-    n = cfg.train.num_iterations - 1
-    loop.close()
-    return {"s_per_iter": (time.perf_counter() - start) / n,
-            **{f"{k}_s": v / n for k, v in phases.items()}}
+                self.phases[k[5:]] = self.phases.get(k[5:], 0.0) + v
+
+    def summary(self) -> dict:
+        n = len(self.iter_s)
+        return {"s_per_iter": round(statistics.mean(self.iter_s), 4),
+                "median_s_per_iter": round(statistics.median(self.iter_s), 4),
+                **{f"{k}_s": round(v / n, 4) for k, v in self.phases.items()},
+                "iter_s": [round(x, 4) for x in self.iter_s]}
+
+
+def resolve_order(order: str, modes: list[str]) -> str:
+    asynchronous = [m for m in modes if m.endswith("-async")]
+    if order == "auto":
+        return "sequential" if asynchronous else "alternate"
+    if order == "alternate" and asynchronous:
+        raise SystemExit(f"--order alternate: {asynchronous[0]} generates ahead in the "
+                         "background, so its rollout would compute during the other mode's "
+                         "iterations; use --order sequential (or auto)")
+    return order
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     from quartet.config.model import ModelConfig
     from quartet.models.loading import load_tokenizer
     from quartet.testing import tiny_model_dir, write_tiny_datasets
+    from services.coordinator.job import loop_settings
+    from services.coordinator.ppo_loop import PPOLoop
     from services.coordinator.prompts import load_prompts
 
+    modes = args.modes.split(",")
+    order = resolve_order(args.order, modes)
     model = tiny_model_dir(name=f"bench-llama-h{args.hidden_size}-l{args.layers}",
                            hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                            intermediate_size=args.hidden_size * 2,
@@ -101,41 +143,69 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="quartet-bench-"))
     data = write_tiny_datasets(work / "data")["prompts"]
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model)))
-    result: dict = {"bench": "overhead", "model": model.name, "iterations": args.iterations,
-                    "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-                    "backend": args.backend, "estimator": args.estimator,
-                    "threads": args.threads,
-                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
-    print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
-          f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend})", flush=True)
-    for mode in args.modes.split(","):
+
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def start(mode: str, stack: contextlib.ExitStack) -> ModeRun:
+        """`mode`'s roles (services stop when `stack` closes) and its warmed-up loop."""
         cfg = job_config(args, model, data, work / mode, async_enable=mode.endswith("-async"))
         prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
-
-        def decode(ids):
-            return tokenizer.decode(ids, skip_special_tokens=True)
-
         if mode.startswith("services"):
             from quartet.launch.threads import uniform_threads
             from services.coordinator.launch import PPOServices, thread_plan
 
             threads = (uniform_threads(thread_plan(cfg), torch.get_num_threads())
                        if args.threads == "equal" else None)
-            with PPOServices(cfg, work / mode, threads=threads) as services:
-                stats = timed_loop(services.roles(), cfg, prompts, decode, work / mode)
+            roles = stack.enter_context(PPOServices(cfg, work / mode, threads=threads)).roles()
         else:
             from services.coordinator.inprocess import build_inprocess_roles
 
-            stats = timed_loop(build_inprocess_roles(cfg), cfg, prompts, decode, work / mode)
-        result[mode] = {k: round(v, 4) for k, v in stats.items()}
-        print(f"  {mode:<10} {stats['s_per_iter']:.3f} s/iteration  " + "  ".join(
-            f"{k}={v:.3f}" for k, v in stats.items() if k != "s_per_iter"), flush=True)
+            roles = build_inprocess_roles(cfg)
+        run = ModeRun(mode, PPOLoop(roles, loop_settings(cfg, str(work / mode), "bench"),
+                                    prompts, decode))
+        stack.callback(run.loop.close)
+        run.warm_up()
+        return run
+
+    result: dict = {"bench": "overhead", "model": model.name, "iterations": args.iterations,
+                    "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+                    "backend": args.backend, "estimator": args.estimator,
+                    "threads": args.threads, "order": order,
+                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+    print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
+          f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend}), "
+          f"modes {order}", flush=True)
+    runs: list[ModeRun] = []
+    if order == "alternate":
+        with contextlib.ExitStack() as stack:
+            runs = [start(mode, stack) for mode in modes]
+            for i in range(args.iterations):  # each round starts with the next mode
+                for run in runs[i % len(runs):] + runs[:i % len(runs)]:
+                    run.step(i + 1)
+    else:
+        for mode in modes:
+            with contextlib.ExitStack() as stack:
+                run = start(mode, stack)
+                for i in range(args.iterations):
+                    run.step(i + 1)
+            runs.append(run)
+    for run in runs:
+        result[run.name] = summary = run.summary()
+        print(f"  {run.name:<14} median {summary['median_s_per_iter']:.3f} s/iteration "
+              f"(mean {summary['s_per_iter']:.3f})  " + "  ".join(
+                  f"{k}={v:.3f}" for k, v in summary.items()
+                  if k.endswith("_s") and k != "iter_s"), flush=True)
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return round(result[a][key] / result[b][key], 3)
+
     if "services" in result and "inprocess" in result:
-        result["ratio"] = round(result["services"]["s_per_iter"]
-                                / result["inprocess"]["s_per_iter"], 3)
+        result["ratio"] = ratio("services", "inprocess", "median_s_per_iter")
+        result["ratio_mean"] = ratio("services", "inprocess", "s_per_iter")
     if "services" in result and "services-async" in result:
-        result["async_speedup"] = round(result["services"]["s_per_iter"]
-                                        / result["services-async"]["s_per_iter"], 3)
+        result["async_speedup"] = ratio("services", "services-async", "median_s_per_iter")
+        result["async_speedup_mean"] = ratio("services", "services-async", "s_per_iter")
     result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
     return 0

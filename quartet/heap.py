@@ -10,6 +10,15 @@ the process's RSS/PSS during the idle wait, i.e. exactly while another role peak
 thread once a role has stayed idle for a moment after a phase, not inside one and not before
 the phase's reply leaves, so it costs one pass over the arenas per idle wait.
 
+A trim is not free, though: the pages it returns are the ones the role's next phase
+allocates again, and each comes back as a page fault (a zeroed page each time). Measured on
+the overhead bench's tiny model (2-core host, `docs/benchmarks.md`, fifth pass), trimming a
+few tens of MiB per role after every phase cost ~40 ms of a ~0.42 s PPO iteration, mostly
+the actor faulting its train-step memory back in. So a trim is skipped while the arenas
+hold less than `DEFAULT_MIN_FREE_BYTES` in free chunks (glibc's `mallinfo2`: an upper bound
+on what a trim can return): below that the memory is small next to any model's footprint,
+while the roles of a real model (SmolLM2: hundreds of MiB of freed activations) still trim.
+
 Where glibc is absent (musl, macOS) this is a no-op.
 """
 
@@ -25,6 +34,14 @@ from collections.abc import Iterator
 
 DEFAULT_SETTLE_S = 0.05
 """How long a role stays idle before its heap is trimmed (see `PhaseTrimmer`)."""
+DEFAULT_MIN_FREE_BYTES = 128 << 20
+"""Free heap below which a trim is skipped: not worth the page faults (module docstring)."""
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
 
 
 @functools.cache
@@ -40,11 +57,38 @@ def _malloc_trim():
     return fn
 
 
-def release_free_heap() -> bool:
+@functools.cache
+def _mallinfo2():
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).mallinfo2 if name else None  # glibc >= 2.33
+    except (OSError, AttributeError):
+        fn = None
+    if fn is not None:
+        fn.argtypes = []
+        fn.restype = _MallInfo2
+    return fn
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes in the free chunks of every malloc arena (pages a trim already returned
+    included); None where glibc's `mallinfo2` is missing."""
+    fn = _mallinfo2()
+    return int(fn().fordblks) if fn is not None else None
+
+
+def release_free_heap(min_free_bytes: int = 0) -> bool:
     """Returns freed heap pages of every malloc arena to the system; True when glibc gave
-    some back (False also where there is no glibc)."""
+    some back (False also where there is no glibc, or when the arenas hold less than
+    `min_free_bytes` free: then nothing is trimmed)."""
     fn = _malloc_trim()
-    return bool(fn(0)) if fn is not None else False
+    if fn is None:
+        return False
+    if min_free_bytes > 0:
+        free = free_heap_bytes()
+        if free is not None and free < min_free_bytes:
+            return False
+    return bool(fn(0))
 
 
 class PhaseTrimmer:
@@ -58,10 +102,14 @@ class PhaseTrimmer:
     in at once; the long idle waits between phases, where the memory counts, still trim.
     Calls that overlap (the rollout's concurrent Generate streams, the reference's scoring
     shards) do not trim under each other's feet. A call that starts while a trim runs
-    proceeds; it may wait for one arena's lock for the rest of that trim."""
+    proceeds; it may wait for one arena's lock for the rest of that trim. A trim with less
+    than `min_free_bytes` of free heap is skipped (module docstring)."""
 
-    def __init__(self, settle_s: float = DEFAULT_SETTLE_S) -> None:
+    def __init__(self, settle_s: float = DEFAULT_SETTLE_S,
+                 min_free_bytes: int = DEFAULT_MIN_FREE_BYTES) -> None:
         self.settle_s = settle_s
+        self.min_free_bytes = min_free_bytes
+        """A trim with less free heap than this is skipped (`release_free_heap`)."""
         self._cond = threading.Condition()
         self._active = 0
         self._idle_since: float | None = None
@@ -70,7 +118,7 @@ class PhaseTrimmer:
         """A trim asked for at once (`trim_now`), busy or not."""
         self._thread: threading.Thread | None = None
         self.trims = 0
-        """Trims run so far (for logs and tests)."""
+        """Trims attempted so far, skipped ones included (for logs and tests)."""
 
     @contextlib.contextmanager
     def phase(self) -> Iterator[None]:
@@ -118,6 +166,6 @@ class PhaseTrimmer:
                         self._cond.wait()
                 self._idle_since = None
                 self._now = False
-            release_free_heap()
+            release_free_heap(self.min_free_bytes)
             with self._cond:
                 self.trims += 1

@@ -9,7 +9,7 @@ import time
 # but the last, which pins the heap's top so glibc cannot shrink it on its own.
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from quartet.heap import release_free_heap
+    from quartet.heap import free_heap_bytes, release_free_heap
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -20,20 +20,48 @@ PROBE = textwrap.dedent("""
     blocks = [libc.malloc(64 << 10) for _ in range(1024)]
     for b in blocks:
         ctypes.memset(b, 1, 64 << 10)
+    free_held = free_heap_bytes()
     for b in blocks[:-1]:
         libc.free(b)
+    freed = (free_heap_bytes() - free_held) / (1 << 20)
     before = rss_mb()
-    released = release_free_heap()
-    print(before, rss_mb(), released)
+    released = release_free_heap(int(sys.argv[1]))
+    print(before, rss_mb(), released, freed)
 """)
 
 
+def trim_probe(min_free_bytes: int) -> tuple[float, float, str]:
+    out = subprocess.run([sys.executable, "-c", PROBE, str(min_free_bytes)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    freed_mb = float(out[3])
+    assert 60 < freed_mb < 70, freed_mb  # free_heap_bytes saw the 64 MiB freed
+    return float(out[0]), float(out[1]), out[2]
+
+
 def test_trim_returns_freed_heap_pages_that_glibc_kept():
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split()
-    before, after, released = float(out[0]), float(out[1]), out[2]
+    before, after, released = trim_probe(min_free_bytes=32 << 20)  # 64 MiB free: above it
     assert released == "True"
     assert before - after > 48, (before, after)  # most of the freed 64 MiB left the RSS
+
+
+def test_trim_is_skipped_below_the_free_heap_threshold():
+    """Pages a trim returns are faulted back in by the next phase: with less free heap than
+    the threshold the trim is not worth it, and the pages stay."""
+    before, after, released = trim_probe(min_free_bytes=1 << 30)  # 64 MiB free: below it
+    assert released == "False"
+    assert before - after < 8, (before, after)
+
+
+def test_the_trimmer_passes_its_threshold(monkeypatch):
+    import quartet.heap as heap
+
+    asked = []
+    monkeypatch.setattr(heap, "release_free_heap", lambda min_free: asked.append(min_free))
+    trimmer = heap.PhaseTrimmer(settle_s=0.01, min_free_bytes=123)
+    with trimmer.phase():
+        pass
+    wait_for(lambda: asked == [123])
+    assert heap.PhaseTrimmer().min_free_bytes == heap.DEFAULT_MIN_FREE_BYTES
 
 
 def wait_for(predicate, timeout_s: float = 10.0) -> None:
@@ -47,7 +75,7 @@ def test_overlapping_phases_trim_once_after_the_last_one_ends(monkeypatch):
     import quartet.heap as heap
 
     trims = []
-    monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(1) or True)
+    monkeypatch.setattr(heap, "release_free_heap", lambda *_: trims.append(1) or True)
     trimmer = heap.PhaseTrimmer(settle_s=0.05)
     with trimmer.phase():
         with trimmer.phase():
@@ -70,7 +98,7 @@ def test_a_call_within_the_settle_time_postpones_the_trim(monkeypatch):
     import quartet.heap as heap
 
     trims = []
-    monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(heap, "release_free_heap", lambda *_: trims.append(time.monotonic()))
     trimmer = heap.PhaseTrimmer(settle_s=0.3)
     for _ in range(3):
         with trimmer.phase():
@@ -89,7 +117,7 @@ def test_trim_now_trims_while_a_call_is_in_flight(monkeypatch):
     import quartet.heap as heap
 
     trims = []
-    monkeypatch.setattr(heap, "release_free_heap", lambda: trims.append(time.monotonic()))
+    monkeypatch.setattr(heap, "release_free_heap", lambda *_: trims.append(time.monotonic()))
     trimmer = heap.PhaseTrimmer(settle_s=5.0)
     with trimmer.phase():
         pass  # the train phase: its idle trim is 5 s away
