@@ -303,14 +303,25 @@ def with_yaml_config(argv: list[str]) -> list[str]:
     return from_file + argv[:i] + argv[i + 2:]
 
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT: stop at once, without finishing the iteration or saving."""
+
+
 def stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT ask the run to stop: the current iteration finishes, a checkpoint is
-    saved, every started role process is stopped, and `quartet ppo` exits 0."""
+    saved, every started role process is stopped, and `quartet ppo` exits 0. A second one
+    stops at once (the role processes are stopped as the run unwinds; no checkpoint), for
+    a user who cannot wait out an iteration (~100 s on SmolLM2 on a CPU) or the start-up."""
     stop = threading.Event()
 
     def _on_signal(signum, _frame) -> None:
-        print(f"\nquartet ppo: {signal.Signals(signum).name}: finishing the current iteration, "
-              "then saving and stopping", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            print(f"\nquartet ppo: {name} again: stopping now, without finishing the "
+                  "iteration or saving", file=sys.stderr, flush=True)
+            raise StopNow(signum)
+        print(f"\nquartet ppo: {name}: finishing the current iteration, then saving and "
+              "stopping (send it again to stop at once)", file=sys.stderr, flush=True)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -349,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     run_id = Path(cfg.ckpt.output_dir).resolve().name or "ppo"
     try:
         run(cfg, run_id=run_id, stop=stop_on_signals())
+    except StopNow as exc:
+        print("quartet ppo: stopped; the last checkpoint saved before is the one to resume "
+              "from (--ckpt.load_enable)", file=sys.stderr)
+        return 128 + int(exc.args[0])
     except (DataError, RoleCallError, TimeoutError, RuntimeError, ValueError) as exc:
         # A clear one-line cause; service logs hold the details.
         print(f"quartet ppo: error: {exc}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Long runs survive: real processes killed with SIGKILL (the coordinator, the actor, the
-critic, the reference, a rollout replica) and SIGTERM to `quartet ppo`, each compared with a
-run that was never disturbed.
+critic, the reference, a rollout replica) and SIGTERM to `quartet ppo` (once: it finishes
+the iteration; twice: it stops at once), each compared with a run that was never disturbed.
 
 Every run is the same 6-iteration PPO job (actor, critic, reference, reward, rollout) on the
 tiny model with a checkpoint after every iteration; faults are injected at metric rows.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,26 @@ def test_sigterm_saves_stops_every_process_and_exits_0(tmp_path, tiny_model_path
     done = len(read_metrics(out))
     assert 2 <= done < 50
     assert (out / "ds_ckpt" / "latest").read_text().strip() == f"iter{done}"
+
+
+def test_a_second_signal_stops_at_once_with_every_process(tmp_path, tiny_model_path,
+                                                         tiny_data):
+    """The first SIGTERM asks for the end of the iteration and a checkpoint; a second signal
+    (Ctrl-C here: a second SIGTERM sent as fast could merge with the first) does not wait:
+    exit 130, every role process gone, no final export."""
+    out = tmp_path / "terminated-twice"
+    proc = start(out, tiny_model_path, tiny_data["prompts"], "--train.num_iterations", "50")
+    wait_for(rows_reach(out, 1), 300, "iteration 1")
+    children = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130, (out / "ppo.out").read_text()[-3000:]
+    text = (out / "ppo.out").read_text()
+    assert "send it again to stop at once" in text, text[-3000:]
+    assert "SIGINT again: stopping now" in text and "--ckpt.load_enable" in text, text[-3000:]
+    wait_for(lambda: not any(alive(p) for p in children), 30, "the role processes to exit")
+    assert not (out / "checkpoints" / "hf" / "final").exists()
 
 
 def test_sigterm_to_the_coordinator_service_stops_its_run_and_roles(tmp_path, tiny_model_path,
