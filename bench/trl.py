@@ -14,8 +14,9 @@ The work (`--algo`):
   optimizer step of 64 rows per iteration (micro-batch 8); quartet: `quartet ppo` with
   actor, reference, reward and vLLM rollout services, with `--vllm.enable_sleep
   --ref.enable_sleep` (the rollout's and the reference's weights freed while the actor
-  trains: TRL's single process holds no idle copies to free); TRL: `GRPOTrainer` (HF
-  generate).
+  trains: TRL's single process holds no idle copies to free) and the actor's activation
+  checkpointing (`--checkpointing`, default full); TRL: `GRPOTrainer` (HF generate, no
+  checkpointing).
 - dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
   beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
 - rm: 4 pairs per step; `quartet rm` vs `RewardTrainer`.
@@ -68,6 +69,12 @@ WORK = {
     "rm": {"batch": 4, "micro": 4, "unit": "pairs"},
 }
 PAIR_SHAPES = ("shared-tail", "distinct")
+CHECKPOINTING = ("none", "selective", "full")
+DEFAULT_CHECKPOINTING = "full"
+"""GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). full: the
+actor's training step is the tree's peak, and selective saves only about half of the layer
+activations there (benchmarks.md, "Fifth pass (mem)"). TRL's side runs without
+checkpointing, as its GRPOTrainer does by default."""
 GRPO_DEFAULTS = {"prompts": 16, "group": 4, "max_new_tokens": 32}
 
 
@@ -136,6 +143,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=None,
                    help="rows or pairs per forward/backward, the same on both sides "
                         "(default: grpo 8, dpo/rm 4)")
+    p.add_argument("--checkpointing", choices=CHECKPOINTING, default=None,
+                   help="grpo: quartet's actor activation checkpointing (default "
+                        f"{DEFAULT_CHECKPOINTING}; TRL's side never checkpoints)")
     p.add_argument("--keep", action="store_true",
                    help="keep the work directory (else removed at the end, on a failure and "
                         "on SIGTERM/SIGINT, with the run in progress stopped)")
@@ -187,7 +197,8 @@ def write_data(algo: str, work: Path, n_rows: int, seed: int = 42,
 
 # --------------------------------------------------------------------------- commands
 def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int,
-                    shape: Shape | None = None) -> list[str]:
+                    shape: Shape | None = None,
+                    checkpointing: str = DEFAULT_CHECKPOINTING) -> list[str]:
     w = shape or shape_for(algo)
     total = steps + 1
     base = [sys.executable, "-m", "quartet.cli.main"]
@@ -209,6 +220,10 @@ def quartet_command(algo: str, model: Path, data: Path, out: Path, steps: int,
             # the rollout's weights and KV cache and the reference's weights are freed while
             # the actor trains (the tree's peak); TRL's one process has no idle copies
             "--vllm.enable_sleep", "--ref.enable_sleep",
+            # the tree peaks in the actor's training step: its activations
+            *([] if checkpointing == "none" else [
+                "--actor.gradient_checkpointing_enable",
+                "--actor.gradient_checkpointing_policy", checkpointing]),
         ]
     common = [
         "--model.model_name_or_path", str(model), "--data.dataset", str(data),
@@ -403,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.pairs is not None and args.algo == "grpo":
         raise SystemExit("--pairs: only for --algo dpo|rm (GRPO has no preference pairs)")
+    if args.checkpointing is not None and args.algo != "grpo":
+        raise SystemExit("--checkpointing: only for --algo grpo (the DPO and RM runs train "
+                         "without checkpointing on both sides)")
     try:  # refused before anything is built or loaded
         shape_for(args.algo, args.prompts, args.group, args.max_new_tokens, args.micro_batch)
     except ValueError as e:
@@ -422,6 +440,7 @@ def measure(args: argparse.Namespace, model: Path, python: Path | None,
     w = shape_for(args.algo, args.prompts, args.group, args.max_new_tokens, args.micro_batch)
     work = scratch.path
     pairs = args.pairs or "shared-tail"
+    checkpointing = args.checkpointing or DEFAULT_CHECKPOINTING
     # GRPO draws `prompts` rows per iteration; both sides read the same file in order
     data = write_data(args.algo, work, max(512, w.prompts * (args.steps + 1)), pairs=pairs)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
@@ -433,6 +452,7 @@ def measure(args: argparse.Namespace, model: Path, python: Path | None,
                         "max_new_tokens": w.max_new_tokens} if args.algo == "grpo" else {}),
                     "repeats": args.repeats,
                     **({"pairs": pairs} if args.algo != "grpo" else {}),
+                    **({"checkpointing": checkpointing} if args.algo == "grpo" else {}),
                     "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     print(f"bench trl: {args.algo}, {args.steps} timed steps of {w.batch} {w.unit}, "
@@ -442,7 +462,8 @@ def measure(args: argparse.Namespace, model: Path, python: Path | None,
             out = work / f"{side}{r}"
             out.mkdir()
             if side == "quartet":
-                cmd = quartet_command(args.algo, model, data, out, args.steps, w)
+                cmd = quartet_command(args.algo, model, data, out, args.steps, w,
+                                      checkpointing)
             else:
                 cmd = trl_command(python, args.algo, model, data, out, args.steps, w)
             wall, memory = run_measured(cmd, work / f"{side}{r}.log", env, scratch.popen)

@@ -14,7 +14,7 @@ import torch
 
 from quartet.weightsync.specs import TensorSpec
 
-DEFAULT_BUCKET_BYTES = 256 << 20
+DEFAULT_BUCKET_BYTES = 64 << 20
 ALIGN_BYTES = 64
 
 

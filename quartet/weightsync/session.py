@@ -21,6 +21,7 @@ import torch
 
 from quartet.weightsync.buckets import (
     DEFAULT_BUCKET_BYTES,
+    as_bytes,
     pack_bucket,
     plan_buckets,
     unpack_bucket,
@@ -103,7 +104,11 @@ class WeightSender:
         self.group.broadcast(header)
         if plan:
             self.group.broadcast(torch.tensor(sizes, dtype=torch.int64).to(device))
-        buffer = torch.empty(max(sizes, default=0), dtype=torch.uint8, device=device)
+        # a tensor alone in its bucket is broadcast from its own memory (its bytes are the
+        # bucket), so the packing buffer holds at most one bucket of several tensors: the
+        # largest tensor (an embedding) does not set its size
+        packed = [b.nbytes for b in plan if len(b.specs) > 1]
+        buffer = torch.empty(max(packed, default=0), dtype=torch.uint8, device=device)
         for bucket in plan:
             tensors = []
             for spec in bucket.specs:
@@ -120,7 +125,9 @@ class WeightSender:
                         f"{spec.describe()}; receivers will time out"
                     )
                 tensors.append(t)
-            self.group.broadcast(pack_bucket(bucket, tensors, buffer))
+            alone = len(tensors) == 1
+            self.group.broadcast(as_bytes(tensors[0]).to(device) if alone
+                                 else pack_bucket(bucket, tensors, buffer))
         stats = TransferStats(version, len(specs), len(plan), total,
                               time.perf_counter() - start)
         log.info("sent version %d: %d tensors, %d buckets, %.1f MB in %.2fs", version,

@@ -223,8 +223,9 @@ class VllmGroup:
     sync_backend: Literal["auto", "gloo", "nccl", "grpc"] = "auto"
     """Weight-sync data plane: a torch.distributed group (nccl on GPU, gloo on CPU) or the
     gRPC-streamed fallback."""
-    sync_bucket_mb: int = 256
-    """Bucket size of the weight broadcast, MiB."""
+    sync_bucket_mb: int = 64
+    """Bucket size of the weight broadcast, MiB (the actor holds one bucket's packing buffer
+    while it sends; a larger tensor travels alone, from its own memory)."""
     sync_master_address: str | None = None
     """Address the rollouts reach the actor's weight-group store at; default: the host of
     --actor.address, else the address the actor advertises for its host (a launcher sets

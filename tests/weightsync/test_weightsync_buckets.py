@@ -71,3 +71,33 @@ def test_push_stream_errors_name_the_field():
         PushedWeights(iter(requests[1:]), 1 << 20)
     with pytest.raises(CodecError, match="^chunk: stream ended inside tensor"):
         list(PushedWeights(iter(requests[:3]), 1 << 20).tensors())
+
+
+class _RecordingGroup:
+    """Rank 0 of a weight group that records what it broadcasts (a copy and the address)."""
+
+    rank, device = 0, torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, torch.Tensor]] = []
+
+    def broadcast(self, t: torch.Tensor) -> None:
+        self.sent.append((t.data_ptr(), t.clone()))
+
+
+def test_a_tensor_alone_in_its_bucket_is_sent_from_its_own_memory():
+    from quartet.weightsync import WeightSender, specs_of
+    from quartet.weightsync.buckets import as_bytes
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"embed": torch.randn(64, 32, generator=g),  # 8 KiB: alone in a 4 KiB plan
+               "a": torch.randn(100, generator=g), "b": torch.randn(200, generator=g)}
+    group = _RecordingGroup()
+    WeightSender(group, bucket_bytes=4096).send(3, tensors, specs_of(tensors))
+    plan = plan_buckets(specs_of(tensors), 4096)
+    assert [len(b.specs) for b in plan] == [1, 2]
+    (embed_ptr, embed_sent), (_, packed_sent) = group.sent[2:]  # after header and sizes
+    assert embed_ptr == tensors["embed"].data_ptr()  # no copy into a packing buffer
+    assert torch.equal(embed_sent, as_bytes(tensors["embed"]))
+    got = dict(unpack_bucket(plan[1], packed_sent))
+    assert torch.equal(got["a"], tensors["a"]) and torch.equal(got["b"], tensors["b"])
