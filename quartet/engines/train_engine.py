@@ -259,7 +259,15 @@ class TrainEngine:
         return self.ds.zero_stage == 3 and self.world.world_size > 1
 
     def _gathered_state_dict(self) -> dict[str, Tensor]:
-        return {n: t.detach().to("cpu", copy=True).contiguous()
+        """Every parameter as a CPU tensor to write. ZeRO-3's gathered parameters exist only
+        while their gather lasts and device tensors must come to CPU: those are copied. A
+        whole parameter already in CPU memory is written from it (safetensors writes from
+        the tensors' memory): a copy would hold a second model beside the weights and the
+        optimizer's moments while the export runs (the PPO actor's final export, with every
+        other role awake, was the GRPO tree's memory peak)."""
+        whole = self.ds.zero_stage != 3
+        return {n: (t.detach() if whole and t.device.type == "cpu"
+                    else t.detach().to("cpu", copy=True)).contiguous()
                 for n, t in self.named_parameters_for_export()}
 
     def save_hf(self, directory: str | Path, tokenizer: Any = None) -> None:

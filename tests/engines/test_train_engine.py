@@ -180,3 +180,28 @@ def test_world_of_one_skips_the_identity_all_reduce(world, tiny_model_path):
     skipped, reduced = trained(False), trained(True)
     assert skipped.keys() == reduced.keys()
     assert [n for n in skipped if not torch.equal(skipped[n], reduced[n])] == []
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_hf_export_writes_the_trained_weights_without_copying_them(world, tiny_model_path,
+                                                                   tmp_path, tied):
+    """The export writes whole CPU parameters from their own memory (no second model in RAM,
+    see `_gathered_state_dict`); what it writes is the trained model, tied output layer
+    included, and loads back as it was."""
+    from transformers import AutoModelForCausalLM
+
+    from quartet.testing.tiny import tiny_model_dir
+
+    path = (tiny_model_dir(name="tiny-llama-tied", tie_word_embeddings=True) if tied
+            else tiny_model_path)
+    engine = _engine(world, path)
+    engine.backward(_loss(engine))
+    engine.step()
+    state = engine._gathered_state_dict()
+    params = dict(engine.module.named_parameters())
+    assert all(state[n].data_ptr() == p.data_ptr() for n, p in params.items())
+    engine.save_hf(tmp_path / "hf")
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
+    assert back.config.tie_word_embeddings == tied
+    for name, p in back.named_parameters():
+        assert torch.equal(p, params[name]), name
