@@ -4,8 +4,8 @@ Why: `bench trl` writes several GB there (checkpoints, TRL's output) and removed
 after a clean finish; stopped by SIGTERM (`timeout`, `kill`) or Ctrl-C, or failing, it left
 the directory behind, and a child killed with it half-way could keep writing into it.
 `Scratch` turns SIGTERM into an exception in the main thread, so that on any exit it stops
-the child it started (SIGTERM, then SIGKILL for it and every process below it, by pid) and
-removes the directory (unless `keep`).
+the child it started (SIGTERM twice, then SIGKILL for it and every process below it, by pid)
+and removes the directory (unless `keep`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from quartet.testing.faults import alive, descendants, kill
 
+SECOND_SIGNAL_S = 1.0
 TERMINATE_GRACE_S = 30.0
 
 
@@ -58,18 +59,24 @@ class Scratch:
         return proc
 
     def stop_children(self) -> None:
-        """Stops every child still running, and what it started: SIGTERM to the child, then
-        SIGKILL to it and its descendants after `TERMINATE_GRACE_S`."""
+        """Stops every child still running, and what it started: SIGTERM to the child, a
+        second one after `SECOND_SIGNAL_S` (`quartet ppo` then stops at once instead of
+        finishing its iteration and saving a checkpoint nobody keeps), then SIGKILL to it
+        and its descendants after `TERMINATE_GRACE_S`."""
         for proc in self._children:
             if proc.poll() is not None:
                 continue
             below = descendants(proc.pid)
             proc.terminate()
             try:
-                proc.wait(TERMINATE_GRACE_S)
+                proc.wait(SECOND_SIGNAL_S)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc.terminate()
+                try:
+                    proc.wait(TERMINATE_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
             for pid in below:
                 if alive(pid):
                     kill(pid)
