@@ -58,32 +58,15 @@ def child(args: argparse.Namespace) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import torch
 
-    from bench.shared_prompts import grpo_rows
-    from demo.model import prepare_model
-    from quartet.config.deepspeed import DeepSpeedConfig
-    from quartet.config.model import ModelConfig
-    from quartet.config.optim import AdamConfig, OptimConfig
+    from bench.shared_prompts import grpo_actor_work
     from quartet.heap import release_free_heap
-    from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
-    from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
-    from services.actor.actor import Actor
 
     torch.set_num_threads(2)
     mode = args.child
     ckpt = {} if mode == "none" else {"gradient_checkpointing_enable": True,
                                        "gradient_checkpointing_policy": mode}
-    rows_n = args.prompts * args.samples
-    actor = Actor(TrainingRoleConfig(
-        model=ModelConfig(model_name_or_path=str(prepare_model()), **ckpt),
-        ds=DeepSpeedConfig(zero_stage=0, param_dtype="fp32"),
-        optim=OptimConfig(lr_scheduler="constant"), adam=AdamConfig(lr=1e-6),
-        train=RoleTrainConfig(batch_size=rows_n, micro_batch_size=args.micro_batch)))
-    batch = grpo_rows(actor.tokenizer, args.prompts, args.samples, args.response_tokens)
-    ref = actor.logprobs(batch).logprobs
-    g = torch.Generator().manual_seed(1)
-    adv = [torch.randn(n, generator=g) for n in batch.response_lengths()]
-    mb = PolicyMiniBatch(batch, None, adv, ref)
-    loss = PolicyLossSettings(kl_coef=0.04, kl_estimator="k3", old_logprobs_from_forward=True)
+    actor, _, mb, loss = grpo_actor_work(args.prompts, args.samples, args.response_tokens,
+                                         args.micro_batch, **ckpt)
     out: dict = {"step_s": [], "rss_before_mb": [], "step_peak_mb": [], "policy_loss": []}
     for step in range(args.steps + 1):
         release_free_heap()

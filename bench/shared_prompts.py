@@ -51,10 +51,12 @@ def grpo_rows(tokenizer, prompts: int, samples: int, response_tokens: int):
     return RowBatch(rows, plens)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv or [])
-    load_start = round(os.getloadavg()[0], 2)
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+def grpo_actor_work(prompts: int, samples: int, response_tokens: int, micro_batch: int,
+                    **model_flags):
+    """The benchmark GRPO actor's work, in-process: `(actor, rows, mini-batch, loss
+    settings)` for one 64-row (by default) TrainStep of SmolLM2-135M-Instruct fp32, ZeRO-0,
+    with the k3 KL against reference log-probs (the actor's own, before training).
+    `model_flags` are `ModelConfig` fields (e.g. checkpointing)."""
     import torch
 
     from demo.model import prepare_model
@@ -65,20 +67,29 @@ def main(argv: list[str] | None = None) -> int:
     from quartet.ppo.role_config import RoleTrainConfig, TrainingRoleConfig
     from services.actor.actor import Actor
 
-    torch.set_num_threads(2)
-    model = prepare_model()
-    rows_n = args.prompts * args.samples
     actor = Actor(TrainingRoleConfig(
-        model=ModelConfig(model_name_or_path=str(model)),
+        model=ModelConfig(model_name_or_path=str(prepare_model()), **model_flags),
         ds=DeepSpeedConfig(zero_stage=0, param_dtype="fp32"),
         optim=OptimConfig(lr_scheduler="constant"), adam=AdamConfig(lr=1e-6),
-        train=RoleTrainConfig(batch_size=rows_n, micro_batch_size=args.micro_batch)))
-    batch = grpo_rows(actor.tokenizer, args.prompts, args.samples, args.response_tokens)
+        train=RoleTrainConfig(batch_size=prompts * samples, micro_batch_size=micro_batch)))
+    batch = grpo_rows(actor.tokenizer, prompts, samples, response_tokens)
     ref = actor.logprobs(batch).logprobs
     g = torch.Generator().manual_seed(1)
     adv = [torch.randn(n, generator=g) for n in batch.response_lengths()]
     mb = PolicyMiniBatch(batch, None, adv, ref)
     loss = PolicyLossSettings(kl_coef=0.04, kl_estimator="k3", old_logprobs_from_forward=True)
+    return actor, batch, mb, loss
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv or [])
+    load_start = round(os.getloadavg()[0], 2)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    import torch
+
+    torch.set_num_threads(2)
+    actor, batch, mb, loss = grpo_actor_work(args.prompts, args.samples, args.response_tokens,
+                                             args.micro_batch)
     times: dict[str, dict[str, list[float]]] = {m: {"score": [], "train": []}
                                                for m in ("plain", "shared")}
     rng = random.Random(0)
