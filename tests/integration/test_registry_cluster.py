@@ -118,3 +118,62 @@ def test_run_state_is_in_the_registry(cluster_run):
     assert state["iteration"] == "4" and state["policy_version"] == "4"
     assert state["last_checkpoint"].endswith("hf/final")
     assert (out / "curves.png").exists()
+
+
+@pytest.mark.slow
+def test_with_enable_sleep_the_replicas_in_the_run_release(tmp_path, tiny_model_path, tiny_data):
+    """--vllm.enable_sleep in registry mode: a vLLM replica that joins mid-run releases its
+    memory after each generate phase like the first, and one that left is not asked to (it
+    used to be: the release list was fixed at start, so the run failed once ra was gone)."""
+    from services.coordinator.config import PPOJobConfig
+    from services.coordinator.job import run
+    from services.coordinator.launch import training_role_config
+
+    out = tmp_path / "run"
+    vllm = ["--backend", "vllm", "--dtype", "float32", "--max-model-len", "128",
+            "--enforce-eager", "--enable-sleep"]
+    with redis_server() as url:
+        registry = Registry(url)
+        cfg = parse_config(PPOJobConfig, [
+            "--actor.model_name_or_path", str(tiny_model_path),
+            "--data.dataset", str(tiny_data["prompts"]), "--registry", url,
+            "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
+            "--train.batch_size", "8", "--train.micro_batch_size", "8",
+            "--train.num_iterations", "3", "--ckpt.output_dir", str(out),
+            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+            "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
+            "--actor.learning_rate", "1e-3", "--vllm.enable_sleep",
+        ])
+        services = LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
+                                service_args=["--registry", url, "--registry-ttl-s", "5"])
+        with services:
+            services.start("actor", ["--save-root", str(out), *config_to_argv(
+                training_role_config(cfg, str(tiny_model_path), cfg.actor.learning_rate,
+                                     None))])
+            services.start("reward", ["--reward-func",
+                                      str(HERE / "rewards" / "digit_reward.py")])
+            services.start("rollout", ["--model", str(tiny_model_path), *vllm], name="ra")
+            services.wait_healthy(300)
+            wait_registered(registry, "rollout", "ra")
+
+            def between_iterations(event: dict) -> None:
+                if event["phase"] != "done":
+                    return
+                if event["iteration"] == 0:
+                    services.start("rollout", ["--model", str(tiny_model_path), *vllm],
+                                   name="rc")
+                    services.wait_healthy(300, ["rc"])
+                    wait_registered(registry, "rollout", "rc")
+                elif event["iteration"] == 1:
+                    ra = services.services["ra"].process
+                    ra.send_signal(signal.SIGTERM)
+                    ra.wait(60)
+
+            history = run(cfg, run_id="registry-sleep", on_event=between_iterations)
+        registry.close()
+    assert [m["replicas/rollout"] for m in history] == [1, 2, 1]
+    assert [sorted(samples_by_replica(m)) for m in history] == [["ra"], ["ra", "rc"], ["rc"]]
+    released = "released the generator's weights"
+    logs = out / "service-logs"
+    assert (logs / "ra.log").read_text().count(released) == 2  # iterations 1 and 2
+    assert (logs / "rc.log").read_text().count(released) == 2  # iterations 2 and 3
