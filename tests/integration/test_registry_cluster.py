@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,33 +36,57 @@ def wait_registered(registry: Registry, role: str, replica: str, timeout_s: floa
     raise TimeoutError(f"{role}/{replica} never registered as SERVING")
 
 
+def join(services: LocalCluster, registry: Registry, model: Path, name: str,
+         args: list[str]) -> None:
+    """Starts rollout replica `name` and waits until it is registered as SERVING."""
+    services.start("rollout", ["--model", str(model), *args], name=name)
+    services.wait_healthy(300, [name])
+    wait_registered(registry, "rollout", name)
+
+
+def stop(services: LocalCluster, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
+    process = services.services[name].process
+    process.send_signal(sig)
+    process.wait(60)
+
+
+def job_config(model: Path, prompts: Path, url: str, out: Path, iterations: int,
+               *extra: str):
+    from services.coordinator.config import PPOJobConfig
+
+    return parse_config(PPOJobConfig, [
+        "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
+        "--registry", url, "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
+        "--train.batch_size", "8", "--train.micro_batch_size", "8",
+        "--train.num_iterations", str(iterations), "--ckpt.output_dir", str(out),
+        "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+        "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
+        "--actor.learning_rate", "1e-3", *extra,
+    ])
+
+
+@contextmanager
+def started_cluster(url: str, cfg, model: Path, out: Path) -> Iterator[LocalCluster]:
+    """A LocalCluster registering with `url`, running the actor and the reward."""
+    from services.coordinator.launch import training_role_config
+
+    with LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
+                      service_args=["--registry", url, "--registry-ttl-s", "5"]) as services:
+        services.start("actor", ["--save-root", str(out), *config_to_argv(
+            training_role_config(cfg, str(model), cfg.actor.learning_rate, None))])
+        services.start("reward", ["--reward-func", str(HERE / "rewards" / "digit_reward.py")])
+        yield services
+
+
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
-    from services.coordinator.config import PPOJobConfig
     from services.coordinator.job import run
-    from services.coordinator.launch import training_role_config
 
     out = tmp_path_factory.mktemp("registry-run")
     with redis_server() as url:
         registry = Registry(url)
-        cfg = parse_config(PPOJobConfig, [
-            "--actor.model_name_or_path", str(tiny_model_path),
-            "--data.dataset", str(tiny_data["prompts"]), "--registry", url,
-            "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
-            "--train.batch_size", "8", "--train.micro_batch_size", "8",
-            "--train.num_iterations", "4", "--ckpt.output_dir", str(out),
-            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
-            "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
-            "--actor.learning_rate", "1e-3",
-        ])
-        services = LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
-                                service_args=["--registry", url, "--registry-ttl-s", "5"])
-        with services:
-            services.start("actor", ["--save-root", str(out), *config_to_argv(
-                training_role_config(cfg, str(tiny_model_path), cfg.actor.learning_rate,
-                                     None))])
-            services.start("reward", ["--reward-func",
-                                      str(HERE / "rewards" / "digit_reward.py")])
+        cfg = job_config(tiny_model_path, tiny_data["prompts"], url, out, 4)
+        with started_cluster(url, cfg, tiny_model_path, out) as services:
             services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT], name="ra")
             services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT], name="rb")
             services.wait_healthy(300)
@@ -71,18 +97,11 @@ def cluster_run(tmp_path_factory, tiny_model_path, tiny_data):
                 if event["phase"] != "done":
                     return
                 if event["iteration"] == 0:
-                    rb = services.services["rb"].process
-                    rb.send_signal(signal.SIGTERM)
-                    rb.wait(60)
+                    stop(services, "rb")
                 elif event["iteration"] == 1:
-                    services.start("rollout", ["--model", str(tiny_model_path), *ROLLOUT],
-                                   name="rc")
-                    services.wait_healthy(300, ["rc"])
-                    wait_registered(registry, "rollout", "rc")
+                    join(services, registry, tiny_model_path, "rc", ROLLOUT)
                 elif event["iteration"] == 2:
-                    rc = services.services["rc"].process
-                    rc.kill()
-                    rc.wait(60)
+                    stop(services, "rc", signal.SIGKILL)
                     assert any(r.replica == "rc" for r in registry.services("rollout"))
 
             history = run(cfg, run_id="registry-test", on_event=between_iterations)
@@ -125,33 +144,16 @@ def test_with_enable_sleep_the_replicas_in_the_run_release(tmp_path, tiny_model_
     """--vllm.enable_sleep in registry mode: a vLLM replica that joins mid-run releases its
     memory after each generate phase like the first, and one that left is not asked to (it
     used to be: the release list was fixed at start, so the run failed once ra was gone)."""
-    from services.coordinator.config import PPOJobConfig
     from services.coordinator.job import run
-    from services.coordinator.launch import training_role_config
 
     out = tmp_path / "run"
     vllm = ["--backend", "vllm", "--dtype", "float32", "--max-model-len", "128",
             "--enforce-eager", "--enable-sleep"]
     with redis_server() as url:
         registry = Registry(url)
-        cfg = parse_config(PPOJobConfig, [
-            "--actor.model_name_or_path", str(tiny_model_path),
-            "--data.dataset", str(tiny_data["prompts"]), "--registry", url,
-            "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6",
-            "--train.batch_size", "8", "--train.micro_batch_size", "8",
-            "--train.num_iterations", "3", "--ckpt.output_dir", str(out),
-            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
-            "--algo.advantage.estimator", "reinforce", "--algo.kl.init_coef", "0",
-            "--actor.learning_rate", "1e-3", "--vllm.enable_sleep",
-        ])
-        services = LocalCluster(out / "service-logs", env={"OMP_NUM_THREADS": "1"},
-                                service_args=["--registry", url, "--registry-ttl-s", "5"])
-        with services:
-            services.start("actor", ["--save-root", str(out), *config_to_argv(
-                training_role_config(cfg, str(tiny_model_path), cfg.actor.learning_rate,
-                                     None))])
-            services.start("reward", ["--reward-func",
-                                      str(HERE / "rewards" / "digit_reward.py")])
+        cfg = job_config(tiny_model_path, tiny_data["prompts"], url, out, 3,
+                         "--vllm.enable_sleep")
+        with started_cluster(url, cfg, tiny_model_path, out) as services:
             services.start("rollout", ["--model", str(tiny_model_path), *vllm], name="ra")
             services.wait_healthy(300)
             wait_registered(registry, "rollout", "ra")
@@ -160,14 +162,9 @@ def test_with_enable_sleep_the_replicas_in_the_run_release(tmp_path, tiny_model_
                 if event["phase"] != "done":
                     return
                 if event["iteration"] == 0:
-                    services.start("rollout", ["--model", str(tiny_model_path), *vllm],
-                                   name="rc")
-                    services.wait_healthy(300, ["rc"])
-                    wait_registered(registry, "rollout", "rc")
+                    join(services, registry, tiny_model_path, "rc", vllm)
                 elif event["iteration"] == 1:
-                    ra = services.services["ra"].process
-                    ra.send_signal(signal.SIGTERM)
-                    ra.wait(60)
+                    stop(services, "ra")
 
             history = run(cfg, run_id="registry-sleep", on_event=between_iterations)
         registry.close()
