@@ -402,9 +402,6 @@ class PPOServices:
                     for c in rollout_clients]
         reference = (GrpcReferenceClient(a["reference"][0], timeout_s=t, security=sec)
                      if a["reference"] else None)
-        membership = self.membership(replicas, sync) if self.registry else None
-        releasing = ((lambda: [r.client for r in membership.replicas.values()])
-                     if membership is not None else rollout_clients)  # joined ones too
         return PPORoles(
             actor=actor,
             rollouts=replicas,
@@ -413,9 +410,11 @@ class PPOServices:
             reference=reference,
             critic=critic,
             sync_weights=sync,
-            refresh_rollouts=membership,
+            refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
+            # The replicas the next update reaches: released ones must get every weight back
+            # (joined ones included, departed and retired ones not).
             release_memory=PhaseMemory(
-                releasing if cfg.vllm.enable_sleep else [],
+                (lambda: sync.rollouts) if cfg.vllm.enable_sleep else [],
                 reference if cfg.ref.enable_sleep else None, run_id)
             if cfg.vllm.enable_sleep or cfg.ref.enable_sleep else None,
         )

@@ -28,7 +28,7 @@ RELEASED = {"rollout0": "released the generator's weights",
 RESUMED = {"rollout0": "serving weight version", "reference": "restored the weights"}
 
 
-def start(out: Path, model: Path, prompts: Path) -> subprocess.Popen:
+def start(out: Path, model: Path, prompts: Path, *extra: str) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "quartet.cli.main", "ppo",
            "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
@@ -40,7 +40,7 @@ def start(out: Path, model: Path, prompts: Path) -> subprocess.Popen:
            "--algo.kl.use_loss", "--algo.kl.estimator", "k3",
            "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
            "--actor.learning_rate", "1e-3", "--lr_scheduler", "constant",
-           "--vllm.backend", "vllm", "--vllm.enable_sleep", "--ref.enable_sleep"]
+           "--vllm.backend", "vllm", "--vllm.enable_sleep", "--ref.enable_sleep", *extra]
     with open(out / "ppo.out", "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -84,3 +84,26 @@ def test_sigkill_while_released_restarts_the_role_and_the_run_equals_a_fault_fre
     assert f"restart 1 of {service}" in log_path.read_text()
     diffs = runs_differences(rows, clean_run)
     assert not diffs, diffs
+
+
+def test_a_retired_replica_is_not_asked_to_release(tmp_path, tied_model, tiny_data):
+    """Two replicas, one restart allowed: rollout1 killed twice is retired and the run goes
+    on with rollout0, releasing only it (the release list was fixed at start, so the
+    retired replica's ReleaseMemory failed the run)."""
+    out = tmp_path / "retired"
+    proc = start(out, tied_model, tiny_data["prompts"], "--vllm.num_engines", "2",
+                 "--restart.max_restarts", "1", "--restart.min_rollout_replicas", "1")
+    log_path = out / "logs" / "rollout1.log"
+    wait_for(rows_reach(out, 1), 300, "iteration 1")
+    kill(role_pid(proc.pid, "rollout1"))
+    wait_for(lambda: "restart 1 of rollout1" in log_path.read_text(), 120, "the restart")
+    wait_for(rows_reach(out, 3), 300, "iteration 3")
+    kill(role_pid(proc.pid, "rollout1"))
+    rows = finish(proc, out)
+    assert len(rows) == ITERATIONS
+    assert "retiring rollout rollout1" in (out / "ppo.out").read_text() + "".join(
+        p.read_text() for p in (out / "logs").glob("*.log"))
+
+
+def rows_reach(out: Path, n: int):
+    return lambda: len(read_metrics(out)) >= n
