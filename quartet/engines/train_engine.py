@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,24 +272,50 @@ class TrainEngine:
                     else t.detach().to("cpu", copy=True)).contiguous()
                 for n, t in self.named_parameters_for_export()}
 
-    def save_hf(self, directory: str | Path, tokenizer: Any = None) -> None:
+    def save_hf(self, directory: str | Path, tokenizer: Any = None,
+                whole_directory: bool = False) -> None:
         """Hugging Face export (collective; rank 0 writes).
 
         Causal LM: ``save_pretrained``. Value model: the decoder plus head, loadable with
         ``AutoModelForSequenceClassification(num_labels=1)`` when the head is named ``score``.
         LoRA: the adapter only (merge with ``python -m quartet.cli.lora_combiner``).
+
+        ``whole_directory``: `directory` holds this export and nothing else (PPO's
+        ``hf/<tag>``); it is written beside and moved into place when complete, replacing an
+        older export, so a run killed mid-export (a second SIGTERM, the OOM killer) leaves no
+        half-written model under that name. Without it the files are written into
+        `directory` in place (a trainer's output directory also holds its logs).
         """
         state = self._gathered_state_dict()
         if self.world.is_main:
-            out = Path(directory)
-            out.mkdir(parents=True, exist_ok=True)
+            final = Path(directory)
+            out = final.parent / f".{final.name}.partial-{os.getpid()}" \
+                if whole_directory else final
+            if whole_directory:
+                shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=not whole_directory)
             if self.kind == "value":
                 _save_value_model(self.module, state, out)
             else:
                 self.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(out))
+            if whole_directory:
+                publish_dir(out, final)
         barrier()
+
+
+def publish_dir(written: Path, final: Path) -> None:
+    """Move a completely written directory to its final name, replacing an older one.
+
+    A directory cannot be renamed over a non-empty one, so an older export is first moved
+    aside and removed after the new one is in place; whatever the moment of a kill, `final`
+    holds a whole export or none, never a mix of two or a half-written one."""
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.rename(final, old)
+    os.rename(written, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _hf_base(module: nn.Module) -> nn.Module:

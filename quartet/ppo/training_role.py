@@ -169,7 +169,7 @@ class TrainingRole:
         hf_dir = ""
         if hf_export:
             hf_dir = str(out / "hf" / tag)
-            self.engine.save_hf(hf_dir, tokenizer=self.tokenizer)
+            self.engine.save_hf(hf_dir, tokenizer=self.tokenizer, whole_directory=True)
         return hf_dir, ckpt
 
     def load(self, checkpoint_dir: str, tag: str) -> int:

@@ -200,8 +200,27 @@ def test_hf_export_writes_the_trained_weights_without_copying_them(world, tiny_m
     state = engine._gathered_state_dict()
     params = dict(engine.module.named_parameters())
     assert all(state[n].data_ptr() == p.data_ptr() for n, p in params.items())
-    engine.save_hf(tmp_path / "hf")
+    engine.save_hf(tmp_path / "hf", whole_directory=True)
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)
     assert back.config.tie_word_embeddings == tied
     for name, p in back.named_parameters():
         assert torch.equal(p, params[name]), name
+    assert [p.name for p in tmp_path.iterdir()] == ["hf"]  # nothing written beside it
+
+
+def test_publish_dir_replaces_an_older_export_whole(tmp_path):
+    """An export is written beside its final name and moved there: an older one is replaced
+    as a whole (no stale file of it survives) and nothing is left beside it."""
+    from quartet.engines.train_engine import publish_dir
+
+    final = tmp_path / "hf" / "final"
+    final.mkdir(parents=True)
+    (final / "old-only.bin").write_text("old")
+    (final / "config.json").write_text("old")
+    new = tmp_path / "hf" / ".final.partial-1"
+    new.mkdir()
+    (new / "config.json").write_text("new")
+    publish_dir(new, final)
+    assert sorted(p.name for p in final.iterdir()) == ["config.json"]
+    assert (final / "config.json").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["final"]

@@ -149,7 +149,14 @@ def test_a_second_signal_stops_at_once_with_every_process(tmp_path, tiny_model_p
     assert "send it again to stop at once" in text, text[-3000:]
     assert "SIGINT again: stopping now" in text and "--ckpt.load_enable" in text, text[-3000:]
     wait_for(lambda: not any(alive(p) for p in children), 30, "the role processes to exit")
-    assert not (out / "checkpoints" / "hf" / "final").exists()
+    # Usually no export at all. On a loaded host the second signal can be handled only once
+    # the iteration ended and the export began (the main thread waits in C, where Python
+    # runs no handler); the export is written beside its name and moved in when complete, so
+    # a half-written model never appears under hf/final.
+    final = out / "checkpoints" / "hf" / "final"
+    if final.exists():
+        assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+        assert not list(final.parent.glob(".final.*")), "an export half moved into place"
 
 
 def test_sigterm_to_the_coordinator_service_stops_its_run_and_roles(tmp_path, tiny_model_path,

@@ -19,6 +19,16 @@ from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
 from services.coordinator.config import PPOJobConfig
 from services.coordinator.launch import training_role_config
 from tests.ppo.test_shared_prompts import _config, _rows
+from tests.trainers.dist_world import world_of_one
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    """The actors here join a world of one that is torn down after this module: left alive,
+    DeepSpeed's groups derived from it outlive the process group and a later in-process
+    DeepSpeed engine fails with "Group ... is not registered" (seen in the full suite:
+    tests/serving/test_fuzz_rpcs.py)."""
+    yield from world_of_one()
 
 
 class _OpCounter(TorchDispatchMode):
