@@ -248,9 +248,15 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                 evaluator.close()
     if history:
         plot_curves(history, out / "curves.png", title=f"quartet ppo: {run_id}")
+    final = out / "checkpoints" / "hf" / "final"
+    if not history and stop is not None and stop.is_set():
+        print(f"quartet ppo: stopped before the first iteration in "
+              f"{time.perf_counter() - started:.0f}s; nothing was trained, so no checkpoint "
+              "or policy was saved", flush=True)
+        return history
     print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
           f"{out / 'metrics.jsonl'}, curves in {out / 'curves.png'}, traces: "
-          f"{telemetry.where}, policy in {out / 'checkpoints' / 'hf' / 'final'}", flush=True)
+          f"{telemetry.where}, policy in {final}", flush=True)
     return history
 
 

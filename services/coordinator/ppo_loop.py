@@ -517,12 +517,19 @@ class PPOLoop:
                 if it:
                     log.info("resumed after iteration %d (policy version %d)", it,
                              self.version)
+            first = it
             while True:
                 try:
+                    stopping = stop is not None and stop.is_set()
+                    if stopping and it == first:
+                        # stopped during start-up (or right after a resume): the weights are
+                        # the ones loaded, so a checkpoint or an hf/final export of them
+                        # would only pass off the starting model as a trained policy
+                        log.info("stop requested before the first iteration; nothing to save")
+                        break
                     if self.recovery is not None and self.checkpoints is not None \
                             and self.checkpoints.latest() is None:
                         self.save_checkpoint(it)  # a restarted actor/critic reloads this
-                    stopping = stop is not None and stop.is_set()
                     if it < self.s.num_iterations and not stopping:
                         self.start_iteration = it
                         self._one_iteration(it)

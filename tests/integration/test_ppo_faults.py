@@ -132,6 +132,22 @@ def test_sigterm_saves_stops_every_process_and_exits_0(tmp_path, tiny_model_path
     assert (out / "ds_ckpt" / "latest").read_text().strip() == f"iter{done}"
 
 
+def test_sigterm_during_start_up_saves_nothing(tmp_path, tiny_model_path, tiny_data):
+    """Stopped before its first iteration, a run has trained nothing: it exits 0 with every
+    process gone and leaves no checkpoint or hf/final export of the starting weights."""
+    out = tmp_path / "stopped-early"
+    proc = start(out, tiny_model_path, tiny_data["prompts"], "--train.num_iterations", "50")
+    # printed as the services start (several seconds; the signal handlers are installed)
+    wait_for(lambda: "starting services" in (out / "ppo.out").read_text(), 120, "start-up")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(180) == 0, (out / "ppo.out").read_text()[-3000:]
+    text = (out / "ppo.out").read_text()
+    assert "stopped before the first iteration" in text, text[-3000:]
+    assert not read_metrics(out)
+    assert not (out / "checkpoints" / "hf" / "final").exists()
+    assert not (out / "ds_ckpt" / "latest").exists()
+
+
 def test_a_second_signal_stops_at_once_with_every_process(tmp_path, tiny_model_path,
                                                          tiny_data):
     """The first SIGTERM asks for the end of the iteration and a checkpoint; a second signal
