@@ -14,19 +14,28 @@ from collections.abc import Iterator
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def _reset_deepspeed() -> None:
+    import deepspeed.comm.comm as ds_comm
+    import deepspeed.utils.groups as ds_groups
+
+    ds_comm.cdb = None
+    importlib.reload(ds_groups)
+
+
 def world_of_one() -> Iterator:
+    import torch.distributed as dist
+
     saved = {k: os.environ.get(k) for k in _ENV}
     from quartet.engines.distributed import init_distributed
 
+    if not dist.is_initialized():
+        # an in-process vLLM engine of an earlier test may have destroyed the process group
+        # DeepSpeed derived its cached groups from ("Group ... is not registered")
+        _reset_deepspeed()
     yield init_distributed()
-    import deepspeed.comm.comm as ds_comm
-    import deepspeed.utils.groups as ds_groups
-    import torch.distributed as dist
-
     if dist.is_initialized():
         dist.destroy_process_group()
-    ds_comm.cdb = None
-    importlib.reload(ds_groups)
+    _reset_deepspeed()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
