@@ -292,7 +292,7 @@ class TrainEngine:
             out = final.parent / f".{final.name}.partial-{os.getpid()}" \
                 if whole_directory else final
             if whole_directory:
-                shutil.rmtree(out, ignore_errors=True)
+                clear_interrupted_exports(final)
             out.mkdir(parents=True, exist_ok=not whole_directory)
             if self.kind == "value":
                 _save_value_model(self.module, state, out)
@@ -316,6 +316,23 @@ def publish_dir(written: Path, final: Path) -> None:
         os.rename(final, old)
     os.rename(written, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def clear_interrupted_exports(final: Path) -> None:
+    """Removes what an export to `final` that was killed left beside it (`publish_dir`'s
+    hidden `.<name>.partial-<pid>` and `.<name>.old-<pid>` directories: a model's size each,
+    on every kill). A kill between `publish_dir`'s two renames leaves no `final` but the
+    older export, whole, under `.old-`: it is moved back first, so `final` again holds the
+    last complete export until the new one replaces it."""
+    leftovers = sorted(final.parent.glob(f".{final.name}.partial-*")) \
+        + sorted(final.parent.glob(f".{final.name}.old-*"))
+    olds = [p for p in leftovers if ".old-" in p.name]
+    if olds and not final.exists():
+        os.rename(olds[-1], final)
+        log.info("restored %s from %s (an earlier export was interrupted)", final, olds[-1])
+    for path in leftovers:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _hf_base(module: nn.Module) -> nn.Module:

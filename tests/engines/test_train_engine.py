@@ -224,3 +224,25 @@ def test_publish_dir_replaces_an_older_export_whole(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == ["config.json"]
     assert (final / "config.json").read_text() == "new"
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["final"]
+
+
+def test_an_interrupted_export_leaves_nothing_behind_the_next_one(tmp_path):
+    """What a killed export left beside `hf/final` is cleared before the next export: a
+    half-written `.partial-` directory is removed, and an older export that a kill between
+    `publish_dir`'s two renames left under `.old-` becomes `final` again."""
+    from quartet.engines.train_engine import clear_interrupted_exports
+
+    hf = tmp_path / "hf"
+    final = hf / "final"
+    (hf / ".final.partial-7").mkdir(parents=True)
+    (hf / ".final.partial-7" / "model.safetensors").write_text("half")
+    (hf / ".final.old-7").mkdir()
+    (hf / ".final.old-7" / "config.json").write_text("previous")
+    (hf / ".other.partial-7").mkdir()  # another export's: not ours to touch
+    clear_interrupted_exports(final)
+    assert (final / "config.json").read_text() == "previous"
+    assert sorted(p.name for p in hf.iterdir()) == [".other.partial-7", "final"]
+    (hf / ".final.old-8").mkdir()  # final exists: a stale old copy is only removed
+    clear_interrupted_exports(final)
+    assert sorted(p.name for p in hf.iterdir()) == [".other.partial-7", "final"]
+    assert (final / "config.json").read_text() == "previous"
