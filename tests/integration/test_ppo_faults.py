@@ -1,6 +1,7 @@
 """Long runs survive: real processes killed with SIGKILL (the coordinator, the actor, the
-critic, the reference, a rollout replica) and SIGTERM to `quartet ppo` (once: it finishes
-the iteration; twice: it stops at once), each compared with a run that was never disturbed.
+critic, the reference, the reward, a rollout replica) and SIGTERM to `quartet ppo` (once: it
+finishes the iteration; twice: it stops at once), each compared with a run that was never
+disturbed.
 
 Every run is the same 6-iteration PPO job (actor, critic, reference, reward, rollout) on the
 tiny model with a checkpoint after every iteration; faults are injected at metric rows.
@@ -100,13 +101,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_model_
     assert not diffs, diffs
 
 
-@pytest.mark.parametrize("service", ["actor", "rollout0", "critic", "reference"])
+@pytest.mark.parametrize("service", ["actor", "rollout0", "critic", "reference", "reward0"])
 def test_sigkill_of_a_role_restarts_it_and_the_run_equals_a_fault_free_one(
         service, tmp_path, tiny_model_path, tiny_data, clean_run):
     """actor, critic: restarted, actor and critic reload the last checkpoint, the coordinator
     rewinds and replays (no update lost or applied twice); rollout0: restarted, brought to the
-    current weights alone, the interrupted phase re-run; reference (stateless): restarted, the
-    interrupted phase re-run."""
+    current weights alone, the interrupted phase re-run; reference, reward0 (stateless):
+    restarted, the interrupted phase re-run."""
     out = tmp_path / f"{service}-killed"
     proc = start(out, tiny_model_path, tiny_data["prompts"])
     wait_for(rows_reach(out, 2), 300, "iteration 2")
