@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from quartet.algos.chunked_logprobs import hidden_token_stats
 from quartet.algos.losses import entropy_from_logits, token_logprobs
 from quartet.codec.batches import RowBatch
 from quartet.data.batch import TokenBatch, collate
@@ -84,6 +85,25 @@ def gather_rows(per_position: torch.Tensor, positions: Sequence[torch.Tensor]
                 ) -> list[torch.Tensor]:
     flat = per_position.reshape(-1)
     return [flat[p.to(flat.device)] for p in positions]
+
+
+def stats_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      positions: Sequence[torch.Tensor], temperature: float = 1.0,
+                      into_grad: bool = False
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per sample, the log-probs and entropies of its response tokens, from the final hidden
+    states `hidden` `[R, W, H]` aligned with `labels` `[R, W]` (as `logits[:, :-1]`) and the
+    output layer's `weight`: what `gather_rows` of `token_logprobs` / `entropy_from_logits`
+    gives on the logits, computed only at `positions` (`response_positions`) and a chunk of
+    positions at a time (:mod:`quartet.algos.chunked_logprobs`; `into_grad`: backward adds
+    the output layer's gradient straight into `weight.grad`)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    index = (torch.cat(list(positions)) if len(positions)
+             else torch.zeros(0, dtype=torch.long)).to(flat.device)
+    lp, ent = hidden_token_stats(flat[index], weight, labels.reshape(-1).to(flat.device)[index],
+                                 temperature, into_grad=into_grad)
+    sizes = [int(p.numel()) for p in positions]
+    return list(lp.split(sizes)), list(ent.split(sizes))
 
 
 def pad_rows(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,6 +32,7 @@ from quartet.engines.optim import decay_groups, trainable_parameters
 from quartet.engines.scheduler import build_scheduler
 from quartet.models.attention import forward_inputs, resolve_attn_implementation
 from quartet.models.loading import load_causal_lm, load_value_model, torch_dtype
+from quartet.models.output_layer import plain_output_layer
 from quartet.models.value_model import ValueModel
 
 __all__ = ["ModelOutput", "StepInfo", "TrainEngine"]
@@ -164,6 +165,33 @@ class TrainEngine:
         out = self.engine(**forward_inputs(batch, self.attn_implementation, self.dtype,
                                            logits_from))
         return ModelOutput(logits=out.logits, aux_loss=getattr(out, "aux_loss", None))
+
+    def output_weight(self) -> Tensor | None:
+        """The output layer's weight `[V, H]` when this model's logits are exactly
+        `final hidden states @ weight.T` (:func:`quartet.models.output_layer.plain_output_layer`)
+        and the weight is whole on this rank (no LoRA, not ZeRO-3): then :meth:`forward_hidden`
+        and chunked log-probs can replace the logits. None otherwise."""
+        if self.kind != "causal_lm" or self.is_lora or self.ds.zero_stage == 3:
+            return None
+        head = plain_output_layer(self.module)
+        return head.weight if head is not None else None
+
+    @property
+    def plain_grad_accumulation(self) -> bool:
+        """Whether gradients accumulate in `param.grad` with nothing watching them until the
+        optimizer step (ZeRO-0, fp32: DeepSpeed hooks no gradient and steps a plain torch
+        optimizer), so backward code may add into `.grad` itself
+        (`quartet.algos.chunked_logprobs.hidden_token_stats(into_grad=True)`)."""
+        return self.ds.zero_stage == 0 and self.dtype == torch.float32 and not self.is_lora
+
+    def forward_hidden(self, batch: TokenBatch, hidden_from: int = 0) -> Tensor:
+        """The decoder's final hidden states `[R, T - hidden_from, H]` of positions
+        `hidden_from..T-1` (the input of the output layer; only where :meth:`output_weight` is
+        not None)."""
+        batch = batch.to(self.device)
+        inputs = forward_inputs(batch, self.attn_implementation, self.dtype)
+        hidden = self.module.get_decoder()(**inputs).last_hidden_state
+        return hidden[:, hidden_from:]
 
     def backward(self, loss: Tensor) -> None:
         """Backward of one micro-batch loss (DeepSpeed scales it for accumulation)."""

@@ -13,6 +13,8 @@ averaging over both. So one rank and N ranks take the same step on the same mini
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from quartet.algos.losses import (
@@ -35,6 +37,7 @@ from quartet.engines.scoring import (
     response_positions,
     response_start,
     split_micro,
+    stats_from_hidden,
     to_model_batch,
     to_model_layout,
 )
@@ -109,6 +112,18 @@ class _Updater:
         return out
 
 
+@dataclass
+class _ResponseStats:
+    """What the policy loss needs from one micro-batch's forward."""
+
+    logprobs: list[torch.Tensor]
+    entropy: list[torch.Tensor]
+    anchor: torch.Tensor
+    """A tensor of the forward's graph (`0 * anchor.sum()` keeps the graph connected when
+    every response is empty)."""
+    aux_loss: torch.Tensor | None
+
+
 class PolicyUpdater(_Updater):
     """The actor's compute: log-probs for scoring and PPO steps, over a TrainEngine."""
 
@@ -130,15 +145,8 @@ class PolicyUpdater(_Updater):
         metrics: list[dict[str, float]] = []
         info = None
         for micro, layout in self._micro_batches(mb):
-            batch = layout.rows
-            start = response_start(batch)
-            first = layout.window_start(start)
-            out = self.engine.forward(layout.model_batch, first)
-            logits = layout.gather(out.logits, start, first)[:, :-1]
-            labels = batch.input_ids[:, start + 1:].to(logits.device)
-            pos = response_positions(batch, start)
-            new, mask = pad_rows(gather_rows(
-                token_logprobs(logits, labels, loss_cfg.temperature), pos))
+            stats = self._response_stats(layout, loss_cfg.temperature, loss_cfg.entropy_coef > 0)
+            new, mask = pad_rows(stats.logprobs)
             width = new.shape[1]
             dev = new.device
             if loss_cfg.old_logprobs_from_forward:
@@ -159,7 +167,7 @@ class PolicyUpdater(_Updater):
                              policy_loss_type=loss_cfg.policy_loss_type,
                              rollout_logprobs=rollout, is_correction=loss_cfg.is_correction)
             # keeps the graph connected when every response in the micro-batch is empty
-            loss = pl.loss + 0.0 * logits.sum()
+            loss = pl.loss + 0.0 * stats.anchor.sum()
             m = {"policy_loss": pl.loss.item(), "clip_fraction": float(pl.clip_fraction),
                  "approx_kl": float(pl.approx_kl), "ratio": float(pl.ratio_mean)}
             if pl.vllm_kl is not None:
@@ -167,8 +175,7 @@ class PolicyUpdater(_Updater):
                 m["is_filter_ratio"] = float(pl.is_filter_ratio)
             # entropy is always reported; it joins the graph only with an entropy bonus
             with torch.set_grad_enabled(loss_cfg.entropy_coef > 0):
-                ent, _ = pad_rows(gather_rows(
-                    entropy_from_logits(logits, loss_cfg.temperature), pos))
+                ent, _ = pad_rows(stats.entropy)
                 entropy = aggregate_loss(ent, mask, "token_mean", normaliser=norm)
             if loss_cfg.entropy_coef > 0:
                 loss = loss - loss_cfg.entropy_coef * entropy
@@ -183,12 +190,41 @@ class PolicyUpdater(_Updater):
                 ptx = self._ptx_loss(micro.ptx, ptx_norm)
                 loss = loss + loss_cfg.ptx_coef * ptx
                 m["ptx_loss"] = float(ptx.detach())
-            if out.aux_loss is not None:
-                m["aux_loss"] = float(out.aux_loss)
+            if stats.aux_loss is not None:
+                m["aux_loss"] = float(stats.aux_loss)
             info = self._step(loss) or info
             metrics.append(m)
         return self._summary(metrics, info)
 
+
+    def _response_stats(self, layout: SharedLayout, temperature: float,
+                        entropy_grad: bool) -> _ResponseStats:
+        """One forward of a micro-batch: each row's response log-probs (in the graph) and
+        entropies (in the graph only with `entropy_grad`). Where the engine's logits are a
+        plain output layer (`TrainEngine.output_weight`), from the decoder's hidden states in
+        chunks (`stats_from_hidden`: no `[R, T, V]` logits or their gradients); otherwise
+        from the logits."""
+        batch = layout.rows
+        start = response_start(batch)
+        first = layout.window_start(start)
+        pos = response_positions(batch, start)
+        weight = self.engine.output_weight()
+        if weight is not None:
+            hidden = layout.gather(self.engine.forward_hidden(layout.model_batch, first),
+                                   start, first)[:, :-1]
+            labels = batch.input_ids[:, start + 1:]
+            lps, ents = stats_from_hidden(hidden, weight, labels, pos, temperature,
+                                          into_grad=self.engine.plain_grad_accumulation)
+            if not entropy_grad:
+                ents = [e.detach() for e in ents]
+            return _ResponseStats(lps, ents, hidden, None)
+        out = self.engine.forward(layout.model_batch, first)
+        logits = layout.gather(out.logits, start, first)[:, :-1]
+        labels = batch.input_ids[:, start + 1:].to(logits.device)
+        lps = gather_rows(token_logprobs(logits, labels, temperature), pos)
+        with torch.set_grad_enabled(entropy_grad):
+            ents = gather_rows(entropy_from_logits(logits, temperature), pos)
+        return _ResponseStats(lps, ents, logits, out.aux_loss)
 
     def _ptx_loss(self, rows: RowBatch, norm: LossNormaliser) -> torch.Tensor:
         """PPO-ptx (InstructGPT): this micro-batch's share of the token-mean next-token NLL

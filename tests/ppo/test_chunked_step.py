@@ -1,0 +1,49 @@
+"""The actor's PPO step from hidden states (chunked log-probs, no `[R, T, V]` logits) takes
+the step the logits path takes: the same losses, gradient norm and updated weights on the
+tiny Llama, in the shared-prefix and the plain layouts, with and without an entropy bonus."""
+
+import pytest
+import torch
+
+from quartet.ppo.batch import PolicyLossSettings, PolicyMiniBatch
+from tests.ppo.test_shared_prompts import _config, _rows
+from tests.trainers.dist_world import world_of_one
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world():
+    """A world of one torn down after this module (see tests/ppo/test_passes.py)."""
+    yield from world_of_one()
+
+
+@pytest.mark.parametrize(("share_prefix", "entropy_coef", "temperature"),
+                         [(True, 0.0, 1.0), (True, 0.01, 0.7), (False, 0.01, 1.0)])
+def test_step_from_hidden_states_equals_the_logits_step(tiny_model_path, share_prefix,
+                                                        entropy_coef, temperature):
+    from services.actor.actor import Actor
+
+    batch = _rows()
+    chunked, logits = Actor(_config(tiny_model_path, 3)), Actor(_config(tiny_model_path, 3))
+    assert chunked.engine.output_weight() is not None  # a Llama: the chunked path applies
+    # the other actor takes the logits path, as a model without a plain output layer does
+    logits.engine.output_weight = lambda: None
+    for actor in (chunked, logits):
+        actor.updater.share_prefix = share_prefix
+    start = [p.detach().clone() for p in chunked.engine.module.parameters()]
+    g = torch.Generator().manual_seed(3)
+    lps = logits.logprobs(batch, temperature).logprobs
+    adv = [torch.randn(n, generator=g) for n in batch.response_lengths()]
+    ref = [lp + 0.1 * torch.randn(lp.shape, generator=g) for lp in lps]
+    old = [lp - 0.05 for lp in lps]
+    loss = PolicyLossSettings(kl_coef=0.04, entropy_coef=entropy_coef, temperature=temperature)
+    metrics = [a.train_step(PolicyMiniBatch(batch, old, adv, ref), loss)
+               for a in (chunked, logits)]
+    # float32: the chunked product and the reordered sums differ in the last bits only
+    for key in ("policy_loss", "kl_loss", "entropy", "ratio", "grad_norm"):
+        assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-5, abs=1e-7), key
+    moved = 0.0
+    for (name, a), b, s in zip(chunked.engine.module.named_parameters(),
+                               logits.engine.module.parameters(), start, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+        moved = max(moved, float((a - s).detach().abs().max()))
+    assert moved > 1e-4  # the step moved the weights (by ~lr), so equality means something
