@@ -15,7 +15,7 @@ The work (`--algo`):
   actor, reference, reward and vLLM rollout services, with `--vllm.enable_sleep
   --ref.enable_sleep` (the rollout's and the reference's weights freed while the actor
   trains: TRL's single process holds no idle copies to free) and the actor's activation
-  checkpointing (`--checkpointing`, default full); TRL: `GRPOTrainer` (HF generate, no
+  checkpointing (`--checkpointing`, default selective); TRL: `GRPOTrainer` (HF generate, no
   checkpointing).
 - dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
   beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
@@ -70,11 +70,13 @@ WORK = {
 }
 PAIR_SHAPES = ("shared-tail", "distinct")
 CHECKPOINTING = ("none", "selective", "full")
-DEFAULT_CHECKPOINTING = "full"
-"""GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). full: the
-actor's training step is the tree's peak, and selective saves only about half of the layer
-activations there (benchmarks.md, "Fifth pass (mem)"). TRL's side runs without
-checkpointing, as its GRPOTrainer does by default."""
+DEFAULT_CHECKPOINTING = "selective"
+"""GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). The actor's
+training step is the tree's peak. Since the actor's step computes no logits (issue 13's
+sixth pass, benchmarks.md "Sixth pass (speed)"), selective keeps the tree below TRL's peak
+on the 32- and 64-token shapes at a lower cost in time than full, which recomputes a whole
+forward per layer. TRL's side runs without checkpointing, as its GRPOTrainer does by
+default."""
 GRPO_DEFAULTS = {"prompts": 16, "group": 4, "max_new_tokens": 32}
 
 

@@ -54,7 +54,7 @@ class _HiddenTokenStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float,
-                chunk: int, into_grad: bool) -> tuple[Tensor, Tensor]:
+                chunk: int, into_grad: bool, with_entropy: bool) -> tuple[Tensor, Tensor]:
         n = hidden.shape[0]
         dtype = _stats_dtype(torch.result_type(hidden, weight))
         logprobs = torch.empty(n, dtype=dtype, device=hidden.device)
@@ -66,7 +66,11 @@ class _HiddenTokenStats(torch.autograd.Function):
             z = _chunk_logits(hidden[s:e], weight, temperature)
             lse[s:e] = torch.logsumexp(z, dim=-1)
             logprobs[s:e] = z.gather(-1, safe[s:e, None]).squeeze(-1) - lse[s:e]
-            entropy[s:e] = lse[s:e] - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
+            if with_entropy:
+                entropy[s:e] = lse[s:e] - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
+        if not with_entropy:
+            entropy.zero_()
+            ctx.mark_non_differentiable(entropy)
         logprobs = torch.where(labels >= 0, logprobs, torch.zeros_like(logprobs))
         ctx.save_for_backward(hidden, weight, labels, lse, entropy)
         ctx.temperature = temperature
@@ -79,7 +83,7 @@ class _HiddenTokenStats(torch.autograd.Function):
     def backward(ctx, g_logprobs: Tensor | None, g_entropy: Tensor | None):
         hidden, weight, labels, lse, entropy = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        none = (None,) * 4
+        none = (None,) * 5
         if (g_logprobs is None and g_entropy is None) or not (want_hidden or want_weight):
             return None, None, *none
         n = hidden.shape[0]
@@ -119,8 +123,8 @@ class _HiddenTokenStats(torch.autograd.Function):
 
 
 def hidden_token_stats(hidden: Tensor, weight: Tensor, labels: Tensor, temperature: float = 1.0,
-                       chunk: int | None = None, into_grad: bool = False
-                       ) -> tuple[Tensor, Tensor]:
+                       chunk: int | None = None, into_grad: bool = False,
+                       with_entropy: bool = True) -> tuple[Tensor, Tensor]:
     """Log-prob of each label and the entropy at each position under
     `softmax(hidden @ weight.T / temperature)`, never holding more than a chunk of logits.
 
@@ -138,4 +142,4 @@ def hidden_token_stats(hidden: Tensor, weight: Tensor, labels: Tensor, temperatu
     if into_grad and not (weight.is_leaf and weight.requires_grad):
         raise ValueError("into_grad needs the output layer's weight as a leaf parameter")
     return _HiddenTokenStats.apply(hidden, weight, labels.long(), float(temperature), rows,
-                                   into_grad)
+                                   into_grad, with_entropy)

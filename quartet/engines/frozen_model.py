@@ -198,10 +198,14 @@ class FrozenCausalLM:
 
     def shard_logprobs(self, batch: RowBatch, temperature: float, with_entropy: bool
                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        weight = self.engine.output_weight()
+        hidden_of = ((lambda b, start: (self.engine.hidden(b, start), weight))
+                     if weight is not None else None)
         return response_logprobs(
             self.engine.logits, batch, self.pad_id, temperature, self.micro_batch_size,
             with_entropy,
-            share_prefix=shares_prefix(self.engine.attn_implementation)).rows()
+            share_prefix=shares_prefix(self.engine.attn_implementation),
+            hidden_of=hidden_of).rows()
 
     def serve_worker(self) -> int:
         """Ranks > 0: serve rank 0's fanned-out calls until it stops; the exit code."""

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from quartet.data.batch import TokenBatch
 from quartet.models.attention import forward_inputs
+from quartet.models.output_layer import plain_output_layer
 
 __all__ = ["InferenceEngine"]
 
@@ -35,6 +36,7 @@ class InferenceEngine:
         self.dtype = dtype
         self.attn_implementation = attn_implementation
         self.offload = offload
+        self.placed_by_deepspeed = placed_by_deepspeed
 
     @contextmanager
     def placed(self) -> Iterator[nn.Module]:
@@ -55,6 +57,25 @@ class InferenceEngine:
             batch = batch.to(self.device)
             return module(**forward_inputs(batch, self.attn_implementation, self.dtype,
                                            logits_from)).logits
+
+    def output_weight(self) -> Tensor | None:
+        """The output layer's weight when the logits are exactly `hidden @ weight.T`
+        (`quartet.models.output_layer.plain_output_layer`) and the weight stays whole where it
+        is between calls (not offloaded, not ZeRO-3): then :meth:`hidden` and chunked log-probs
+        can replace the logits. None otherwise."""
+        if self.offload or self.placed_by_deepspeed:
+            return None
+        head = plain_output_layer(self.module)
+        return head.weight if head is not None else None
+
+    def hidden(self, batch: TokenBatch, hidden_from: int = 0) -> Tensor:
+        """The decoder's final hidden states `[R, T - hidden_from, H]` of positions
+        `hidden_from..T-1` (where :meth:`output_weight` is not None)."""
+        with self.placed() as module:
+            batch = batch.to(self.device)
+            out = module.get_decoder()(**forward_inputs(batch, self.attn_implementation,
+                                                        self.dtype))
+            return out.last_hidden_state[:, hidden_from:]
 
     @property
     def on_device(self) -> bool:

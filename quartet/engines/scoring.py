@@ -89,19 +89,20 @@ def gather_rows(per_position: torch.Tensor, positions: Sequence[torch.Tensor]
 
 def stats_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                       positions: Sequence[torch.Tensor], temperature: float = 1.0,
-                      into_grad: bool = False
+                      into_grad: bool = False, with_entropy: bool = True
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per sample, the log-probs and entropies of its response tokens, from the final hidden
     states `hidden` `[R, W, H]` aligned with `labels` `[R, W]` (as `logits[:, :-1]`) and the
     output layer's `weight`: what `gather_rows` of `token_logprobs` / `entropy_from_logits`
     gives on the logits, computed only at `positions` (`response_positions`) and a chunk of
     positions at a time (:mod:`quartet.algos.chunked_logprobs`; `into_grad`: backward adds
-    the output layer's gradient straight into `weight.grad`)."""
+    the output layer's gradient straight into `weight.grad`; without `with_entropy` the
+    entropies are zeros, not computed)."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     index = (torch.cat(list(positions)) if len(positions)
              else torch.zeros(0, dtype=torch.long)).to(flat.device)
     lp, ent = hidden_token_stats(flat[index], weight, labels.reshape(-1).to(flat.device)[index],
-                                 temperature, into_grad=into_grad)
+                                 temperature, into_grad=into_grad, with_entropy=with_entropy)
     sizes = [int(p.numel()) for p in positions]
     return list(lp.split(sizes)), list(ent.split(sizes))
 
@@ -121,6 +122,11 @@ def split_micro(n: int, micro_batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + micro_batch_size, n)) for s in range(0, n, micro_batch_size)]
 
 
+HiddenFn = Callable[[TokenBatch, int], tuple[torch.Tensor, torch.Tensor]]
+"""`hidden_of(batch, start)`: the final hidden states of positions `start..T-1` and the output
+layer's weight, for a model whose logits are exactly `hidden @ weight.T`."""
+
+
 @torch.no_grad()
 def response_logprobs(
     logits_of: Callable[[TokenBatch, int], torch.Tensor],
@@ -131,20 +137,33 @@ def response_logprobs(
     with_entropy: bool = False,
     packed: bool = False,
     share_prefix: bool = False,
+    hidden_of: HiddenFn | None = None,
 ) -> LogProbsResult:
     """Log-prob (and optionally entropy) of each response token; `logits_of(batch, start)`
     runs the model on a padded/packed batch and returns the logits of positions `start..T-1`
     (`[R, T-start, V]`; see `response_start`). `share_prefix`: the rows of one prompt in a
-    micro-batch run as one shared-prefix row (`to_model_layout`; needs sdpa/eager)."""
+    micro-batch run as one shared-prefix row (`to_model_layout`; needs sdpa/eager).
+    `hidden_of` (a model with a plain output layer): used instead of `logits_of`, the
+    log-probs come from the response positions' hidden states in chunks
+    (`stats_from_hidden`), never from a `[R, T, V]` logits tensor."""
     lps: list[torch.Tensor] = []
     ents: list[torch.Tensor] = []
     for s, e in split_micro(len(rows), micro_batch_size):
         layout = to_model_layout(rows.slice(s, e), pad_id, packed, share_prefix)
         batch = layout.rows
         start = response_start(batch)
+        pos = response_positions(batch, start)
+        if hidden_of is not None:
+            first = layout.window_start(start)
+            hidden, weight = hidden_of(layout.model_batch, first)
+            row_lps, row_ents = stats_from_hidden(
+                layout.gather(hidden, start, first)[:, :-1], weight,
+                batch.input_ids[:, start + 1:], pos, temperature, with_entropy=with_entropy)
+            lps += [t.float().cpu() for t in row_lps]
+            ents += [t.float().cpu() for t in row_ents] if with_entropy else []
+            continue
         logits = layout.logits(logits_of, start)[:, :-1]
         labels = batch.input_ids[:, start + 1:].to(logits.device)
-        pos = response_positions(batch, start)
         lps += [t.float().cpu() for t in gather_rows(
             token_logprobs(logits, labels, temperature), pos)]
         if with_entropy:

@@ -31,6 +31,7 @@ from quartet.engines.ds_config import build_ds_config
 from quartet.engines.optim import decay_groups, trainable_parameters
 from quartet.engines.scheduler import build_scheduler
 from quartet.models.attention import forward_inputs, resolve_attn_implementation
+from quartet.models.embedding_grad import embed_into_grad, plain_embedding
 from quartet.models.loading import load_causal_lm, load_value_model, torch_dtype
 from quartet.models.output_layer import plain_output_layer
 from quartet.models.value_model import ValueModel
@@ -190,7 +191,12 @@ class TrainEngine:
         not None)."""
         batch = batch.to(self.device)
         inputs = forward_inputs(batch, self.attn_implementation, self.dtype)
-        hidden = self.module.get_decoder()(**inputs).last_hidden_state
+        decoder = self.module.get_decoder()
+        embedding = plain_embedding(decoder.get_input_embeddings())
+        if embedding is not None and self.plain_grad_accumulation and torch.is_grad_enabled():
+            # its backward adds the rows into .grad: no dense [V, H] gradient per micro-batch
+            inputs["inputs_embeds"] = embed_into_grad(embedding, inputs.pop("input_ids"))
+        hidden = decoder(**inputs).last_hidden_state
         return hidden[:, hidden_from:]
 
     def backward(self, loss: Tensor) -> None:

@@ -130,10 +130,13 @@ class PolicyUpdater(_Updater):
     def logprobs(self, rows: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
         self.engine.eval()
+        weight = self.engine.output_weight()
+        hidden_of = ((lambda b, start: (self.engine.forward_hidden(b, start), weight))
+                     if weight is not None else None)
         return response_logprobs(lambda b, start: self.engine.forward(b, start).logits, rows,
                                  self.pad_id,
                                  temperature, self.micro_batch_size, with_entropy, self.packed,
-                                 self.share_prefix)
+                                 self.share_prefix, hidden_of)
 
     def train_step(self, mb: PolicyMiniBatch, loss_cfg: PolicyLossSettings,
                    norm: LossNormaliser | None = None) -> dict[str, float]:

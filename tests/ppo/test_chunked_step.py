@@ -47,3 +47,28 @@ def test_step_from_hidden_states_equals_the_logits_step(tiny_model_path, share_p
         assert torch.allclose(a, b, rtol=0, atol=1e-6), name
         moved = max(moved, float((a - s).detach().abs().max()))
     assert moved > 1e-4  # the step moved the weights (by ~lr), so equality means something
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_scoring_from_hidden_states_equals_the_logits_scoring(tiny_model_path, share_prefix):
+    """The no-grad scoring pass (the actor's; the reference's runs the same code on its
+    inference engine): log-probs and entropies from hidden states equal the logits path's."""
+    from quartet.engines.frozen_model import FrozenCausalLM
+    from services.actor.actor import Actor
+
+    batch = _rows()
+    actor = Actor(_config(tiny_model_path, 3))
+    actor.updater.share_prefix = share_prefix
+    chunked = actor.logprobs(batch, 0.8, with_entropy=True)
+    weight_of = actor.engine.output_weight
+    actor.engine.output_weight = lambda: None
+    logits = actor.logprobs(batch, 0.8, with_entropy=True)
+    actor.engine.output_weight = weight_of
+    reference = FrozenCausalLM(str(tiny_model_path))
+    assert reference.engine.output_weight() is not None
+    ref = reference.logprobs(batch, 0.8)
+    for got, want, ent, ent_want, r in zip(chunked.logprobs, logits.logprobs, chunked.entropy,
+                                           logits.entropy, ref.logprobs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ent, ent_want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r, want, rtol=1e-5, atol=1e-5)

@@ -134,8 +134,9 @@ def test_reference_scores_each_prompt_once_with_the_plain_log_probs(tiny_model_p
     plain = response_logprobs(ref.engine.logits, _rows(), ref.pad_id,
                               micro_batch_size=ROWS, with_entropy=True)
     seen = []
-    logits = ref.engine.logits
-    ref.engine.logits = lambda b, start: seen.append(b.input_ids.shape[0]) or logits(b, start)
+    # the reference scores from hidden states (a Llama: tests/ppo/test_chunked_step.py)
+    hidden = ref.engine.hidden
+    ref.engine.hidden = lambda b, start: seen.append(b.input_ids.shape[0]) or hidden(b, start)
     got = ref.logprobs(_rows(), with_entropy=True)
     assert seen == [4]  # one row per prompt
     _close_lists(got.logprobs, plain.logprobs)
