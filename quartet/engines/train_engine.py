@@ -170,9 +170,11 @@ class TrainEngine:
     def output_weight(self) -> Tensor | None:
         """The output layer's weight `[V, H]` when this model's logits are exactly
         `final hidden states @ weight.T` (:func:`quartet.models.output_layer.plain_output_layer`)
-        and the weight is whole on this rank (no LoRA, not ZeRO-3): then :meth:`forward_hidden`
-        and chunked log-probs can replace the logits. None otherwise."""
-        if self.kind != "causal_lm" or self.is_lora or self.ds.zero_stage == 3:
+        and the engine is ZeRO-0 without LoRA: then :meth:`forward_hidden` and chunked log-probs
+        can replace the logits. None otherwise: :meth:`forward_hidden` calls the decoder
+        without DeepSpeed's forward, whose output hooks start a ZeRO-1/2/3 optimizer's
+        backward (and ZeRO-3 shards the weight)."""
+        if self.kind != "causal_lm" or self.is_lora or self.ds.zero_stage != 0:
             return None
         head = plain_output_layer(self.module)
         return head.weight if head is not None else None
