@@ -58,6 +58,11 @@ def sampling_to_proto(s: SamplingConfig) -> rollout_pb2.SamplingParams:
     )
 
 
+def outputs_from_proto(msg: rollout_pb2.GenerateResponse) -> list[PromptOutput]:
+    """The prompt outputs one Generate message carries (several with `batch_outputs`)."""
+    return [output_from_proto(msg)] + [output_from_proto(m) for m in msg.more]
+
+
 def output_from_proto(msg: rollout_pb2.GenerateResponse) -> PromptOutput:
     return PromptOutput(
         prompt_index=msg.prompt_index,
@@ -71,6 +76,20 @@ def output_from_proto(msg: rollout_pb2.GenerateResponse) -> PromptOutput:
     )
 
 
+def generate_request(prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                     return_text: bool = False,
+                     header: common_pb2.RequestHeader | None = None
+                     ) -> rollout_pb2.GenerateRequest:
+    """A Generate call's request; asks for the outputs done at once in one message."""
+    return rollout_pb2.GenerateRequest(
+        header=header,
+        prompt_tokens=ragged_to_proto([list(p) for p in prompts], dtype=torch.int64),
+        sampling=sampling_to_proto(sampling),
+        return_text=return_text,
+        batch_outputs=True,
+    )
+
+
 class GenerateCall:
     """A running Generate: iterate for outputs (completion order); `cancel()` aborts it."""
 
@@ -79,7 +98,7 @@ class GenerateCall:
 
     def __iter__(self) -> Iterator[PromptOutput]:
         for msg in self._call:
-            yield output_from_proto(msg)
+            yield from outputs_from_proto(msg)
 
     def cancel(self) -> None:
         self._call.cancel()
@@ -119,12 +138,7 @@ class GrpcRolloutClient:
         header: common_pb2.RequestHeader | None = None,
         timeout_s: float | None = None,
     ) -> GenerateCall:
-        request = rollout_pb2.GenerateRequest(
-            header=header,
-            prompt_tokens=ragged_to_proto([list(p) for p in prompts], dtype=torch.int64),
-            sampling=sampling_to_proto(sampling),
-            return_text=return_text,
-        )
+        request = generate_request(prompts, sampling, return_text, header)
         return GenerateCall(self._stub.Generate(request, timeout=timeout_s or self.timeout_s))
 
     def generate(
@@ -137,16 +151,12 @@ class GrpcRolloutClient:
         timeout_s: float | None = None,
     ) -> list[PromptOutput]:
         """All outputs, ordered by prompt index (retried whole on a transient failure)."""
-        request = rollout_pb2.GenerateRequest(
-            header=header,
-            prompt_tokens=ragged_to_proto([list(p) for p in prompts], dtype=torch.int64),
-            sampling=sampling_to_proto(sampling),
-            return_text=return_text,
-        )
+        request = generate_request(prompts, sampling, return_text, header)
         msgs = call_with_retry(self._stub.Generate, request,
                                timeout_s=timeout_s or self.timeout_s, policy=self.retry,
                                what=f"rollout at {self.address}: Generate", collect=True)
-        return sorted((output_from_proto(m) for m in msgs), key=lambda o: o.prompt_index)
+        return sorted((o for m in msgs for o in outputs_from_proto(m)),
+                      key=lambda o: o.prompt_index)
 
     def info(self, timeout_s: float | None = 10.0) -> ReplicaInfo:
         msg = self._unary("GetInfo", self._stub.GetInfo, common_pb2.GetInfoRequest(),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quartet.v1 import common_pb2 as quartet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18quartet/v1/rollout.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xbe\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x16\n\x0emin_new_tokens\x18\n \x01(\x05\"\xaa\x01\n\x0fGenerateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12)\n\rprompt_tokens\x18\x02 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.quartet.v1.SamplingParams\x12\x13\n\x0breturn_text\x18\x04 \x01(\x08\"X\n\x06Sample\x12\x17\n\x0fresponse_tokens\x18\x01 \x03(\x03\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"|\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x03\x12#\n\x07samples\x18\x03 \x03(\x0b\x32\x12.quartet.v1.Sample\x12\x16\n\x0eweight_version\x18\x04 \x01(\x03\"\x95\x01\n\x18\x42\x65ginWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.quartet.v1.TensorSpec\x12\x14\n\x0c\x62ucket_bytes\x18\x04 \x01(\x03\"A\n\x19\x42\x65ginWeightUpdateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_buckets\x18\x02 \x01(\x03\"j\n\x19\x46inishWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\ttimeout_s\x18\x03 \x01(\x02\"C\n\x1a\x46inishWeightUpdateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"\xa1\x01\n\x12PushWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.quartet.v1.TensorSpec\x12&\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x17.quartet.v1.TensorChunk\"f\n\x18\x41\x62ortWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x19\x41\x62ortWeightUpdateResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x32\xc6\x05\n\x07Rollout\x12G\n\x08Generate\x12\x1b.quartet.v1.GenerateRequest\x1a\x1c.quartet.v1.GenerateResponse0\x01\x12Z\n\x0fInitWeightGroup\x12\".quartet.v1.InitWeightGroupRequest\x1a#.quartet.v1.InitWeightGroupResponse\x12`\n\x11\x42\x65ginWeightUpdate\x12$.quartet.v1.BeginWeightUpdateRequest\x1a%.quartet.v1.BeginWeightUpdateResponse\x12\x63\n\x12\x46inishWeightUpdate\x12%.quartet.v1.FinishWeightUpdateRequest\x1a&.quartet.v1.FinishWeightUpdateResponse\x12W\n\x0bPushWeights\x12\x1e.quartet.v1.PushWeightsRequest\x1a&.quartet.v1.FinishWeightUpdateResponse(\x01\x12`\n\x11\x41\x62ortWeightUpdate\x12$.quartet.v1.AbortWeightUpdateRequest\x1a%.quartet.v1.AbortWeightUpdateResponse\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfo\x12T\n\rReleaseMemory\x12 .quartet.v1.ReleaseMemoryRequest\x1a!.quartet.v1.ReleaseMemoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18quartet/v1/rollout.proto\x12\nquartet.v1\x1a\x17quartet/v1/common.proto\"\xbe\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x10\n\x08has_seed\x18\x07 \x01(\x08\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x16\n\x0emin_new_tokens\x18\n \x01(\x05\"\xc1\x01\n\x0fGenerateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12)\n\rprompt_tokens\x18\x02 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.quartet.v1.SamplingParams\x12\x13\n\x0breturn_text\x18\x04 \x01(\x08\x12\x15\n\rbatch_outputs\x18\x05 \x01(\x08\"X\n\x06Sample\x12\x17\n\x0fresponse_tokens\x18\x01 \x03(\x03\x12\x10\n\x08logprobs\x18\x02 \x03(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\"\xa8\x01\n\x10GenerateResponse\x12\x14\n\x0cprompt_index\x18\x01 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x03\x12#\n\x07samples\x18\x03 \x03(\x0b\x32\x12.quartet.v1.Sample\x12\x16\n\x0eweight_version\x18\x04 \x01(\x03\x12*\n\x04more\x18\x05 \x03(\x0b\x32\x1c.quartet.v1.GenerateResponse\"\x95\x01\n\x18\x42\x65ginWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.quartet.v1.TensorSpec\x12\x14\n\x0c\x62ucket_bytes\x18\x04 \x01(\x03\"A\n\x19\x42\x65ginWeightUpdateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0bnum_buckets\x18\x02 \x01(\x03\"j\n\x19\x46inishWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\ttimeout_s\x18\x03 \x01(\x02\"C\n\x1a\x46inishWeightUpdateResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cload_seconds\x18\x02 \x01(\x01\"\xa1\x01\n\x12PushWeightsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x07tensors\x18\x03 \x03(\x0b\x32\x16.quartet.v1.TensorSpec\x12&\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x17.quartet.v1.TensorChunk\"f\n\x18\x41\x62ortWeightUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x19\x41\x62ortWeightUpdateResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x32\xc6\x05\n\x07Rollout\x12G\n\x08Generate\x12\x1b.quartet.v1.GenerateRequest\x1a\x1c.quartet.v1.GenerateResponse0\x01\x12Z\n\x0fInitWeightGroup\x12\".quartet.v1.InitWeightGroupRequest\x1a#.quartet.v1.InitWeightGroupResponse\x12`\n\x11\x42\x65ginWeightUpdate\x12$.quartet.v1.BeginWeightUpdateRequest\x1a%.quartet.v1.BeginWeightUpdateResponse\x12\x63\n\x12\x46inishWeightUpdate\x12%.quartet.v1.FinishWeightUpdateRequest\x1a&.quartet.v1.FinishWeightUpdateResponse\x12W\n\x0bPushWeights\x12\x1e.quartet.v1.PushWeightsRequest\x1a&.quartet.v1.FinishWeightUpdateResponse(\x01\x12`\n\x11\x41\x62ortWeightUpdate\x12$.quartet.v1.AbortWeightUpdateRequest\x1a%.quartet.v1.AbortWeightUpdateResponse\x12>\n\x07GetInfo\x12\x1a.quartet.v1.GetInfoRequest\x1a\x17.quartet.v1.ServiceInfo\x12T\n\rReleaseMemory\x12 .quartet.v1.ReleaseMemoryRequest\x1a!.quartet.v1.ReleaseMemoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=66
   _globals['_SAMPLINGPARAMS']._serialized_end=256
   _globals['_GENERATEREQUEST']._serialized_start=259
-  _globals['_GENERATEREQUEST']._serialized_end=429
-  _globals['_SAMPLE']._serialized_start=431
-  _globals['_SAMPLE']._serialized_end=519
-  _globals['_GENERATERESPONSE']._serialized_start=521
-  _globals['_GENERATERESPONSE']._serialized_end=645
-  _globals['_BEGINWEIGHTUPDATEREQUEST']._serialized_start=648
-  _globals['_BEGINWEIGHTUPDATEREQUEST']._serialized_end=797
-  _globals['_BEGINWEIGHTUPDATERESPONSE']._serialized_start=799
-  _globals['_BEGINWEIGHTUPDATERESPONSE']._serialized_end=864
-  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_start=866
-  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_end=972
-  _globals['_FINISHWEIGHTUPDATERESPONSE']._serialized_start=974
-  _globals['_FINISHWEIGHTUPDATERESPONSE']._serialized_end=1041
-  _globals['_PUSHWEIGHTSREQUEST']._serialized_start=1044
-  _globals['_PUSHWEIGHTSREQUEST']._serialized_end=1205
-  _globals['_ABORTWEIGHTUPDATEREQUEST']._serialized_start=1207
-  _globals['_ABORTWEIGHTUPDATEREQUEST']._serialized_end=1309
-  _globals['_ABORTWEIGHTUPDATERESPONSE']._serialized_start=1311
-  _globals['_ABORTWEIGHTUPDATERESPONSE']._serialized_end=1372
-  _globals['_ROLLOUT']._serialized_start=1375
-  _globals['_ROLLOUT']._serialized_end=2085
+  _globals['_GENERATEREQUEST']._serialized_end=452
+  _globals['_SAMPLE']._serialized_start=454
+  _globals['_SAMPLE']._serialized_end=542
+  _globals['_GENERATERESPONSE']._serialized_start=545
+  _globals['_GENERATERESPONSE']._serialized_end=713
+  _globals['_BEGINWEIGHTUPDATEREQUEST']._serialized_start=716
+  _globals['_BEGINWEIGHTUPDATEREQUEST']._serialized_end=865
+  _globals['_BEGINWEIGHTUPDATERESPONSE']._serialized_start=867
+  _globals['_BEGINWEIGHTUPDATERESPONSE']._serialized_end=932
+  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_start=934
+  _globals['_FINISHWEIGHTUPDATEREQUEST']._serialized_end=1040
+  _globals['_FINISHWEIGHTUPDATERESPONSE']._serialized_start=1042
+  _globals['_FINISHWEIGHTUPDATERESPONSE']._serialized_end=1109
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_start=1112
+  _globals['_PUSHWEIGHTSREQUEST']._serialized_end=1273
+  _globals['_ABORTWEIGHTUPDATEREQUEST']._serialized_start=1275
+  _globals['_ABORTWEIGHTUPDATEREQUEST']._serialized_end=1377
+  _globals['_ABORTWEIGHTUPDATERESPONSE']._serialized_start=1379
+  _globals['_ABORTWEIGHTUPDATERESPONSE']._serialized_end=1440
+  _globals['_ROLLOUT']._serialized_start=1443
+  _globals['_ROLLOUT']._serialized_end=2153
 # @@protoc_insertion_point(module_scope)

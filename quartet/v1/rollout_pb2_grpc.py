@@ -82,7 +82,8 @@ class RolloutServicer:
 
     def Generate(self, request, context):
         """Samples n responses per prompt. One response is streamed per prompt as soon as
-        all its samples are done; cancelling the call aborts the remaining requests.
+        all its samples are done (with batch_outputs: one message per group of prompts done
+        at the same moment); cancelling the call aborts the remaining requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

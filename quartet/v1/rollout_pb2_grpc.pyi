@@ -36,7 +36,8 @@ class RolloutStub:
     def __new__(cls, channel: _aio.Channel) -> RolloutAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_rollout_pb2.GenerateRequest, _rollout_pb2.GenerateResponse]
     """Samples n responses per prompt. One response is streamed per prompt as soon as
-    all its samples are done; cancelling the call aborts the remaining requests.
+    all its samples are done (with batch_outputs: one message per group of prompts done
+    at the same moment); cancelling the call aborts the remaining requests.
     """
     InitWeightGroup: _grpc.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]
     """Join the torch.distributed weight group shared with the actor (rank >= 1)."""
@@ -62,7 +63,8 @@ class RolloutAsyncStub(RolloutStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_rollout_pb2.GenerateRequest, _rollout_pb2.GenerateResponse]  # type: ignore[assignment]
     """Samples n responses per prompt. One response is streamed per prompt as soon as
-    all its samples are done; cancelling the call aborts the remaining requests.
+    all its samples are done (with batch_outputs: one message per group of prompts done
+    at the same moment); cancelling the call aborts the remaining requests.
     """
     InitWeightGroup: _aio.UnaryUnaryMultiCallable[_common_pb2.InitWeightGroupRequest, _common_pb2.InitWeightGroupResponse]  # type: ignore[assignment]
     """Join the torch.distributed weight group shared with the actor (rank >= 1)."""
@@ -91,7 +93,8 @@ class RolloutServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_rollout_pb2.GenerateResponse], _abc.AsyncIterator[_rollout_pb2.GenerateResponse]]:
         """Samples n responses per prompt. One response is streamed per prompt as soon as
-        all its samples are done; cancelling the call aborts the remaining requests.
+        all its samples are done (with batch_outputs: one message per group of prompts done
+        at the same moment); cancelling the call aborts the remaining requests.
         """
 
     @_abc_1.abstractmethod

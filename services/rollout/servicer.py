@@ -100,8 +100,14 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
         context.add_callback(stream.cancel)
         with self._trimmer.phase():
             try:
-                for out in stream:
-                    yield output_to_proto(out)
+                if request.batch_outputs:
+                    for batch in stream.batches():
+                        msg = output_to_proto(batch[0])
+                        msg.more.extend(output_to_proto(out) for out in batch[1:])
+                        yield msg
+                else:
+                    for out in stream:
+                        yield output_to_proto(out)
             finally:
                 stream.cancel()  # no-op when the stream already ended
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -38,6 +38,8 @@ class GenerationStream:
         self._cancelled = False
         self._on_close: list[Callable[[], None]] = []
         self._transform: Callable[[PromptOutput], PromptOutput] | None = None
+        self._held: object | None = None
+        """An end or error `batches` took off the queue early: the next item to consume."""
 
     # Producer side (the engine) -------------------------------------------------------
     def put(self, output: PromptOutput) -> None:
@@ -54,10 +56,16 @@ class GenerationStream:
     def __iter__(self) -> GenerationStream:
         return self
 
+    def _take(self, block: bool = True) -> object:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        return self._queue.get(block)
+
     def __next__(self) -> PromptOutput:
         if self._finished:
             raise StopIteration
-        item = self._queue.get()
+        item = self._take()
         if item is _END:
             self._finish()
             raise StopIteration
@@ -65,6 +73,23 @@ class GenerationStream:
             self._finish()
             raise item
         return self._transform(item) if self._transform is not None else item
+
+    def batches(self) -> Iterator[list[PromptOutput]]:
+        """The outputs in completion order, grouped: each list is the next output (waited
+        for) and every other one already finished by then (not waited for). The rollout
+        service sends a group as one message; an end or error stays for the next round."""
+        for first in self:
+            batch = [first]
+            while True:
+                try:
+                    item = self._take(block=False)
+                except queue.Empty:
+                    break
+                if item is _END or isinstance(item, BaseException):
+                    self._held = item
+                    break
+                batch.append(self._transform(item) if self._transform is not None else item)
+            yield batch
 
     @property
     def cancelled(self) -> bool:

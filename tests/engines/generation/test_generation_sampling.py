@@ -94,3 +94,31 @@ def test_stream_failure_is_raised_to_the_consumer():
     stream.fail(RuntimeError("engine died"))
     with pytest.raises(RuntimeError, match="engine died"):
         next(stream)
+
+
+def test_stream_batches_group_what_is_ready_and_keep_the_end_for_later():
+    done = []
+    stream = GenerationStream(4)
+    stream.add_done_callback(lambda: done.append(1))
+    stream.set_transform(lambda o: PromptOutput(o.prompt_index, o.prompt_tokens, o.samples, 7))
+    batches = stream.batches()
+    for i in (2, 0, 3):
+        stream.put(_out(i))
+    first = next(batches)  # all three were queued: one group, completion order
+    assert [o.prompt_index for o in first] == [2, 0, 3]
+    assert all(o.weight_version == 7 for o in first)
+    stream.put(_out(1))
+    stream.close()
+    assert [o.prompt_index for o in next(batches)] == [1]  # the end waits for its own turn
+    assert done == []
+    assert list(batches) == [] and done == [1]
+
+
+def test_stream_batches_raise_a_failure_after_the_outputs_before_it():
+    stream = GenerationStream(2)
+    stream.put(_out(0))
+    stream.fail(RuntimeError("engine died"))
+    batches = stream.batches()
+    assert [o.prompt_index for o in next(batches)] == [0]
+    with pytest.raises(RuntimeError, match="engine died"):
+        next(batches)

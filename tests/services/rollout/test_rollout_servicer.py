@@ -36,6 +36,9 @@ class FakeGenerator(Generator):
         self.group: WeightGroupConfig | None = None
         self.loaded: dict[str, torch.Tensor] = {}
         self.marker = 0
+        self.burst = False
+        """Every output is done before `generate` returns (as a batch whose requests all
+        finish in the same engine step)."""
 
     def _start(self, prompts, sampling) -> GenerationStream:
         stream = GenerationStream(len(prompts), on_cancel=self.cancelled.set)
@@ -52,7 +55,10 @@ class FakeGenerator(Generator):
                 stream.put(PromptOutput(i, p, samples))
             stream.close()
 
-        threading.Thread(target=run, daemon=True).start()
+        if self.burst:
+            run()
+        else:
+            threading.Thread(target=run, daemon=True).start()
         return stream
 
     def weight_specs(self):
@@ -106,6 +112,28 @@ def test_generate_streams_one_response_per_prompt(served):
     assert outs[1].samples[2].text == "1 2 0"
     assert outs[1].samples[0].logprobs == [-1.0] * 3
     assert all(o.weight_version == 0 for o in outs)
+
+
+def test_outputs_done_together_travel_in_one_message_when_asked(served):
+    fake, client, _ = served
+    fake.burst = True
+    stub = rollout_pb2_grpc.RolloutStub(grpc.insecure_channel(client.address))
+
+    def messages(batch: bool) -> list[rollout_pb2.GenerateResponse]:
+        return list(stub.Generate(rollout_pb2.GenerateRequest(
+            prompt_tokens=ragged_to_proto([[1] * (i + 1) for i in range(5)]),
+            sampling=rollout_pb2.SamplingParams(n=2, max_new_tokens=4),
+            batch_outputs=batch)))
+
+    one_each = messages(False)  # a client that predates batch_outputs
+    assert [m.prompt_index for m in one_each] == [0, 1, 2, 3, 4]
+    assert not any(m.more for m in one_each)
+    (batched,) = messages(True)
+    assert [batched.prompt_index] + [m.prompt_index for m in batched.more] == [0, 1, 2, 3, 4]
+    assert [s.response_tokens for s in batched.more[3].samples] == [[5, 0, 0], [5, 1, 0]]
+    outs = client.generate([[1], [2, 2], [3, 3, 3]], SamplingConfig(n=2))  # asks for batches
+    assert [(o.prompt_index, o.samples[1].token_ids) for o in outs] == [
+        (0, [1, 1, 0]), (1, [2, 1, 0]), (2, [3, 1, 0])]
 
 
 def test_bad_requests_name_the_field_and_the_service_keeps_serving(served):
