@@ -24,6 +24,7 @@ from quartet.clients.retry import NO_RETRY, RetryPolicy, call_with_retry
 from quartet.codec import DEFAULT_CHUNK_BYTES, ragged_to_proto
 from quartet.security import ClientSecurity
 from quartet.sharding import round_robin
+from quartet.telemetry.context import ContextThreadPoolExecutor
 from quartet.types import PromptOutput, SampleOutput, SamplingConfig, UpdateResult
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync.group import WeightGroupConfig
@@ -297,28 +298,49 @@ def await_joins(clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Fut
     return ranks
 
 
+def abort_sessions(clients: Sequence[GrpcRolloutClient], reason: str,
+                   header: common_pb2.RequestHeader | None = None) -> None:
+    """Closes whatever update session each replica has open (before a group re-forms);
+    errors name the replica, so a replica that died meanwhile is repaired, not fatal."""
+    for c in clients:
+        try:
+            c.abort_weight_update(0, reason, header=header)
+        except grpc.RpcError as exc:
+            raise _replica_error(c, "AbortWeightUpdate", exc) from None
+
+
 def update_replicas(
     clients: Sequence[GrpcRolloutClient], version: int, specs: Sequence[TensorSpec],
     bucket_bytes: int, broadcast: Callable[[], T], finish_timeout_s: float = 0.0,
     header: common_pb2.RequestHeader | None = None,
+    abort: Callable[[str], None] | None = None,
 ) -> tuple[T, list[UpdateResult]]:
     """The one sequence of a versioned update over the weight group: begin on every replica
     -> `broadcast()` (whoever holds rank 0 sends the buckets) -> finish on every replica.
     Returns the broadcast's result and each replica's; errors name the replica and RPC. A
     failed broadcast cancels the finish calls; the replicas' sessions stay open until the
     group is re-formed (which aborts them) or their finish times out.
-    `header.run_id` tells the replicas which run the version belongs to."""
-    for c in clients:
+    `header.run_id` tells the replicas which run the version belongs to.
+
+    `abort(reason)` aborts the group for every member (`abort_weight_group`): called when a
+    replica's finish fails while the broadcast still runs (it died or left the group, and
+    the sender may be blocked on it) and when a begin fails after others began (they wait
+    for a session that will not come)."""
+    for i, c in enumerate(clients):
         try:
             c.begin_weight_update(version, specs, bucket_bytes, header=header)
         except grpc.RpcError as exc:
-            raise _replica_error(c, "BeginWeightUpdate", exc) from None
+            error = _replica_error(c, "BeginWeightUpdate", exc)
+            if abort is not None and i > 0:
+                abort(f"the update to version {version} was not begun on every replica: "
+                      f"{error}")
+            raise error from None
     # Finish is asked before the broadcast: each replica answers once its receiver loaded
     # the last bucket, with no round trip after the broadcast on the sync's critical path.
     futures = [c.finish_weight_update_future(version, finish_timeout_s, header)
                for c in clients]
     try:
-        sent = broadcast()
+        sent = _broadcast_watching(clients, futures, broadcast, abort, version)
     except BaseException:
         for f in futures:
             f.cancel()
@@ -334,6 +356,36 @@ def update_replicas(
                                f"after an update to {version}")
         results.append(UpdateResult(resp.version, resp.load_seconds))
     return sent, results
+
+
+WATCH_S = 0.2
+"""How often a running broadcast looks at the replicas' finish calls."""
+
+
+def _broadcast_watching(clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Future],
+                        broadcast: Callable[[], T], abort: Callable[[str], None] | None,
+                        version: int) -> T:
+    """`broadcast()`, aborting the group as soon as a replica's finish fails meanwhile."""
+    if abort is None:
+        return broadcast()
+    # the broadcast's RPC keeps the caller's trace context (it hangs under the sync's span)
+    with ContextThreadPoolExecutor(1, thread_name_prefix="weight-broadcast") as pool:
+        sending = pool.submit(broadcast)
+        aborted = False
+        while True:
+            try:
+                return sending.result(timeout=WATCH_S)
+            except TimeoutError:
+                pass
+            if aborted:
+                continue
+            for c, f in zip(clients, futures, strict=True):
+                if f.done() and not f.cancelled() and f.exception() is not None:
+                    error = _replica_error(c, "FinishWeightUpdate", f.exception())
+                    abort(f"a replica failed during the broadcast of version {version}: "
+                          f"{error}")
+                    aborted = True
+                    break
 
 
 def broadcast_update(

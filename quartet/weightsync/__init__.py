@@ -7,10 +7,11 @@ contract; this package moves the bytes.
 """
 
 from quartet.weightsync.buckets import DEFAULT_BUCKET_BYTES, Bucket, plan_buckets
-from quartet.weightsync.errors import WeightSyncError
+from quartet.weightsync.errors import WeightGroupAborted, WeightSyncError
 from quartet.weightsync.group import (
     WeightGroup,
     WeightGroupConfig,
+    abort_weight_group,
     advertised_host,
     check_group_bounds,
     free_port,
@@ -32,9 +33,11 @@ __all__ = [
     "TransferStats",
     "WeightGroup",
     "WeightGroupConfig",
+    "WeightGroupAborted",
     "WeightReceiver",
     "WeightSender",
     "WeightSyncError",
+    "abort_weight_group",
     "advertised_host",
     "check_group_bounds",
     "free_port",

@@ -6,18 +6,34 @@ its own) stay untouched: this group is created directly as a `ProcessGroupGloo` 
 `ProcessGroupNCCL` (GPU) on a store hosted by rank 0, so processes that were never part of
 one world can still broadcast to each other. Same code path on both backends; only the
 device of the buffers differs.
+
+A member that dies, hangs or is retired must not hold the others in a collective for the
+group's timeout (600 s by default: it is also the limit of a slow bucket). gloo cannot
+interrupt a posted collective (`abort()`/`shutdown()` do not wake a blocked peer, torch 2.13,
+measured), so every collective here is *abandonable*: the caller polls it and gives up as
+soon as the group is aborted. A group is aborted by writing `ABORT_KEY` into its store
+(`WeightGroup.abort`, or `abort_weight_group` from any process that knows the address), by
+any member whose collective failed, and implicitly when the store is gone (rank 0 died). An
+abandoned group is never used again and never destroyed (`_leak`); its stuck work ends at
+its own timeout. NCCL: `abort()` frees the communicator and its GPU kernels, and
+`is_completed()` polls the GPU without blocking the CPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from quartet.weightsync.errors import WeightGroupAborted
 
 log = logging.getLogger("quartet.weightsync")
 
@@ -26,6 +42,13 @@ BACKENDS = ("gloo", "nccl")
 # timeout in milliseconds; beyond these a request is refused by name, not overflowed.
 MAX_WORLD_SIZE = 1 << 16
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+ABORT_KEY = "abort"
+"""Written (value: the reason) into a group's store to make every member leave it."""
+ABORT_POLL_S = 0.5
+"""How often a member blocked in a collective reads the store for `ABORT_KEY`: the most an
+abort waits for one member (a store round trip each time, only while a collective runs)."""
+ABORT_CONNECT_S = 5.0
+"""How long `abort_weight_group` tries to reach a store (it may be gone with rank 0)."""
 
 
 def check_group_bounds(world_size: int, timeout_s: float) -> None:
@@ -67,14 +90,21 @@ class WeightGroupConfig:
 
 
 class WeightGroup:
-    """A formed group: `broadcast(tensor)` from rank 0, buffers on `device`."""
+    """A formed group: `broadcast(tensor)` from rank 0, buffers on `device`.
+
+    Every collective waits abandonably (see the module docstring): it raises
+    `WeightGroupAborted` within about `ABORT_POLL_S` of an abort, and a failed collective
+    aborts the group for every member."""
 
     def __init__(self, config: WeightGroupConfig, pg: dist.ProcessGroup, device: torch.device,
-                 store: dist.Store) -> None:
+                 store: dist.Store, prefixed: dist.Store | None = None) -> None:
         self.config = config
         self.device = device
-        self._pg = pg
+        self._pg: dist.ProcessGroup | None = pg
         self._store = store  # kept alive: rank 0 hosts it
+        self._prefixed = prefixed if prefixed is not None else group_store(config, store)
+        self._aborted: str | None = None
+        self._abort_now = threading.Event()
 
     @property
     def rank(self) -> int:
@@ -84,24 +114,143 @@ class WeightGroup:
     def world_size(self) -> int:
         return self.config.world_size
 
+    @property
+    def aborted(self) -> str | None:
+        """Why the group was aborted (it is unusable then), or None."""
+        return self._aborted
+
     def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
-        """In-place broadcast of `tensor` from `src` to every member (blocking)."""
+        """In-place broadcast of `tensor` from `src` to every member (blocking, abandonable).
+        Refused once the group is aborted (read from the store first: one round trip)."""
+        if self._pg is None:
+            raise WeightGroupAborted(self._describe(self._aborted or "closed"))
+        reason = self._abort_requested()
+        if reason is not None:
+            self._abandon(reason)
+            raise WeightGroupAborted(self._describe(reason))
         opts = dist.BroadcastOptions()
         opts.rootRank = src
         opts.rootTensor = 0
-        self._pg.broadcast([tensor], opts).wait()
+        self._await(self._pg.broadcast([tensor], opts))
 
     def barrier(self) -> None:
         self.broadcast(torch.zeros(1, dtype=torch.int64, device=self.device))
 
+    def abort(self, reason: str) -> None:
+        """Makes every member leave the group: this one at once (also a collective blocked
+        on another thread), the others at their next store read. Idempotent."""
+        self._mark(reason)
+        self._abort_now.set()
+        try:
+            post_abort(self._prefixed, reason)
+        except Exception:  # noqa: BLE001 - the store died with rank 0: members see it gone
+            log.debug("weight group abort: store unreachable", exc_info=True)
+        self._abandon(reason)
+
     def close(self) -> None:
-        shutdown = getattr(self._pg, "shutdown", None)
+        pg, self._pg = self._pg, None
+        if pg is None:
+            return
+        shutdown = getattr(pg, "shutdown", None)
         if callable(shutdown):
             try:
                 shutdown()
             except Exception:  # noqa: BLE001 - best effort on teardown
                 log.debug("weight group shutdown failed", exc_info=True)
-        self._pg = None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ abandonable waits
+    def _await(self, work) -> None:
+        pause = 1e-4
+        next_read = time.monotonic() + ABORT_POLL_S
+        while not work.is_completed():
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+            reason = self._abort_requested() if (self._abort_now.is_set()
+                                                 or time.monotonic() >= next_read) else None
+            if reason is not None:
+                self._abandon(reason)
+                raise WeightGroupAborted(self._describe(reason))
+            if time.monotonic() >= next_read:
+                next_read = time.monotonic() + ABORT_POLL_S
+        try:
+            work.wait()
+        except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors
+            reason = (f"a collective failed on rank {self.rank} "
+                      f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
+            self.abort(reason)  # the others must not wait for the group's timeout
+            raise WeightGroupAborted(self._describe(reason)) from exc
+
+    def _abort_requested(self) -> str | None:
+        """The abort reason: local, in the store, or the store gone (rank 0 died)."""
+        if self._aborted is not None:
+            return self._aborted
+        try:
+            if self._prefixed.check([ABORT_KEY]):
+                return self._prefixed.get(ABORT_KEY).decode(errors="replace")
+        except Exception as exc:  # noqa: BLE001 - DistNetworkError and the like
+            return (f"its store at {self.config.master_address}:{self.config.master_port} "
+                    f"is gone (rank 0, the actor, died or left: {type(exc).__name__})")
+        return "aborted on this member" if self._abort_now.is_set() else None
+
+    def _mark(self, reason: str) -> None:
+        if self._aborted is None:
+            self._aborted = reason
+            log.warning("%s", self._describe(reason))
+
+    def _abandon(self, reason: str) -> None:
+        self._mark(reason)
+        pg, self._pg = self._pg, None
+        if pg is None:
+            return
+        if self.config.backend == "nccl":  # frees the communicator and its GPU kernels
+            try:
+                pg.abort()
+            except Exception:  # noqa: BLE001 - best effort: the group is dropped anyway
+                log.debug("weight group abort() failed", exc_info=True)
+        # (gloo's abort() interrupts nothing and may block behind the posted collective)
+        _leak(pg)
+
+    def _describe(self, reason: str) -> str:
+        c = self.config
+        return (f"weight group {c.group_name} (rank {c.rank} of {c.world_size}, store "
+                f"{c.master_address}:{c.master_port}) aborted: {reason}")
+
+
+def _leak(pg: dist.ProcessGroup) -> None:
+    """Keeps an abandoned process group for the life of the process, never destroyed. Its
+    destructor joins the worker still blocked in the posted collective (until the group's
+    timeout: up to 10 min on a thread that must go on), and on a daemon thread one that
+    returns while the interpreter exits aborts the process (measured: "terminate called
+    without an active exception"). What it holds (sockets, the posted buffer until its
+    collective times out) is the cost of one failed session."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(pg))
+
+
+def group_store(config: WeightGroupConfig, store: dist.Store) -> dist.Store:
+    """The group's keys inside `store` (one prefix per group name)."""
+    return dist.PrefixStore(f"quartet/{config.group_name}/", store)
+
+
+def post_abort(store: dist.Store, reason: str) -> None:
+    """Writes the abort into a group's store; the first reason stays (it names the cause)."""
+    store.compare_set(ABORT_KEY, "", reason)
+
+
+def abort_weight_group(config: WeightGroupConfig, reason: str) -> bool:
+    """Aborts the group at `config`'s store from any process (a rollout whose session was
+    aborted, the coordinator). False when the store cannot be reached: it is gone, so the
+    members leave anyway (a store that is gone aborts the group)."""
+    try:
+        client = dist.TCPStore(config.master_address, config.master_port, is_master=False,
+                               timeout=timedelta(seconds=ABORT_CONNECT_S),
+                               wait_for_workers=False)
+        post_abort(group_store(config, client), reason)
+    except Exception as exc:  # noqa: BLE001 - DistNetworkError, TimeoutError, ...
+        log.info("weight group %s at %s:%d: not aborted through its store (%s: %s); it is "
+                 "gone, so its members leave it anyway", config.group_name,
+                 config.master_address, config.master_port, type(exc).__name__, exc)
+        return False
+    return True
 
 
 ADVERTISE_HOST_ENV = "QUARTET_ADVERTISE_HOST"
@@ -157,7 +306,7 @@ def init_weight_group(config: WeightGroupConfig, device: torch.device | None = N
         timeout=timeout,
         wait_for_workers=False,
     )
-    prefixed = dist.PrefixStore(f"quartet/{config.group_name}/", store)
+    prefixed = group_store(config, store)
     if config.backend == "nccl":
         if not torch.cuda.is_available():
             raise ValueError("backend: nccl needs a CUDA device; use gloo on CPU")
@@ -170,7 +319,7 @@ def init_weight_group(config: WeightGroupConfig, device: torch.device | None = N
     else:
         device = device or torch.device("cpu")
         pg = dist.ProcessGroupGloo(prefixed, config.rank, config.world_size, timeout)
-    group = WeightGroup(config, pg, device, store)
+    group = WeightGroup(config, pg, device, store, prefixed)
     # One collective proves every member is there (NCCL connects lazily otherwise).
     group.barrier()
     log.info("weight group %s formed: rank %d of %d (%s, %s)", config.group_name, config.rank,

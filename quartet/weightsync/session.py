@@ -26,7 +26,7 @@ from quartet.weightsync.buckets import (
     plan_buckets,
     unpack_bucket,
 )
-from quartet.weightsync.errors import WeightSyncError
+from quartet.weightsync.errors import WeightGroupAborted, WeightSyncError
 from quartet.weightsync.group import WeightGroup
 from quartet.weightsync.specs import (
     NamedTensors,
@@ -226,6 +226,9 @@ def receive_staged(receiver: WeightReceiver, version: int, specs: Sequence[Tenso
     """
     try:
         return list(receiver.receive(version, specs))
+    except WeightGroupAborted as exc:
+        raise WeightSyncError(f"weight group: transfer of version {version} failed "
+                              f"({exc}); nothing was loaded") from exc
     except WeightSyncError:
         raise
     except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise plain RuntimeErrors

@@ -20,6 +20,7 @@ from quartet.weightsync import (
     TransferStats,
     WeightGroupConfig,
     WeightSender,
+    WeightSyncError,
     advertised_host,
     check_group_bounds,
     host_store,
@@ -95,7 +96,15 @@ class Actor(TrainingRole):
 
     def open_weight_group(self, address: str, world_size: int,
                           timeout_s: float) -> tuple[str, int]:
-        """Hosts the weight group's store here; returns (address, port) for the members."""
+        """Hosts the weight group's store here; returns (address, port) for the members.
+
+        A new group replaces the current one: that one is aborted first, so a member still
+        blocked in it (a replica waiting for a session the sync never sent, or this actor's
+        own broadcast to a replica that died) leaves it now, not at its timeout."""
+        if self.sender is not None:
+            self.sender.group.abort("the coordinator re-forms the weight group (a replica "
+                                    "or the actor restarted, joined or was retired)")
+            self.sender = None
         try:
             check_group_bounds(world_size, timeout_s)
         except ValueError as exc:
@@ -132,7 +141,16 @@ class Actor(TrainingRole):
             specs = self.manifest(dtype)
             if bucket_bytes > 0:
                 self.sender.bucket_bytes = bucket_bytes
-            with self.exported_weights(dtype) as weights:
-                stats = self.sender.send(version, weights, specs)
+            try:
+                with self.exported_weights(dtype) as weights:
+                    stats = self.sender.send(version, weights, specs)
+            except WeightSyncError as exc:
+                # the group is aborted for every member; only a re-formed one sends again
+                self.sender = None
+                raise FailedPrecondition(
+                    f"weight group: broadcast of version {version} failed: {exc}. The group "
+                    "is aborted for every member: form a new one (OpenWeightGroup, "
+                    "InitWeightGroup); the rollout replicas' logs say which one left it"
+                ) from exc
         self.weight_version = version
         return stats

@@ -21,9 +21,11 @@ import time
 from collections.abc import Sequence
 
 from quartet.clients.actor import GrpcActorClient
+from quartet.clients.base import RoleCallError
 from quartet.clients.rollout import (
     GrpcRolloutClient,
     ReplicaInfo,
+    abort_sessions,
     await_joins,
     push_to_replica,
     update_replicas,
@@ -31,7 +33,7 @@ from quartet.clients.rollout import (
 from quartet.codec.dtypes import float_dtype
 from quartet.telemetry import ContextThreadPoolExecutor
 from quartet.v1 import common_pb2, rollout_pb2
-from quartet.weightsync import TensorSpec, WeightGroupConfig
+from quartet.weightsync import TensorSpec, WeightGroupConfig, abort_weight_group
 
 log = logging.getLogger("quartet.coordinator")
 
@@ -179,6 +181,7 @@ class GroupWeightSync(WeightSync):
         self.timeout_s = timeout_s
         self._formed = False
         self._formed_once = False
+        self._group: WeightGroupConfig | None = None
 
     def setup(self) -> None:
         """Every member joins the group concurrently, through a store the actor opened on
@@ -186,8 +189,7 @@ class GroupWeightSync(WeightSync):
         actor or replica restart) any session an interrupted broadcast left open on a live
         replica is aborted first: InitWeightGroup refuses while one is open."""
         if self._formed_once:
-            for r in self.rollouts:
-                r.abort_weight_update(0, "weight group re-formed", header=self.header)
+            abort_sessions(self.rollouts, "weight group re-formed", self.header)
         world, firsts = weight_group_ranks([self.workers_per_replica] * len(self.rollouts))
         address, port = self.actor.open_weight_group(world, self.master_address,
                                                      self.timeout_s)
@@ -197,6 +199,7 @@ class GroupWeightSync(WeightSync):
                    for first, r in zip(firsts, self.rollouts, strict=True)]
         self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
                                      cfg.backend, cfg.group_name, cfg.timeout_s)
+        self._group = cfg
         await_joins(self.rollouts, futures)
         self._formed = self._formed_once = True
         log.info("weight group formed at %s:%d: actor + %d rollout replica(s), %d workers, "
@@ -205,17 +208,39 @@ class GroupWeightSync(WeightSync):
     def reform(self) -> None:
         self._formed = False
 
+    def abort_group(self, reason: str) -> None:
+        """Every member leaves the current group now (through the store the actor hosts),
+        not at the group's timeout; the next update re-forms it."""
+        self._formed = False
+        if self._group is not None:
+            log.warning("aborting weight group at %s:%d: %s", self._group.master_address,
+                        self._group.master_port, reason)
+            abort_weight_group(self._group, reason)
+
     def __call__(self, version: int, iteration: int | None = None) -> dict[str, float]:
         self.stamp(version, iteration)
         start = time.perf_counter()
         if not self._formed:
             self.setup()
         wire = self.versions.next_wire(version)
-        sent, results = update_replicas(
-            self.rollouts, wire, self.manifest(), self.bucket_bytes,
-            lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype,
-                                                 header=self.header),
-            self.timeout_s, header=self.header)
+        try:
+            sent, results = update_replicas(
+                self.rollouts, wire, self.manifest(), self.bucket_bytes,
+                lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype,
+                                                     header=self.header),
+                self.timeout_s, header=self.header, abort=self.abort_group)
+        except RoleCallError as exc:
+            self._formed = False  # whatever failed, the group is not trusted again
+            # the same error for the recovery (it looks at the code and the address), with
+            # the phase and where to look when it cannot repair it
+            raise RoleCallError(
+                exc.role, exc.address, exc.method, exc.code,
+                f"{exc.details} [in the weight sync to policy version {version}; see the "
+                f"{exc.role}'s log under the run's logs/ directory, and the rollout "
+                "replicas' logs for who left the weight group]") from exc
+        except BaseException:
+            self._formed = False
+            raise
         seconds = time.perf_counter() - start
         return {"seconds": seconds, "broadcast_seconds": sent.seconds,
                 "load_seconds": max(r.load_seconds for r in results),

@@ -41,6 +41,7 @@ from quartet.weightsync import (
     TensorSpec,
     WeightGroupConfig,
     WeightSyncError,
+    abort_weight_group,
     plan_buckets,
 )
 
@@ -346,10 +347,12 @@ class RolloutEngine:
         """Closes the open session for `version` (0: any) without loading it.
 
         Returns (aborted, served version). The replica goes on serving its previous complete
-        version. A session whose transfer is still blocked on the group leaves that group
-        unusable (its receive thread waits for the group's timeout), so the replica then
-        needs InitWeightGroup again before the next group session; PushWeights works at once.
+        version. A session whose transfer is still on the group aborts that group for every
+        member (through its store: the receive, wherever the generator runs it, and the
+        sender leave it within a second), so the replica then needs InitWeightGroup again
+        before the next group session; PushWeights works at once.
         """
+        blocked: WeightGroupConfig | None = None
         with self._cond:
             session = self._session
             if session is None or (version and session.version != version):
@@ -360,9 +363,12 @@ class RolloutEngine:
                 return False, self._version
             session.aborted = True
             if not session.done.is_set() and self._group is not None:
-                self._group = None
+                blocked, self._group = self._group, None
             self._session = None
             self._cond.notify_all()
+        if blocked is not None:
+            abort_weight_group(blocked, f"rollout rank {blocked.rank} aborted its update to "
+                               f"version {session.version} ({reason or 'no reason given'})")
         log.warning("weight update to version %d aborted (%s); serving version %d",
                     session.version, reason or "no reason given", self._version)
         return True, self._version

@@ -1,0 +1,149 @@
+"""A member that dies, hangs or is dropped must not hold the others of a weight group in a
+collective for the group's timeout (120 s here): every member leaves within seconds once
+the group is aborted, and a member whose collective failed aborts it for everyone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from quartet.weightsync import (
+    WeightGroupConfig,
+    WeightReceiver,
+    WeightSender,
+    WeightSyncError,
+    abort_weight_group,
+    free_port,
+    host_store,
+    init_weight_group,
+    specs_of,
+)
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from weight_member_main import BUCKET_BYTES, GROUP_TIMEOUT_S, config, tensors  # noqa: E402
+
+MEMBER = HERE / "weight_member_main.py"
+REPO = HERE.parents[1]
+PROMPT_S = 10.0
+"""What 'within seconds' means here (an abort is read every 0.5 s; the host is shared)."""
+
+
+def form(world: int) -> tuple[WeightGroupConfig, list]:
+    """A group of `world` members in this process, one thread each (rank 0 hosts)."""
+    store = host_store("127.0.0.1", world, GROUP_TIMEOUT_S)
+    cfg = WeightGroupConfig("127.0.0.1", store.port, world, 0, timeout_s=GROUP_TIMEOUT_S)
+    groups: list = [None] * world
+
+    def join(rank: int) -> None:
+        groups[rank] = init_weight_group(cfg.with_rank(rank),
+                                         store=store if rank == 0 else None)
+
+    threads = [threading.Thread(target=join, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(groups), "the group did not form"
+    return cfg, groups
+
+
+def in_thread(fn) -> tuple[threading.Thread, dict]:
+    """Runs `fn` on a thread; the dict gets `error` (or `result`) and `seconds`."""
+    out: dict = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            out["result"] = fn()
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            out["error"] = exc
+        out["seconds"] = time.monotonic() - start
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_receivers_waiting_for_a_session_that_never_comes_leave_when_it_is_aborted():
+    """The retired-replica stall: a replica began a session, the sync never broadcast it
+    (another replica died first), and the group is aborted through its store from
+    another process's point of view (the coordinator, or the actor re-forming)."""
+    cfg, (sender, *receivers) = form(3)
+    want = specs_of(tensors(1))
+    waiting = [in_thread(lambda g=g: list(WeightReceiver(g).receive(1, want)))
+               for g in receivers]
+    time.sleep(1.0)
+    assert all(t.is_alive() for t, _ in waiting)  # really blocked in the collective
+    assert abort_weight_group(cfg, "rollout1 retired")
+    for t, out in waiting:
+        t.join(PROMPT_S)
+        assert not t.is_alive(), "a receiver stayed in the aborted group"
+        assert isinstance(out["error"], WeightSyncError)
+        assert "rollout1 retired" in str(out["error"])
+    # the sender learns it too, and a new group on a new store forms at once
+    with pytest.raises(WeightSyncError, match="aborted: rollout1 retired"):
+        sender.barrier()
+    _, groups = form(2)
+    t, out = in_thread(lambda: list(WeightReceiver(groups[1]).receive(2, want)))
+    WeightSender(groups[0], BUCKET_BYTES).send(2, tensors(1))
+    t.join(PROMPT_S)
+    assert [n for n, _ in out["result"]] == ["t0"]
+
+
+def test_a_sender_blocked_on_a_hung_receiver_leaves_when_the_group_is_aborted():
+    """A receiver that joined but stopped receiving (hung, or its process frozen): the
+    sender's broadcast blocks once the socket buffers are full, and returns on abort."""
+    cfg, (sender, receiving, _hung) = form(3)
+    big = tensors(8)  # 64 MiB: far beyond what the socket buffers take without a reader
+    rx, _ = in_thread(lambda: list(WeightReceiver(receiving).receive(1, specs_of(big))))
+    tx, sent = in_thread(lambda: WeightSender(sender, BUCKET_BYTES).send(1, big))
+    time.sleep(1.5)
+    assert tx.is_alive(), "the broadcast did not block on the hung receiver"
+    sender.abort("rank 2 hung")
+    tx.join(PROMPT_S)
+    rx.join(PROMPT_S)
+    assert not tx.is_alive() and not rx.is_alive()
+    assert isinstance(sent["error"], WeightSyncError)
+    assert "rank 2 hung" in str(sent["error"])
+
+
+def test_a_receiver_killed_during_the_broadcast_does_not_hold_the_others():
+    """Rank 2 SIGKILLs itself after the first of 24 buckets: the sender's send to it fails,
+    the sender aborts the group, and rank 1 (this process), which would otherwise wait
+    for the next bucket until the group's timeout, leaves within seconds."""
+    port, world, buckets = free_port(), 3, 24
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    sender = subprocess.Popen([sys.executable, str(MEMBER), "send", str(port), str(world),
+                               str(buckets)], cwd=REPO, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    dying = subprocess.Popen([sys.executable, str(MEMBER), "die", str(port), str(world), "2",
+                              str(buckets)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        group = init_weight_group(config(port, world, 1))
+        start = time.monotonic()
+        received = []
+        with pytest.raises(WeightSyncError, match="aborted") as caught:
+            for name, _ in WeightReceiver(group).receive(1, specs_of(tensors(buckets))):
+                received.append(name)
+        seconds = time.monotonic() - start
+        assert dying.wait(60) == -9  # really SIGKILLed, mid-session
+        assert len(received) < buckets, "the broadcast ended before the kill"
+        assert seconds < PROMPT_S, (seconds, caught.value)
+        assert sender.poll() is None  # rank 0 is alive: the abort, not its exit, freed us
+        out, _ = sender.communicate("", timeout=60)
+        assert sender.returncode == 0, out  # and it exits cleanly with an abandoned group
+        failed = [line for line in out.splitlines() if line.startswith("failed")]
+        assert failed and float(failed[0].split()[1]) < PROMPT_S, out
+    finally:
+        for p in (sender, dying):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
