@@ -74,9 +74,9 @@ DEFAULT_CHECKPOINTING = "selective"
 """GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). The actor's
 training step is the tree's peak. Since the actor's step computes no logits (issue 13's
 sixth pass, benchmarks.md "Sixth pass (speed)"), selective keeps the tree below TRL's peak
-on the 32- and 64-token shapes at a lower cost in time than full, which recomputes a whole
-forward per layer. TRL's side runs without checkpointing, as its GRPOTrainer does by
-default."""
+on the 32- and 64-token shapes while recomputing only pointwise ops, where full runs each
+layer's forward again (the 64-token shape missed 1.5x with full). TRL's side runs without
+checkpointing, as its GRPOTrainer does by default."""
 GRPO_DEFAULTS = {"prompts": 16, "group": 4, "max_new_tokens": 32}
 
 
