@@ -47,6 +47,12 @@ ABORT_KEY = "abort"
 ABORT_POLL_S = 0.5
 """How often a member blocked in a collective reads the store for `ABORT_KEY`: the most an
 abort waits for one member (a store round trip each time, only while a collective runs)."""
+COMPLETION_POLL_S = (1e-4, 5e-4)
+"""First and longest sleep between two `is_completed()` checks of a collective: a broadcast
+is seen finished at most this late. Measured on loopback gloo (2 processes, a sync's three
+broadcasts: two small ones and 11.5 MB, median of 50): with a 10 ms cap 4.9-5.1 ms, with
+0.5 ms 4.4 ms, a plain `work.wait()` 2.8-3.3 ms (the rest is each member's store read before
+a broadcast). The wake-ups (at most 2000/s, only while a collective runs) are cheap."""
 ABORT_CONNECT_S = 5.0
 """How long `abort_weight_group` tries to reach a store (it may be gone with rank 0)."""
 
@@ -160,11 +166,11 @@ class WeightGroup:
 
     # ------------------------------------------------------------------ abandonable waits
     def _await(self, work) -> None:
-        pause = 1e-4
+        pause = COMPLETION_POLL_S[0]
         next_read = time.monotonic() + ABORT_POLL_S
         while not work.is_completed():
             time.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            pause = min(pause * 2, COMPLETION_POLL_S[1])
             reason = self._abort_requested() if (self._abort_now.is_set()
                                                  or time.monotonic() >= next_read) else None
             if reason is not None:
