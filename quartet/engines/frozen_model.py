@@ -23,7 +23,7 @@ from quartet.codec.batches import RowBatch
 from quartet.codec.dtypes import float_dtype
 from quartet.data.shared_prefix import shares_prefix
 from quartet.engines.inference_engine import InferenceEngine
-from quartet.engines.scoring import LogProbsResult, response_logprobs
+from quartet.engines.scoring import LogProbsResult, hidden_fn, response_logprobs
 from quartet.serving.errors import FailedPrecondition
 from quartet.serving.ranks import RankGroup
 from quartet.storage_release import SpilledStorages
@@ -198,14 +198,11 @@ class FrozenCausalLM:
 
     def shard_logprobs(self, batch: RowBatch, temperature: float, with_entropy: bool
                        ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        weight = self.engine.output_weight()
-        hidden_of = ((lambda b, start: (self.engine.hidden(b, start), weight))
-                     if weight is not None else None)
         return response_logprobs(
             self.engine.logits, batch, self.pad_id, temperature, self.micro_batch_size,
             with_entropy,
             share_prefix=shares_prefix(self.engine.attn_implementation),
-            hidden_of=hidden_of).rows()
+            hidden_of=hidden_fn(self.engine.output_weight(), self.engine.hidden)).rows()
 
     def serve_worker(self) -> int:
         """Ranks > 0: serve rank 0's fanned-out calls until it stops; the exit code."""

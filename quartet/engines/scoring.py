@@ -127,6 +127,31 @@ HiddenFn = Callable[[TokenBatch, int], tuple[torch.Tensor, torch.Tensor]]
 layer's weight, for a model whose logits are exactly `hidden @ weight.T`."""
 
 
+def hidden_fn(weight: torch.Tensor | None,
+              hidden: Callable[[TokenBatch, int], torch.Tensor]) -> HiddenFn | None:
+    """A `HiddenFn` from an engine's `output_weight()` and its hidden-state forward; None
+    (the logits path) where the engine has no plain output layer."""
+    if weight is None:
+        return None
+    return lambda batch, start: (hidden(batch, start), weight)
+
+
+def layout_stats_from_hidden(layout: SharedLayout, start: int, positions: Sequence[torch.Tensor],
+                             hidden_of: HiddenFn, temperature: float = 1.0,
+                             into_grad: bool = False, with_entropy: bool = True
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """`stats_from_hidden` for one micro-batch's `layout` (`start`: `response_start` of its
+    rows): runs `hidden_of` on the model batch from the layout's window and maps the hidden
+    states back to the rows. Returns (log-probs, entropies, the rows' hidden states)."""
+    first = layout.window_start(start)
+    hidden, weight = hidden_of(layout.model_batch, first)
+    hidden = layout.gather(hidden, start, first)[:, :-1]
+    lps, ents = stats_from_hidden(hidden, weight, layout.rows.input_ids[:, start + 1:],
+                                  positions, temperature, into_grad=into_grad,
+                                  with_entropy=with_entropy)
+    return lps, ents, hidden
+
+
 @torch.no_grad()
 def response_logprobs(
     logits_of: Callable[[TokenBatch, int], torch.Tensor],
@@ -154,11 +179,8 @@ def response_logprobs(
         start = response_start(batch)
         pos = response_positions(batch, start)
         if hidden_of is not None:
-            first = layout.window_start(start)
-            hidden, weight = hidden_of(layout.model_batch, first)
-            row_lps, row_ents = stats_from_hidden(
-                layout.gather(hidden, start, first)[:, :-1], weight,
-                batch.input_ids[:, start + 1:], pos, temperature, with_entropy=with_entropy)
+            row_lps, row_ents, _ = layout_stats_from_hidden(
+                layout, start, pos, hidden_of, temperature, with_entropy=with_entropy)
             lps += [t.float().cpu() for t in row_lps]
             ents += [t.float().cpu() for t in row_ents] if with_entropy else []
             continue

@@ -32,12 +32,13 @@ from quartet.data.shared_prefix import SharedLayout, shares_prefix
 from quartet.engines.scoring import (
     LogProbsResult,
     gather_rows,
+    hidden_fn,
+    layout_stats_from_hidden,
     pad_rows,
     response_logprobs,
     response_positions,
     response_start,
     split_micro,
-    stats_from_hidden,
     to_model_batch,
     to_model_layout,
 )
@@ -130,9 +131,7 @@ class PolicyUpdater(_Updater):
     def logprobs(self, rows: RowBatch, temperature: float = 1.0,
                  with_entropy: bool = False) -> LogProbsResult:
         self.engine.eval()
-        weight = self.engine.output_weight()
-        hidden_of = ((lambda b, start: (self.engine.forward_hidden(b, start), weight))
-                     if weight is not None else None)
+        hidden_of = hidden_fn(self.engine.output_weight(), self.engine.forward_hidden)
         return response_logprobs(lambda b, start: self.engine.forward(b, start).logits, rows,
                                  self.pad_id,
                                  temperature, self.micro_batch_size, with_entropy, self.packed,
@@ -199,7 +198,6 @@ class PolicyUpdater(_Updater):
             metrics.append(m)
         return self._summary(metrics, info)
 
-
     def _response_stats(self, layout: SharedLayout, temperature: float,
                         entropy_grad: bool) -> _ResponseStats:
         """One forward of a micro-batch: each row's response log-probs (in the graph) and
@@ -209,18 +207,16 @@ class PolicyUpdater(_Updater):
         from the logits."""
         batch = layout.rows
         start = response_start(batch)
-        first = layout.window_start(start)
         pos = response_positions(batch, start)
-        weight = self.engine.output_weight()
-        if weight is not None:
-            hidden = layout.gather(self.engine.forward_hidden(layout.model_batch, first),
-                                   start, first)[:, :-1]
-            labels = batch.input_ids[:, start + 1:]
-            lps, ents = stats_from_hidden(hidden, weight, labels, pos, temperature,
-                                          into_grad=self.engine.plain_grad_accumulation)
+        hidden_of = hidden_fn(self.engine.output_weight(), self.engine.forward_hidden)
+        if hidden_of is not None:
+            lps, ents, hidden = layout_stats_from_hidden(
+                layout, start, pos, hidden_of, temperature,
+                into_grad=self.engine.plain_grad_accumulation)
             if not entropy_grad:
                 ents = [e.detach() for e in ents]
             return _ResponseStats(lps, ents, hidden, None)
+        first = layout.window_start(start)
         out = self.engine.forward(layout.model_batch, first)
         logits = layout.gather(out.logits, start, first)[:, :-1]
         labels = batch.input_ids[:, start + 1:].to(logits.device)

@@ -72,6 +72,9 @@ class GenerationStream:
         if isinstance(item, BaseException):
             self._finish()
             raise item
+        return self._output(item)
+
+    def _output(self, item: PromptOutput) -> PromptOutput:
         return self._transform(item) if self._transform is not None else item
 
     def batches(self) -> Iterator[list[PromptOutput]]:
@@ -88,7 +91,7 @@ class GenerationStream:
                 if item is _END or isinstance(item, BaseException):
                     self._held = item
                     break
-                batch.append(self._transform(item) if self._transform is not None else item)
+                batch.append(self._output(item))
             yield batch
 
     @property
