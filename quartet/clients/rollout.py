@@ -10,6 +10,7 @@ replica deduplicates.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -296,6 +297,43 @@ def await_joins(clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Fut
         except grpc.RpcError as exc:
             raise _replica_error(c, "InitWeightGroup", exc) from None
     return ranks
+
+
+class JoinWatch:
+    """Watches the replicas' joins of a forming weight group: the first one that fails
+    calls `on_failure(reason)` at once (on its own thread: the coordinator aborts the group
+    there, so the actor and the other replicas stop waiting for the one that will never
+    come), and `raise_first()` raises that replica's error, the cause of the others'."""
+
+    def __init__(self, clients: Sequence[GrpcRolloutClient], futures: Sequence[grpc.Future],
+                 on_failure: Callable[[str], None]) -> None:
+        self._on_failure = on_failure
+        self._lock = threading.Lock()
+        self.first: RoleCallError | None = None
+        for c, f in zip(clients, futures, strict=True):
+            f.add_done_callback(lambda fut, c=c: self._done(c, fut))
+
+    def _done(self, client: GrpcRolloutClient, future: grpc.Future) -> None:
+        if future.cancelled() or future.exception() is None:
+            return
+        exc = future.exception()
+        error = (_replica_error(client, "InitWeightGroup", exc)
+                 if isinstance(exc, grpc.RpcError) else
+                 RoleCallError("rollout", client.address, "InitWeightGroup",
+                               grpc.StatusCode.UNKNOWN, str(exc)))
+        with self._lock:
+            if self.first is not None:
+                return
+            self.first = error
+        reason = f"rollout replica {client.address} failed to join: {error.details[:300]}"
+        threading.Thread(target=self._on_failure, args=(reason,), daemon=True,
+                         name="weight-group-join-failed").start()
+
+    def raise_first(self) -> None:
+        with self._lock:
+            first = self.first
+        if first is not None:
+            raise first
 
 
 def abort_sessions(clients: Sequence[GrpcRolloutClient], reason: str,

@@ -313,6 +313,7 @@ def init_weight_group(config: WeightGroupConfig, device: torch.device | None = N
         wait_for_workers=False,
     )
     prefixed = group_store(config, store)
+    await_members(prefixed, config)
     if config.backend == "nccl":
         if not torch.cuda.is_available():
             raise ValueError("backend: nccl needs a CUDA device; use gloo on CPU")
@@ -331,6 +332,51 @@ def init_weight_group(config: WeightGroupConfig, device: torch.device | None = N
     log.info("weight group %s formed: rank %d of %d (%s, %s)", config.group_name, config.rank,
              config.world_size, config.backend, device)
     return group
+
+
+JOINED_KEY = "joined"
+"""Counts the members that reached `init_weight_group` (an atomic add in the store)."""
+JOIN_POLL_S = (1e-3, 0.05)
+"""First and longest sleep between two reads of the join count while a group forms."""
+
+
+def await_members(store: dist.Store, config: WeightGroupConfig) -> None:
+    """Counts this member in and waits, abandonably, until all `world_size` are in.
+
+    The backend's own rendezvous (inside the `ProcessGroupGloo`/`ProcessGroupNCCL`
+    constructor) cannot be interrupted: a member that died or was never started would hold
+    the others there for the group's timeout. Waiting here first, on a count in the store,
+    lets the others leave as soon as the group is aborted (the coordinator does when a
+    member's join fails) or its store is gone (rank 0 died). The window left is a member
+    dying between this count and the constructor, a few milliseconds."""
+    store.add(JOINED_KEY, 1)
+    deadline = time.monotonic() + config.timeout_s
+    pause = JOIN_POLL_S[0]
+    joined = 0
+    while True:
+        try:
+            joined = store.add(JOINED_KEY, 0)
+            if joined >= config.world_size:
+                return
+            aborted = (store.get(ABORT_KEY).decode(errors="replace")
+                       if store.check([ABORT_KEY]) else None)
+        except Exception as exc:  # noqa: BLE001 - DistNetworkError and the like
+            aborted = (f"its store at {config.master_address}:{config.master_port} is gone "
+                       f"while the group formed (rank 0, the actor, died or left: "
+                       f"{type(exc).__name__})")
+        if aborted is not None:
+            raise WeightGroupAborted(
+                f"weight group {config.group_name} (rank {config.rank} of "
+                f"{config.world_size}) did not form, {joined} of {config.world_size} members "
+                f"joined: {aborted}")
+        if time.monotonic() >= deadline:
+            raise WeightGroupAborted(
+                f"weight group {config.group_name} (rank {config.rank} of "
+                f"{config.world_size}, store {config.master_address}:{config.master_port}) "
+                f"did not form within timeout_s={config.timeout_s:g}: {joined} of "
+                f"{config.world_size} members joined; the missing ones' logs say why")
+        time.sleep(pause)
+        pause = min(pause * 2, JOIN_POLL_S[1])
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -24,6 +24,7 @@ from quartet.clients.actor import GrpcActorClient
 from quartet.clients.base import RoleCallError
 from quartet.clients.rollout import (
     GrpcRolloutClient,
+    JoinWatch,
     ReplicaInfo,
     abort_sessions,
     await_joins,
@@ -197,9 +198,16 @@ class GroupWeightSync(WeightSync):
                                 self.timeout_s)
         futures = [r.init_weight_group_future(cfg.with_rank(first))
                    for first, r in zip(firsts, self.rollouts, strict=True)]
-        self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
-                                     cfg.backend, cfg.group_name, cfg.timeout_s)
         self._group = cfg
+        # a replica whose join fails (it died, its engine refused) aborts the forming group:
+        # the actor and the other replicas leave it now, not at the group's timeout
+        joins = JoinWatch(self.rollouts, futures, lambda why: abort_weight_group(cfg, why))
+        try:
+            self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
+                                         cfg.backend, cfg.group_name, cfg.timeout_s)
+        except RoleCallError:
+            joins.raise_first()  # the replica that failed is the cause: the recovery repairs it
+            raise
         await_joins(self.rollouts, futures)
         self._formed = self._formed_once = True
         log.info("weight group formed at %s:%d: actor + %d rollout replica(s), %d workers, "

@@ -1,5 +1,6 @@
-"""`update_replicas` aborts the weight group when a replica fails during a sync, so the
-sender and the other replicas do not wait in it for the group's timeout (fake replicas;
+"""`update_replicas` aborts the weight group when a replica fails during a sync, and
+`JoinWatch` when a replica fails to join while the group forms, so the sender and the other
+replicas do not wait in it for the group's timeout (fake replicas;
 the group itself is tested in tests/weightsync/test_weightsync_abort.py)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import grpc
 import pytest
 
 from quartet.clients.base import RoleCallError
-from quartet.clients.rollout import update_replicas
+from quartet.clients.rollout import JoinWatch, update_replicas
 from quartet.weightsync import TensorSpec
 
 
@@ -90,3 +91,25 @@ def test_a_healthy_sync_aborts_nothing():
 
     sent, results = update_replicas([a], 5, SPECS, 1 << 20, broadcast, abort=aborted.append)
     assert sent == "sent" and results[0].version == 5 and not aborted
+
+
+def test_the_first_replica_failing_to_join_aborts_the_forming_group_and_is_named():
+    """The others' joins fail after the abort too; the cause is the first one."""
+    a, b, c = Replica("a:1"), Replica("b:2"), Replica("c:3")
+    joins = [Future(), Future(), Future()]
+    aborted: list[str] = []
+    called = threading.Event()
+
+    def abort(reason: str) -> None:
+        aborted.append(reason)
+        called.set()
+
+    watch = JoinWatch([a, b, c], joins, abort)
+    joins[0].set_result("joined")
+    watch.raise_first()  # nothing failed yet
+    joins[1].set_exception(Dead())  # b died before joining
+    assert called.wait(30)
+    joins[2].set_exception(RuntimeError("weight group aborted"))  # c left on the abort
+    with pytest.raises(RoleCallError, match="b:2: InitWeightGroup failed with UNAVAILABLE"):
+        watch.raise_first()
+    assert len(aborted) == 1 and "b:2 failed to join" in aborted[0]

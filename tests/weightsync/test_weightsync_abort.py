@@ -147,3 +147,63 @@ def test_a_receiver_killed_during_the_broadcast_does_not_hold_the_others():
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def joining(cfg: WeightGroupConfig, ranks: list[int], store=None) -> list:
+    """Each rank of `ranks` starts `init_weight_group` on its own thread (rank 0 hosts)."""
+    return [in_thread(lambda r=r: init_weight_group(
+        cfg.with_rank(r), store=store if r == 0 else None)) for r in ranks]
+
+
+def test_members_of_a_group_a_replica_never_joins_leave_when_it_is_aborted():
+    """A replica that died before joining (the coordinator sees its InitWeightGroup fail):
+    the actor and the other replica, waiting for it to form the group, leave within seconds
+    of the coordinator's abort instead of waiting for the group's timeout."""
+    store = host_store("127.0.0.1", 3, GROUP_TIMEOUT_S)
+    cfg = WeightGroupConfig("127.0.0.1", store.port, 3, 0, timeout_s=GROUP_TIMEOUT_S)
+    waiting = joining(cfg, [0, 1], store)
+    time.sleep(1.0)
+    assert all(t.is_alive() for t, _ in waiting)  # really waiting for rank 2
+    assert abort_weight_group(cfg, "rollout 127.0.0.1:1 failed to join")
+    for t, out in waiting:
+        t.join(PROMPT_S)
+        assert not t.is_alive(), "a member stayed waiting for a group that cannot form"
+        assert isinstance(out["error"], WeightSyncError)
+        assert "2 of 3 members joined" in str(out["error"])
+        assert "rollout 127.0.0.1:1 failed to join" in str(out["error"])
+        assert out["seconds"] < 1.0 + PROMPT_S
+
+
+def test_a_group_that_cannot_form_fails_at_its_timeout_naming_who_is_missing():
+    store = host_store("127.0.0.1", 2, 2.0)
+    cfg = WeightGroupConfig("127.0.0.1", store.port, 2, 0, timeout_s=2.0)
+    [(t, out)] = joining(cfg, [0], store)
+    t.join(PROMPT_S)
+    assert not t.is_alive()
+    assert isinstance(out["error"], WeightSyncError)
+    assert "did not form within timeout_s=2: 1 of 2 members joined" in str(out["error"])
+    assert 2.0 <= out["seconds"] < 2.0 + PROMPT_S
+
+
+def test_a_member_leaves_a_forming_group_whose_rank_0_was_killed():
+    """Rank 0 (the actor, hosting the store) is SIGKILLed while the group forms: the member
+    waiting for the third one learns its store is gone and leaves within seconds."""
+    port, world = free_port(), 3
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    host = subprocess.Popen([sys.executable, str(MEMBER), "send", str(port), str(world), "1"],
+                            cwd=REPO, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        [(t, out)] = joining(config(port, world, 1), [1])
+        time.sleep(3.0)  # rank 0 is up (our join connected to its store) and waiting too
+        assert t.is_alive() and host.poll() is None
+        host.kill()
+        assert host.wait(60) == -9
+        t.join(PROMPT_S)
+        assert not t.is_alive(), "the member stayed in a group whose store is gone"
+        assert isinstance(out["error"], WeightSyncError)
+        assert "is gone while the group formed" in str(out["error"])
+    finally:
+        if host.poll() is None:
+            host.kill()
+            host.wait()
