@@ -11,9 +11,10 @@ replica deduplicates.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -347,6 +348,83 @@ def abort_sessions(clients: Sequence[GrpcRolloutClient], reason: str,
             raise _replica_error(c, "AbortWeightUpdate", exc) from None
 
 
+@dataclass
+class OpenUpdate:
+    """An update begun on every replica (`begin_update`): their sessions are open and their
+    Finish calls in flight, waiting for the broadcast (`complete_update`) or `cancel`."""
+
+    clients: Sequence[GrpcRolloutClient]
+    version: int
+    finishes: Sequence[grpc.Future]
+    begun_at: float = field(default_factory=time.perf_counter)
+    """When every replica had begun (`time.perf_counter()`): a replica's `load_seconds`
+    count from its own begin."""
+
+    def cancel(self, reason: str, header: common_pb2.RequestHeader | None = None) -> None:
+        """Closes the sessions without a broadcast (the update will not come: e.g. the
+        training before it failed). A replica waiting in the group for the session's header
+        aborts that group (`AbortWeightUpdate`), so it must be re-formed; errors name the
+        replica."""
+        for f in self.finishes:
+            f.cancel()
+        for c in self.clients:
+            try:
+                c.abort_weight_update(self.version, reason, header=header)
+            except grpc.RpcError as exc:
+                raise _replica_error(c, "AbortWeightUpdate", exc) from None
+
+
+def begin_update(
+    clients: Sequence[GrpcRolloutClient], version: int, specs: Sequence[TensorSpec],
+    bucket_bytes: int, finish_timeout_s: float = 0.0,
+    header: common_pb2.RequestHeader | None = None,
+    abort: Callable[[str], None] | None = None,
+) -> OpenUpdate:
+    """The first half of `update_replicas`: begin on every replica, then ask each to finish
+    (it answers once its receiver loaded the last bucket). Whoever holds rank 0 may send any
+    time after; a caller that can begin early (before the weights are final) hides these
+    round trips."""
+    for i, c in enumerate(clients):
+        try:
+            c.begin_weight_update(version, specs, bucket_bytes, header=header)
+        except grpc.RpcError as exc:
+            error = _replica_error(c, "BeginWeightUpdate", exc)
+            if abort is not None and i > 0:
+                abort(f"the update to version {version} was not begun on every replica: "
+                      f"{error}")
+            raise error from None
+    # Finish is asked before the broadcast: each replica answers once its receiver loaded
+    # the last bucket, with no round trip after the broadcast on the sync's critical path.
+    return OpenUpdate(clients, version, [c.finish_weight_update_future(version,
+                                                                       finish_timeout_s,
+                                                                       header)
+                                         for c in clients])
+
+
+def complete_update(update: OpenUpdate, broadcast: Callable[[], T],
+                    abort: Callable[[str], None] | None = None
+                    ) -> tuple[T, list[UpdateResult]]:
+    """The second half of `update_replicas`: `broadcast()`, then every replica's finish."""
+    clients, version = update.clients, update.version
+    try:
+        sent = _broadcast_watching(clients, update.finishes, broadcast, abort, version)
+    except BaseException:
+        for f in update.finishes:
+            f.cancel()
+        raise
+    results = []
+    for c, f in zip(clients, update.finishes, strict=True):
+        try:
+            resp = f.result()
+        except grpc.RpcError as exc:
+            raise _replica_error(c, "FinishWeightUpdate", exc) from None
+        if resp.version != version:
+            raise RuntimeError(f"rollout at {c.address} reports version {resp.version} "
+                               f"after an update to {version}")
+        results.append(UpdateResult(resp.version, resp.load_seconds))
+    return sent, results
+
+
 def update_replicas(
     clients: Sequence[GrpcRolloutClient], version: int, specs: Sequence[TensorSpec],
     bucket_bytes: int, broadcast: Callable[[], T], finish_timeout_s: float = 0.0,
@@ -364,36 +442,9 @@ def update_replicas(
     replica's finish fails while the broadcast still runs (it died or left the group, and
     the sender may be blocked on it) and when a begin fails after others began (they wait
     for a session that will not come)."""
-    for i, c in enumerate(clients):
-        try:
-            c.begin_weight_update(version, specs, bucket_bytes, header=header)
-        except grpc.RpcError as exc:
-            error = _replica_error(c, "BeginWeightUpdate", exc)
-            if abort is not None and i > 0:
-                abort(f"the update to version {version} was not begun on every replica: "
-                      f"{error}")
-            raise error from None
-    # Finish is asked before the broadcast: each replica answers once its receiver loaded
-    # the last bucket, with no round trip after the broadcast on the sync's critical path.
-    futures = [c.finish_weight_update_future(version, finish_timeout_s, header)
-               for c in clients]
-    try:
-        sent = _broadcast_watching(clients, futures, broadcast, abort, version)
-    except BaseException:
-        for f in futures:
-            f.cancel()
-        raise
-    results = []
-    for c, f in zip(clients, futures, strict=True):
-        try:
-            resp = f.result()
-        except grpc.RpcError as exc:
-            raise _replica_error(c, "FinishWeightUpdate", exc) from None
-        if resp.version != version:
-            raise RuntimeError(f"rollout at {c.address} reports version {resp.version} "
-                               f"after an update to {version}")
-        results.append(UpdateResult(resp.version, resp.load_seconds))
-    return sent, results
+    update = begin_update(clients, version, specs, bucket_bytes, finish_timeout_s, header,
+                          abort)
+    return complete_update(update, broadcast, abort)
 
 
 WATCH_S = 0.2

@@ -48,11 +48,15 @@ ABORT_POLL_S = 0.5
 """How often a member blocked in a collective reads the store for `ABORT_KEY`: the most an
 abort waits for one member (a store round trip each time, only while a collective runs)."""
 COMPLETION_POLL_S = (1e-4, 5e-4)
-"""First and longest sleep between two `is_completed()` checks of a collective: a broadcast
-is seen finished at most this late. Measured on loopback gloo (2 processes, a sync's three
-broadcasts: two small ones and 11.5 MB, median of 50): with a 10 ms cap 4.9-5.1 ms, with
-0.5 ms 4.4 ms, a plain `work.wait()` 2.8-3.3 ms (the rest is each member's store read before
-a broadcast). The wake-ups (at most 2000/s, only while a collective runs) are cheap."""
+"""First and longest sleep between two `is_completed()` checks of an NCCL collective: a
+broadcast is seen finished at most this late. (Measured on loopback gloo before gloo waited
+in slices: 2 processes, a sync's three broadcasts, median of 50: with a 10 ms cap 4.9-5.1
+ms, with 0.5 ms 4.4 ms, a plain `work.wait()` 2.8-3.3 ms.)"""
+GLOO_WAIT_SLICE = timedelta(milliseconds=20)
+"""How long a gloo collective is waited for in one go before an abort on this member is
+looked at: `work.wait(timeout)` returns the moment the collective completes (no polling
+delay), and a timeout leaves the work running. A receiver waiting for a session (a replica
+may begin before the actor's last mini-batch ends) wakes 50 times a second, not 2000."""
 ABORT_CONNECT_S = 5.0
 """How long `abort_weight_group` tries to reach a store (it may be gone with rank 0)."""
 
@@ -125,12 +129,18 @@ class WeightGroup:
         """Why the group was aborted (it is unusable then), or None."""
         return self._aborted
 
-    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
+    def broadcast(self, tensor: torch.Tensor, src: int = 0, check_store: bool = True) -> None:
         """In-place broadcast of `tensor` from `src` to every member (blocking, abandonable).
-        Refused once the group is aborted (read from the store first: one round trip)."""
+        Refused once the group is aborted (read from the store first: one round trip).
+
+        `check_store=False` skips that read (only an abort known here refuses): for the
+        broadcasts that follow the first one of a session within milliseconds. An abort
+        posted meanwhile is still read while the broadcast blocks (every `ABORT_POLL_S`);
+        one that completes first only moved bytes every member still expected."""
         if self._pg is None:
             raise WeightGroupAborted(self._describe(self._aborted or "closed"))
-        reason = self._abort_requested()
+        reason = (self._abort_requested() if check_store or self._abort_now.is_set()
+                  else self._aborted)
         if reason is not None:
             self._abandon(reason)
             raise WeightGroupAborted(self._describe(reason))
@@ -168,8 +178,7 @@ class WeightGroup:
     def _await(self, work) -> None:
         pause = COMPLETION_POLL_S[0]
         next_read = time.monotonic() + ABORT_POLL_S
-        while not work.is_completed():
-            time.sleep(pause)
+        while not self._wait_a_while(work, pause):
             pause = min(pause * 2, COMPLETION_POLL_S[1])
             reason = self._abort_requested() if (self._abort_now.is_set()
                                                  or time.monotonic() >= next_read) else None
@@ -185,6 +194,19 @@ class WeightGroup:
                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]})")
             self.abort(reason)  # the others must not wait for the group's timeout
             raise WeightGroupAborted(self._describe(reason)) from exc
+
+    def _wait_a_while(self, work, pause: float) -> bool:
+        """Whether `work` completed (or failed) after waiting up to `GLOO_WAIT_SLICE`
+        (gloo: blocked in the work itself, woken the moment it completes) or `pause` (NCCL:
+        `is_completed()` polls the device without blocking the CPU)."""
+        if self.config.backend != "gloo":
+            time.sleep(pause)
+            return work.is_completed()
+        try:
+            work.wait(GLOO_WAIT_SLICE)
+        except RuntimeError:  # "Operation timed out!", or the work failed: completed then
+            return work.is_completed()
+        return True
 
     def _abort_requested(self) -> str | None:
         """The abort reason: local, in the store, or the store gone (rank 0 died)."""

@@ -102,8 +102,9 @@ class WeightSender:
             dtype=torch.int64,
         ).to(device)
         self.group.broadcast(header)
-        if plan:
-            self.group.broadcast(torch.tensor(sizes, dtype=torch.int64).to(device))
+        if plan:  # the session's later broadcasts skip the store read (see WeightGroup)
+            self.group.broadcast(torch.tensor(sizes, dtype=torch.int64).to(device),
+                                 check_store=False)
         # a tensor alone in its bucket is broadcast from its own memory (its bytes are the
         # bucket), so the packing buffer holds at most one bucket of several tensors: the
         # largest tensor (an embedding) does not set its size
@@ -127,7 +128,7 @@ class WeightSender:
                 tensors.append(t)
             alone = len(tensors) == 1
             self.group.broadcast(as_bytes(tensors[0]).to(device) if alone
-                                 else pack_bucket(bucket, tensors, buffer))
+                                 else pack_bucket(bucket, tensors, buffer), check_store=False)
         stats = TransferStats(version, len(specs), len(plan), total,
                               time.perf_counter() - start)
         log.info("sent version %d: %d tensors, %d buckets, %.1f MB in %.2fs", version,
@@ -167,7 +168,7 @@ class WeightReceiver:
                                   "sender, or sessions out of step)")
         sizes_t = torch.zeros(num_buckets, dtype=torch.int64, device=device)
         if num_buckets:
-            self.group.broadcast(sizes_t)
+            self.group.broadcast(sizes_t, check_store=False)
         sizes = sizes_t.tolist()
         problems = []
         if sent_version != version:
@@ -194,7 +195,7 @@ class WeightReceiver:
             for bucket in plan:
                 buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=self.group.device)
                 try:
-                    self.group.broadcast(buffer)
+                    self.group.broadcast(buffer, check_store=False)
                 except Exception:
                     broken = True
                     raise

@@ -410,6 +410,10 @@ class PPOServices:
             reference=reference,
             critic=critic,
             sync_weights=sync,
+            # not where the replicas free their memory while the actor trains: an early
+            # update would bring it back during training
+            early_sync=sync if isinstance(sync, GroupWeightSync) and not (
+                cfg.vllm.enable_sleep or cfg.train.colocate_all_models) else None,
             refresh_rollouts=self.membership(replicas, sync) if self.registry else None,
             # The replicas the next update reaches: released ones must get every weight back
             # (joined ones included, departed and retired ones not).

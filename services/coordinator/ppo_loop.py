@@ -95,6 +95,13 @@ class ReferenceClient(Protocol):
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]: ...
 
 
+class EarlySync(Protocol):
+    """Begins the next weight update while the last mini-batch trains (GroupWeightSync)."""
+
+    def open(self, version: int, iteration: int) -> None: ...
+    def cancel(self, reason: str) -> None: ...
+
+
 @dataclass
 class PPORoles:
     actor: ActorClient
@@ -113,6 +120,10 @@ class PPORoles:
     release_memory: Callable[[str, int], None] | None = None
     """(phase, iteration): roles done with `phase` give back memory they need only in it
     (services/coordinator/phase_memory.py); called in synchronous runs only."""
+    early_sync: EarlySync | None = None
+    """Opens the coming sync's update on the replicas while the last mini-batch trains
+    (synchronous runs only; `sync_weights` then only broadcasts); cancelled if training
+    fails."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -275,7 +286,7 @@ class PPOLoop:
             loss = PolicyLossSettings(**{**asdict(loss), "kl_coef": self.kl_ctl.value})
         if exp.old_logprobs is None:
             loss = PolicyLossSettings(**{**asdict(loss), "old_logprobs_from_forward": True})
-        for _epoch in range(self.s.ppo_epochs):
+        for epoch in range(self.s.ppo_epochs):
             # whole prompt groups per mini-batch: micro-batches compute a group's prompt once
             order = epoch_order(n, self.s.n_samples_per_prompt, size, self.rng)
             for start in range(0, n - size + 1, size):
@@ -289,15 +300,31 @@ class PPOLoop:
                     futures["critic"] = self.pool.submit(
                         self.roles.critic.train_step, exp.value_minibatch(index),
                         self.s.value_loss, self.header(iteration, f"critic_train{steps}"))
-                for role, fut in futures.items():
-                    for k, v in fut.result().items():
-                        sums[f"{role}/{k}"] = sums.get(f"{role}/{k}", 0.0) + v
+                early = (self.open_sync_early(iteration)
+                         if epoch == self.s.ppo_epochs - 1 and start + 2 * size > n else None)
+                try:
+                    for role, fut in futures.items():
+                        for k, v in fut.result().items():
+                            sums[f"{role}/{k}"] = sums.get(f"{role}/{k}", 0.0) + v
+                except BaseException as exc:
+                    if early is not None:
+                        early.cancel(f"the training before it failed: {exc}")
+                    raise
                 steps += 1
         out = {k: v / max(steps, 1) for k, v in sums.items()}
         if "actor/policy_version" in out:
             out["actor/policy_version"] = sums["actor/policy_version"] / steps
         out["train_steps"] = float(steps)
         return out
+
+    def open_sync_early(self, iteration: int) -> EarlySync | None:
+        """While the last mini-batch trains: the replicas open the coming update (not in
+        async mode: they generate then). Returns what to cancel if training fails."""
+        early = self.roles.early_sync
+        if early is None or self.s.async_generation:
+            return None
+        early.open(self.version + 1, iteration)
+        return early
 
     def release_memory(self, phase: str, iteration: int) -> None:
         """Roles done with `phase` free memory until it comes again (not in async mode: the

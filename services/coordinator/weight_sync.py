@@ -25,11 +25,13 @@ from quartet.clients.base import RoleCallError
 from quartet.clients.rollout import (
     GrpcRolloutClient,
     JoinWatch,
+    OpenUpdate,
     ReplicaInfo,
     abort_sessions,
     await_joins,
+    begin_update,
+    complete_update,
     push_to_replica,
-    update_replicas,
 )
 from quartet.codec.dtypes import float_dtype
 from quartet.telemetry import ContextThreadPoolExecutor
@@ -183,6 +185,8 @@ class GroupWeightSync(WeightSync):
         self._formed = False
         self._formed_once = False
         self._group: WeightGroupConfig | None = None
+        self._opened: tuple[int, OpenUpdate] | None = None
+        """(policy version, update) begun by `open` before the weights were final."""
 
     def setup(self) -> None:
         """Every member joins the group concurrently, through a store the actor opened on
@@ -225,18 +229,64 @@ class GroupWeightSync(WeightSync):
                         self._group.master_port, reason)
             abort_weight_group(self._group, reason)
 
+    def begin(self, version: int) -> OpenUpdate:
+        """Forms the group if needed and begins the update to policy `version` on every
+        replica."""
+        if not self._formed:
+            self.setup()
+        return begin_update(self.rollouts, self.versions.next_wire(version), self.manifest(),
+                            self.bucket_bytes, self.timeout_s, header=self.header,
+                            abort=self.abort_group)
+
+    def open(self, version: int, iteration: int) -> None:
+        """Begins the update to policy `version` now, while the actor's last mini-batch
+        trains (a synchronous run: nothing generates then), so that the sync after it only
+        broadcasts: the Begin and Finish round trips leave the critical path. Never raises:
+        on failure nothing stays open and the sync begins (and reports) as usual. Only on a
+        formed group (forming one is the sync's work). `cancel` closes it if the training
+        fails."""
+        self.cancel("superseded by a newer update")
+        if not self._formed:
+            return
+        self.stamp(version, iteration)
+        try:
+            self._opened = (version, self.begin(version))
+        except Exception as exc:  # noqa: BLE001 - the sync retries it and reports
+            self._formed = False
+            log.warning("could not begin the update to policy version %d early (%s); the "
+                        "sync begins it", version, exc)
+
+    def cancel(self, reason: str) -> None:
+        """Closes an update `open` began (its weights will not come); the group is then
+        re-formed before the next update. Never raises: a replica that cannot be reached
+        is repaired by the next sync."""
+        opened, self._opened = self._opened, None
+        if opened is None:
+            return
+        self._formed = False
+        try:
+            opened[1].cancel(reason, self.header)
+        except Exception as exc:  # noqa: BLE001 - the next setup aborts what is left
+            log.warning("closing the early-begun update to policy version %d: %s",
+                        opened[0], exc)
+
     def __call__(self, version: int, iteration: int | None = None) -> dict[str, float]:
         self.stamp(version, iteration)
         start = time.perf_counter()
-        if not self._formed:
+        opened, self._opened = self._opened, None
+        if opened is not None and opened[0] != version:
+            self._opened = opened
+            self.cancel(f"the sync is to policy version {version}, not {opened[0]}")
+            opened = None
+        if opened is None and not self._formed:
             self.setup()
-        wire = self.versions.next_wire(version)
         try:
-            sent, results = update_replicas(
-                self.rollouts, wire, self.manifest(), self.bucket_bytes,
-                lambda: self.actor.broadcast_weights(wire, self.bucket_bytes, self.dtype,
-                                                     header=self.header),
-                self.timeout_s, header=self.header, abort=self.abort_group)
+            update = opened[1] if opened is not None else self.begin(version)
+            wire = update.version
+            sent, results = complete_update(
+                update, lambda: self.actor.broadcast_weights(wire, self.bucket_bytes,
+                                                             self.dtype, header=self.header),
+                self.abort_group)
         except RoleCallError as exc:
             self._formed = False  # whatever failed, the group is not trusted again
             # the same error for the recovery (it looks at the code and the address), with
@@ -250,8 +300,10 @@ class GroupWeightSync(WeightSync):
             self._formed = False
             raise
         seconds = time.perf_counter() - start
+        # a replica counts from its begin; one begun early waited for the training meanwhile
+        waited = max(start - update.begun_at, 0.0) if opened is not None else 0.0
         return {"seconds": seconds, "broadcast_seconds": sent.seconds,
-                "load_seconds": max(r.load_seconds for r in results),
+                "load_seconds": max(max(r.load_seconds for r in results) - waited, 0.0),
                 "mbytes": sent.total_bytes / 1e6,
                 "mbytes_per_s": sent.total_bytes / 1e6 / max(seconds, 1e-9),
                 "buckets": float(sent.num_buckets)}

@@ -81,7 +81,7 @@ class _RecordingGroup:
     def __init__(self) -> None:
         self.sent: list[tuple[int, torch.Tensor]] = []
 
-    def broadcast(self, t: torch.Tensor) -> None:
+    def broadcast(self, t: torch.Tensor, check_store: bool = True) -> None:
         self.sent.append((t.data_ptr(), t.clone()))
 
 

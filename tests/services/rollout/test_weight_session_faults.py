@@ -18,7 +18,7 @@ import grpc
 import pytest
 import torch
 
-from quartet.clients.rollout import GrpcRolloutClient
+from quartet.clients.rollout import GrpcRolloutClient, begin_update
 from quartet.types import SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig, free_port
 
@@ -115,6 +115,28 @@ def test_timeout_then_abort_keeps_the_previous_version(replica, tiny_model_path,
     assert after != before
     assert_serves(replica, v + 1, after)
     assert not replica.abort_weight_update(0).aborted  # nothing open: a no-op
+
+
+def test_an_update_begun_early_and_cancelled_keeps_the_previous_version(
+        replica, tiny_model_path, specs):
+    """The coordinator begins an update while the actor's last mini-batch trains; when that
+    training fails it cancels the update: the replica's Finish is dropped, the replica keeps
+    serving its previous version and takes the next update once the group re-formed."""
+    v = replica.info().weight_version
+    before = tokens(replica)
+    sender = join(replica, tiny_model_path, "stall", v + 1)
+    try:
+        update = begin_update([replica], v + 1, specs, 16 << 10, finish_timeout_s=60)
+        assert not update.finishes[0].done()  # waiting for a broadcast that will not come
+        update.cancel("test: the training before it failed")
+        assert update.finishes[0].cancelled()
+        assert_serves(replica, v, before)
+        assert not replica.abort_weight_update(0).aborted  # nothing left open
+    finally:
+        finish(sender)
+    after = good_update(replica, tiny_model_path, specs, v + 1)
+    assert after != before
+    assert_serves(replica, v + 1, after)
 
 
 def test_bad_digest_is_refused_and_the_same_group_takes_the_next_session(
