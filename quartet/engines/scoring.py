@@ -89,20 +89,22 @@ def gather_rows(per_position: torch.Tensor, positions: Sequence[torch.Tensor]
 
 def stats_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                       positions: Sequence[torch.Tensor], temperature: float = 1.0,
-                      into_grad: bool = False, with_entropy: bool = True
-                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                      into_grad: bool = False, with_entropy: bool = True,
+                      keep_bytes: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per sample, the log-probs and entropies of its response tokens, from the final hidden
     states `hidden` `[R, W, H]` aligned with `labels` `[R, W]` (as `logits[:, :-1]`) and the
     output layer's `weight`: what `gather_rows` of `token_logprobs` / `entropy_from_logits`
     gives on the logits, computed only at `positions` (`response_positions`) and a chunk of
     positions at a time (:mod:`quartet.algos.chunked_logprobs`; `into_grad`: backward adds
     the output layer's gradient straight into `weight.grad`; without `with_entropy` the
-    entropies are zeros, not computed)."""
+    entropies are zeros, not computed; `keep_bytes`: log-softmax kept for backward instead of
+    recomputed there)."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     index = (torch.cat(list(positions)) if len(positions)
              else torch.zeros(0, dtype=torch.long)).to(flat.device)
     lp, ent = hidden_token_stats(flat[index], weight, labels.reshape(-1).to(flat.device)[index],
-                                 temperature, into_grad=into_grad, with_entropy=with_entropy)
+                                 temperature, into_grad=into_grad, with_entropy=with_entropy,
+                                 keep_bytes=keep_bytes)
     sizes = [int(p.numel()) for p in positions]
     return list(lp.split(sizes)), list(ent.split(sizes))
 
@@ -138,7 +140,8 @@ def hidden_fn(weight: torch.Tensor | None,
 
 def layout_stats_from_hidden(layout: SharedLayout, start: int, positions: Sequence[torch.Tensor],
                              hidden_of: HiddenFn, temperature: float = 1.0,
-                             into_grad: bool = False, with_entropy: bool = True
+                             into_grad: bool = False, with_entropy: bool = True,
+                             keep_bytes: int = 0
                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """`stats_from_hidden` for one micro-batch's `layout` (`start`: `response_start` of its
     rows): runs `hidden_of` on the model batch from the layout's window and maps the hidden
@@ -148,7 +151,7 @@ def layout_stats_from_hidden(layout: SharedLayout, start: int, positions: Sequen
     hidden = layout.gather(hidden, start, first)[:, :-1]
     lps, ents = stats_from_hidden(hidden, weight, layout.rows.input_ids[:, start + 1:],
                                   positions, temperature, into_grad=into_grad,
-                                  with_entropy=with_entropy)
+                                  with_entropy=with_entropy, keep_bytes=keep_bytes)
     return lps, ents, hidden
 
 

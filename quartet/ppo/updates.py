@@ -51,6 +51,13 @@ from quartet.ppo.batch import (
 )
 from quartet.serving.errors import InvalidArgument
 
+KEPT_LOGSOFTMAX_BYTES = 128 << 20
+"""The actor's training forward keeps up to this many bytes of its chunks' log-softmax for
+backward instead of recomputing their logits there (`hidden_token_stats(keep_bytes=)`): a
+micro-batch of 8 rows x 64 response tokens over a 49k vocabulary keeps all of its ~100 MB,
+and backward skips one `[positions, H] x [H, V]` product (benchmarks.md, "Seventh pass
+(speed)"). Longer responses recompute what does not fit."""
+
 SHARE_METRICS = ("policy_loss", "kl_loss", "entropy", "value_loss", "ptx_loss")
 """Metrics that are shares of a mini-batch quantity (see module doc): summed, not averaged,
 over micro-batches and ranks."""
@@ -212,7 +219,8 @@ class PolicyUpdater(_Updater):
         if hidden_of is not None:
             lps, ents, hidden = layout_stats_from_hidden(
                 layout, start, pos, hidden_of, temperature,
-                into_grad=self.engine.plain_grad_accumulation)
+                into_grad=self.engine.plain_grad_accumulation,
+                keep_bytes=KEPT_LOGSOFTMAX_BYTES)
             if not entropy_grad:
                 ents = [e.detach() for e in ents]
             return _ResponseStats(lps, ents, hidden, None)

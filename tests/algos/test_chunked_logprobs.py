@@ -113,3 +113,36 @@ def test_into_grad_adds_the_output_layers_gradient_to_a_tied_weight():
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="leaf"):
         hidden_token_stats(hidden, weight * 1.0, labels, into_grad=True)
+
+
+@pytest.mark.parametrize("with_entropy_grad", [False, True])
+def test_kept_chunks_give_the_recomputed_gradients(with_entropy_grad):
+    """Chunks whose log-softmax is kept from the forward (`keep_bytes`: none, the first
+    two of five, all) give the gradients of recomputing them in backward, in float32 to the
+    last bit or nearly (the same product, computed once)."""
+    hidden, weight, labels, g = _case(n=40, h=32, v=500, dtype=torch.float32, seed=5)
+    labels[7] = -100
+    g_lp, g_ent = torch.randn(40, generator=g), torch.randn(40, generator=g)
+    chunk_bytes = 8 * 500 * 4
+    grads = []
+    for keep in (0, 2 * chunk_bytes, 10 * chunk_bytes):
+        lp, ent = hidden_token_stats(hidden, weight, labels, 0.8, chunk=8, keep_bytes=keep)
+        loss = (lp * g_lp).sum() + ((ent * g_ent).sum() if with_entropy_grad else 0.0)
+        loss.backward()
+        grads.append((lp.detach(), ent.detach(), hidden.grad.clone(), weight.grad.clone()))
+        hidden.grad = weight.grad = None
+    for got in grads[1:]:
+        for a, b in zip(got, grads[0], strict=True):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="keep_bytes"):
+        hidden_token_stats(hidden, weight, labels, keep_bytes=-1)
+
+
+def test_backward_twice_with_kept_chunks():
+    """`retain_graph`: the kept chunks are used once, the second backward recomputes."""
+    hidden, weight, labels, _ = _case(dtype=torch.float64, seed=6)
+    lp, _ = hidden_token_stats(hidden, weight, labels, chunk=5, keep_bytes=1 << 20)
+    lp.sum().backward(retain_graph=True)
+    first = hidden.grad.clone()
+    lp.sum().backward()
+    assert torch.allclose(hidden.grad, 2 * first, rtol=1e-12, atol=1e-12)

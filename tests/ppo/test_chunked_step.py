@@ -72,3 +72,28 @@ def test_scoring_from_hidden_states_equals_the_logits_scoring(tiny_model_path, s
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ent, ent_want, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(r, want, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_log_softmax_gives_the_recomputed_step(tiny_model_path, monkeypatch):
+    """The actor's step keeping its chunks' log-softmax for backward
+    (`KEPT_LOGSOFTMAX_BYTES`) takes the step that recomputes them: the same losses,
+    gradient norm and updated weights, to the bit."""
+    import quartet.ppo.updates as updates
+    from services.actor.actor import Actor
+
+    batch = _rows()
+    kept, recomputed = Actor(_config(tiny_model_path, 3)), Actor(_config(tiny_model_path, 3))
+    g = torch.Generator().manual_seed(4)
+    lps = kept.logprobs(batch).logprobs
+    adv = [torch.randn(n, generator=g) for n in batch.response_lengths()]
+    ref = [lp + 0.1 * torch.randn(lp.shape, generator=g) for lp in lps]
+    loss = PolicyLossSettings(kl_coef=0.04, kl_estimator="k3", old_logprobs_from_forward=True)
+    assert updates.KEPT_LOGSOFTMAX_BYTES > 0
+    metrics = [kept.train_step(PolicyMiniBatch(batch, None, adv, ref), loss)]
+    monkeypatch.setattr(updates, "KEPT_LOGSOFTMAX_BYTES", 0)
+    metrics.append(recomputed.train_step(PolicyMiniBatch(batch, None, adv, ref), loss))
+    for key in ("policy_loss", "kl_loss", "entropy", "grad_norm"):
+        assert metrics[0][key] == metrics[1][key], key
+    for (name, a), b in zip(kept.engine.module.named_parameters(),
+                            recomputed.engine.module.parameters(), strict=True):
+        assert torch.equal(a, b), name
