@@ -59,8 +59,9 @@ lint: $(STAMP)
 
 test: setup lint
 	@echo "==> running the test suite"
-	@# exit code 5 means no test was collected: a failure, never a pass
-	@$(PY) -m pytest -q; rc=$$?; \
+	@# exit code 5 means no test was collected: a failure, never a pass; --durations lists
+	@# the slowest tests in the log (where the ~20-minute budget goes)
+	@$(PY) -m pytest -q --durations=25; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup

@@ -7,7 +7,6 @@ should simply become rank 0 of a world of 1 (gloo on CPU, nccl on GPU).
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,22 +32,19 @@ class World:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> World:
-    """Join (or create) the default process group and return this process's :class:`World`."""
+    """Join (or create) the default process group and return this process's :class:`World`.
+
+    Launched (`RANK` and `WORLD_SIZE` set by torchrun, deepspeed or quartet's launchers): join
+    through the environment's rendezvous. Otherwise this process is a world of one on an
+    in-process store: it opens no port and exports no `RANK`/`WORLD_SIZE`/`MASTER_*`, so a
+    process it starts (a `quartet` role, a trainer) is not told it belongs to a launched world
+    whose store port this process holds (it failed with EADDRINUSE on that port).
+    """
     import deepspeed
 
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.setdefault("LOCAL_RANK", "0")
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's ZeRO-3 reads it
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -59,7 +55,9 @@ def init_distributed() -> World:
         backend = "gloo"
     if not dist.is_initialized():
         use_venv_extensions_dir()  # DeepSpeed builds its CPU comm op here
-        deepspeed.init_distributed(dist_backend=backend)
+        if not launched:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)  # adopts a group already formed
         if backend == "gloo":
             _unlink_shm_allreduce_buffer()
     return World(dist.get_rank(), dist.get_world_size(), local_rank, device)

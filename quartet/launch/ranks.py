@@ -14,7 +14,7 @@ rank 0 stops or dies.
 from __future__ import annotations
 
 from quartet.launch.local import LocalCluster, LocalService
-from quartet.weightsync.group import free_port
+from quartet.ports import free_port
 
 
 def rank_env(rank: int, world_size: int, master_addr: str, master_port: int,

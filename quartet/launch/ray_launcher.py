@@ -35,7 +35,7 @@ from quartet.launch.placement import (
     PoolPlacement,
 )
 from quartet.launch.ranks import rank_env, rank_name
-from quartet.weightsync.group import free_port
+from quartet.ports import free_port
 
 log = logging.getLogger("quartet.launch")
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from quartet.weightsync.group import free_port
+from quartet.ports import free_port
 
 
 @contextmanager

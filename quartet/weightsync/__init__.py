@@ -6,6 +6,7 @@ The control plane (begin with version and manifest, finish) is the rollout's gRP
 contract; this package moves the bytes.
 """
 
+from quartet.ports import free_port
 from quartet.weightsync.buckets import DEFAULT_BUCKET_BYTES, Bucket, plan_buckets
 from quartet.weightsync.errors import WeightGroupAborted, WeightSyncError
 from quartet.weightsync.group import (
@@ -14,7 +15,6 @@ from quartet.weightsync.group import (
     abort_weight_group,
     advertised_host,
     check_group_bounds,
-    free_port,
     host_store,
     init_weight_group,
 )

@@ -399,10 +399,3 @@ def await_members(store: dist.Store, config: WeightGroupConfig) -> None:
                 f"{config.world_size} members joined; the missing ones' logs say why")
         time.sleep(pause)
         pause = min(pause * 2, JOIN_POLL_S[1])
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on `host` (for rank 0's store)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]

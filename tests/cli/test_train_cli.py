@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from quartet.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -74,7 +69,7 @@ _GRID = [
 
 @pytest.mark.parametrize("algo,stage", _GRID)
 def test_torchrun_two_processes(algo, stage, tmp_path, tiny_model_path, tiny_data, separable):
-    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_port()),
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", f"quartet.cli.train_{algo}",
            *_flags(algo, tiny_model_path, tiny_data, separable, tmp_path, stage)]
     _run(cmd)
@@ -85,7 +80,7 @@ def test_torchrun_two_processes(algo, stage, tmp_path, tiny_model_path, tiny_dat
 
 
 def test_deepspeed_launcher_two_processes(tmp_path, tiny_model_path, tiny_data, separable):
-    port = _port()
+    port = free_port()
     _run([str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port),
           "--module", "quartet.cli.train_rm",
           *_flags("rm", tiny_model_path, tiny_data, separable, tmp_path, 2)])

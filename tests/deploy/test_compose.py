@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from quartet.config.base import parse_config
+from quartet.ports import free_port
 from quartet.roles import DEFAULT_PORTS, ROLES, server_module
 from quartet.serving import RoleServer
 
@@ -206,9 +206,7 @@ def test_health_probe_exit_codes():
         assert result.returncode == 0 and "SERVING" in result.stdout, result.stderr
     finally:
         server.stop(0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    closed = f"127.0.0.1:{free_port()}"
     result = _probe(closed)
     assert result.returncode == 1 and "UNAVAILABLE" in result.stdout
 

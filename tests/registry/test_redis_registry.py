@@ -68,7 +68,7 @@ def test_quartet_runs_lists_runs_and_services(registry, capsys):
 
 def test_quartet_runs_names_an_unreachable_registry(capsys):
     from quartet.cli.runs import main
-    from quartet.weightsync.group import free_port
+    from quartet.ports import free_port
 
     assert main(["--registry", f"redis://127.0.0.1:{free_port()}/0"]) == 1
     assert "quartet runs: error: registry redis://127.0.0.1:" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 from quartet.clients.base import RoleCallError
 from quartet.clients.health import wait_for_serving
 from quartet.clients.reward import GrpcRewardClient
+from quartet.ports import free_port
 from quartet.rewards.base import RewardInputs
 from quartet.rewards.http import (
     RemoteHTTPReward,
@@ -120,12 +120,6 @@ def _echo_label(payload, n, stub):
     rewards = [float(x) for x in payload["labels"]]
     return 200, {"rewards": rewards, "scores": [2 * r for r in rewards],
                  "extra_logs": {"qlen": [len(q) for q in payload["query"]]}}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the happy path ---------------------------------------------------------------------
@@ -235,7 +229,7 @@ def test_total_timeout_bounds_the_wall_clock(stub_server):
 
 
 def test_refused_connection_is_unavailable_after_retries():
-    url = f"http://127.0.0.1:{_closed_port()}/get_reward"
+    url = f"http://127.0.0.1:{free_port()}/get_reward"
     reward = RemoteHTTPReward(url, timeout_s=1, max_retries=2, **FAST)
     start = time.perf_counter()
     with pytest.raises(RemoteRewardUnavailable) as info:
@@ -356,7 +350,7 @@ def test_bad_settings_are_refused(kwargs, match):
 
 def test_servicer_maps_remote_failures_to_status_codes(stub_server):
     srv = stub_server(lambda p, n, s: (200, b"not json"))
-    dead = f"http://127.0.0.1:{_closed_port()}/r"
+    dead = f"http://127.0.0.1:{free_port()}/r"
     servers = []
     try:
         clients = {}

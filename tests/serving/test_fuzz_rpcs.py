@@ -83,8 +83,7 @@ def _flags(role: str, model: Path, root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def world():
     """The in-process actor and critic join this world of one, torn down after the module:
-    otherwise its exported MASTER_PORT (still bound by this process) leaks into later tests'
-    `torchrun`/trainer subprocesses (EADDRINUSE) and DeepSpeed's cached groups into theirs."""
+    otherwise DeepSpeed's cached groups leak into later tests' in-process engines."""
     yield from world_of_one()
 
 

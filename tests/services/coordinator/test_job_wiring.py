@@ -19,8 +19,7 @@ HERE = Path(__file__).resolve().parents[3] / "tests" / "integration" / "rewards"
 @pytest.fixture(scope="module", autouse=True)
 def world():
     """The in-process roles join this world of one, torn down after the module: otherwise
-    DeepSpeed's cached groups and the exported MASTER_PORT leak into later tests (in-process
-    engines fail on dead groups; `quartet sft` subprocesses inherit a port that is taken)."""
+    DeepSpeed's cached groups leak into later tests (in-process engines fail on dead groups)."""
     yield from world_of_one()
 
 
