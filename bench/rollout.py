@@ -18,9 +18,10 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from bench.scratch import Scratch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,10 +122,14 @@ def bare_hf(args, prompts):
 
 # Service -----------------------------------------------------------------------------------
 class Service:
-    def __init__(self, args, backend: str) -> None:
-        self.workdir = tempfile.mkdtemp(prefix=f"bench-rollout-{backend}-")
-        port_file = Path(self.workdir) / "port"
-        self.log_path = Path(self.workdir) / "service.log"
+    """`quartet serve rollout` in `scratch` (its log and port file there; the scratch stops
+    it and removes them however the bench ends)."""
+
+    def __init__(self, args, backend: str, scratch: Scratch) -> None:
+        self.workdir = scratch.path / backend
+        self.workdir.mkdir()
+        port_file = self.workdir / "port"
+        self.log_path = self.workdir / "service.log"
         cmd = [sys.executable, "-m", "quartet.cli.main", "serve", "rollout", "--port", "0",
                "--port-file", str(port_file), "--model", args.model, "--backend", backend,
                "--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
@@ -132,19 +137,28 @@ class Service:
                "--enforce-eager" if args.enforce_eager else "--no-enforce-eager"]
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get(
             "PYTHONPATH", "")}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=open(self.log_path, "w"),
-                                     stderr=subprocess.STDOUT, env=env)
+        with open(self.log_path, "w") as log:
+            self.proc = scratch.popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                      env=env)
         deadline = time.monotonic() + 120
         while not port_file.exists() or not port_file.read_text().strip():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rollout service did not start; see {self.log_path}")
+                raise RuntimeError(f"rollout service ({backend}) did not start; the end of its "
+                                   f"log:\n{self.log_tail()}")
             time.sleep(0.1)
         self.address = f"127.0.0.1:{int(port_file.read_text())}"
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def wait(self) -> None:
         from quartet.clients.health import wait_for_serving
 
-        wait_for_serving(self.address, timeout_s=300, process=self.proc, what="rollout")
+        try:
+            wait_for_serving(self.address, timeout_s=300, process=self.proc, what="rollout")
+        except Exception as exc:  # the scratch (and the log) goes with the bench: show it
+            raise RuntimeError(f"{exc}; the end of the rollout's log:\n{self.log_tail()}"
+                               ) from exc
 
     def runner(self, args, prompts):
         from quartet.clients.rollout import GrpcRolloutClient
@@ -159,10 +173,6 @@ class Service:
             return sum(len(s.token_ids) for o in outs for s in o.samples)
 
         return run
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,14 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_1m_start": round(os.getloadavg()[0], 2)}
     for backend in backends:
         # The service starts (and idles) before the bare engine is measured in this process.
-        service = Service(args, backend)
-        try:
+        with Scratch(f"bench-rollout-{backend}-") as scratch:
+            service = Service(args, backend, scratch)
             service.wait()
             bare = (bare_vllm if backend == "vllm" else bare_hf)(args, prompts)
             served = service.runner(args, prompts)
             rates = interleaved({"bare": bare, "service": served}, args.repeats)
-        finally:
-            service.stop()
         bare_rate, svc_rate = max(rates["bare"]), max(rates["service"])
         for name, rate in (("bare engine", bare_rate), ("service", svc_rate)):
             key = "bare" if name == "bare engine" else "service"
