@@ -7,17 +7,21 @@ plus this coordinator) is shared by the assertions below; it takes about a minut
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from quartet.launch.threads import available_cores
+
 HERE = Path(__file__).resolve().parent
 ITERATIONS = 12
 
 
-def run_ppo(out: Path, model: Path, prompts: Path, *extra: str) -> list[dict]:
+def run_ppo(out: Path, model: Path, prompts: Path, *extra: str,
+            env: dict[str, str] | None = None) -> list[dict]:
     cmd = [
         sys.executable, "-m", "quartet.cli.main", "ppo",
         "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
@@ -28,7 +32,7 @@ def run_ppo(out: Path, model: Path, prompts: Path, *extra: str) -> list[dict]:
         "--actor.learning_rate", "5e-3", "--critic.learning_rate", "5e-3",
         "--actor.freezing_steps", "2", *extra,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -52,10 +56,13 @@ def run_grpo(out: Path, model: Path, prompts: Path, *extra: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gae_run(tmp_path_factory, tiny_model_path, tiny_data):
+    """With one OpenMP and one MKL thread in the user's environment (see
+    test_the_launched_rollout_generates_with_vllm_on_its_planned_threads)."""
     out = tmp_path_factory.mktemp("ppo-gae")
     history = run_ppo(out, tiny_model_path, tiny_data["prompts"],
                       "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
-                      "--algo.kl.init_coef", "0.01")
+                      "--algo.kl.init_coef", "0.01", "--vllm.backend", "vllm",
+                      env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return out, history
 
 
@@ -94,6 +101,21 @@ def test_value_loss_falls_and_checkpoint_loads(gae_run):
     assert model.config.num_hidden_layers == 2
 
 
+def test_the_launched_rollout_generates_with_vllm_on_its_planned_threads(gae_run):
+    """`quartet ppo` launches its rollout service with vLLM on the tiny model and its planned
+    threads, even when the user's shell sets MKL_NUM_THREADS=1 (tests/conftest.py does too).
+    Torch takes its thread count from MKL_NUM_THREADS over OMP_NUM_THREADS, OpenMP's
+    default: with MKL_NUM_THREADS=1, vLLM's CPU attention planned its step for 2 threads and
+    ran it on 1 ("cpu_attn_impl.hpp Check failed: thread_num (2 vs. 1)"), and `--vllm.backend
+    auto` fell back to HF generate."""
+    out, _ = gae_run
+    log = (out / "logs" / "rollout0.log").read_text()
+    assert "backend=vllm" in log, log[-3000:]
+    assert "falling back" not in log.lower()
+    if available_cores() > 1:  # the plan gives the generating rollout every core
+        assert f"leaving Torch threads at {available_cores()}" in log, log[-3000:]
+
+
 def test_ppo_with_a_reward_model_trained_by_train_rm(tmp_path, tiny_model_path, tiny_data):
     rm_dir = tmp_path / "rm"
     train = subprocess.run([
@@ -117,19 +139,6 @@ def test_ppo_with_a_reward_model_trained_by_train_rm(tmp_path, tiny_model_path, 
     # measured 0.14 -> 0.31 (mean of the first vs last three iterations)
     assert last > first + 0.1, [round(m["reward"], 3) for m in history]
     assert all(abs(m["kl"]) < 30 for m in history)
-
-
-def test_critic_free_run_with_streamed_weight_sync(tmp_path, tiny_model_path, tiny_data):
-    """group_norm with no KL starts neither critic nor reference; weights travel over the
-    gRPC fallback (actor.StreamWeights relayed into rollout.PushWeights)."""
-    out = tmp_path / "grpo"
-    history = run_grpo(out, tiny_model_path, tiny_data["prompts"], "--train.batch_size", "16",
-                       "--train.num_iterations", "3", "--vllm.sync_backend", "grpc")
-    started = {p.stem for p in (out / "logs").glob("*.log")}
-    assert started == {"actor", "reward0", "rollout0"}, started
-    assert [m["rollout_weight_version"] for m in history] == [0, 1, 2]
-    assert all(m["rollout_logprob_diff"] < 1e-3 for m in history)
-    assert "critic/value_loss" not in history[-1]
 
 
 def test_bad_flags_fail_fast_with_the_flag_named(tmp_path, tiny_model_path, tiny_data):
@@ -202,8 +211,11 @@ def test_flash_reinforce_with_trust_region_eval_and_loggers(tmp_path, tiny_model
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
-def test_ppo_with_an_external_http_reward_server(tmp_path, tiny_model_path, tiny_data):
-    """The stdlib-only OpenRLHF-style verifier from examples/ plugs in with one flag."""
+def test_critic_free_run_with_an_http_reward_server_and_streamed_weight_sync(
+        tmp_path, tiny_model_path, tiny_data):
+    """The stdlib-only OpenRLHF-style verifier from examples/ plugs in with one flag. RLOO
+    with no KL starts neither critic nor reference; weights travel over the gRPC fallback
+    (actor.StreamWeights relayed into rollout.PushWeights)."""
     import time
 
     root = HERE.parents[1]
@@ -224,18 +236,25 @@ def test_ppo_with_an_external_http_reward_server(tmp_path, tiny_model_path, tiny
             "--data.dataset", str(tiny_data["prompts"]), "--data.label_key", "label",
             "--reward.remote_url", url, "--rollout.batch_size", "4",
             "--rollout.n_samples_per_prompt", "2", "--rollout.max_new_tokens", "4",
-            "--train.batch_size", "8", "--train.micro_batch_size", "8",
-            "--train.num_iterations", "2", "--algo.advantage.estimator", "rloo",
+            # two mini-batches: the actor scores the samples itself (one-pass PPO keeps the
+            # sampler's log-probs), so rollout_logprob_diff compares it with the sampler
+            "--train.batch_size", "4", "--train.micro_batch_size", "4",
+            "--train.num_iterations", "3", "--algo.advantage.estimator", "rloo",
             "--algo.kl.init_coef", "0", "--ckpt.output_dir", str(out),
-            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+            "--ds.param_dtype", "fp32", "--ds.zero_stage", "0", "--vllm.sync_backend", "grpc",
         ], capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        assert len(history) == 2
+        assert len(history) == 3
         # a random tiny policy rarely states the right sum: rewards are 0/1 and mostly 0
         assert all(0.0 <= m["reward"] <= 1.0 for m in history)
         # the verifier's own extra log came back through the proxy
         assert all("reward0/answer_found" in m for m in history)
+        started = {p.stem for p in (out / "logs").glob("*.log")}
+        assert started == {"actor", "reward0", "rollout0"}, started
+        assert [m["rollout_weight_version"] for m in history] == [0, 1, 2]
+        assert all(m["rollout_logprob_diff"] < 1e-3 for m in history)
+        assert "critic/value_loss" not in history[-1]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -17,7 +17,7 @@ from quartet.testing.commands import quartet_ppo_command
 from quartet.testing.faults import alive, kill, read_metrics, wait_for
 
 HERE = Path(__file__).resolve().parent
-ITERATIONS = 30  # an iteration of this job takes ~0.5 s: the kill must land mid-run
+ITERATIONS = 8  # an iteration of this job takes ~0.5 s; the kill lands after the second
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
             proc.wait(60)
     text = (tmp_path / "ppo.out").read_text()
     assert code == 0, text[-4000:]
-    assert at_kill < ITERATIONS - 5, f"killed after {at_kill} rows: not mid-run"
+    assert at_kill <= ITERATIONS - 3, f"killed after {at_kill} rows: not mid-run"
     assert not alive(victim)
     assert "rollout0 died" in text and "restart 1 of" in text, text[-4000:]
     rows = read_metrics(out)

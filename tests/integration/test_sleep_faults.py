@@ -1,5 +1,7 @@
-"""A role killed while it has released its memory (--vllm.enable_sleep, --ref.enable_sleep)
-is restarted and the run ends exactly as a fault-free one with the same flags.
+"""Releasing memory between phases (--vllm.enable_sleep, --ref.enable_sleep: the rollout's
+vLLM engine and the reference, on a model that ties its LM head as SmolLM2 does) changes
+nothing that is learned; a role killed while it has released its memory is restarted and the
+run ends exactly as a fault-free one with the same flags.
 
 The rollout is SIGKILLed after it released its weights and KV cache (the actor trains; the
 next call it gets is the weight sync), the reference after it released its weights (the next
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
 ITERATIONS = 4
+SLEEP = ("--vllm.enable_sleep", "--ref.enable_sleep")
 # What each role logs when it releases its memory (rollout_engine.py, frozen_model.py).
 RELEASED = {"rollout0": "released the generator's weights",
             "reference": "released the weights"}
@@ -30,7 +33,8 @@ SYNC_BOUND_S = 120.0
 """A sync that re-forms the group after a retirement, far below the group's 600 s timeout."""
 
 
-def start(out: Path, model: Path, prompts: Path, *extra: str) -> subprocess.Popen:
+def start(out: Path, model: Path, prompts: Path, *extra: str,
+          sleep: bool = True) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "quartet.cli.main", "ppo",
            "--actor.model_name_or_path", str(model), "--data.dataset", str(prompts),
@@ -42,7 +46,7 @@ def start(out: Path, model: Path, prompts: Path, *extra: str) -> subprocess.Pope
            "--algo.kl.use_loss", "--algo.kl.estimator", "k3",
            "--ckpt.output_dir", str(out), "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
            "--actor.learning_rate", "1e-3", "--lr_scheduler", "constant",
-           "--vllm.backend", "vllm", "--vllm.enable_sleep", "--ref.enable_sleep", *extra]
+           "--vllm.backend", "vllm", *(SLEEP if sleep else ()), *extra]
     with open(out / "ppo.out", "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -60,32 +64,68 @@ def tied_model():
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, tied_model, tiny_data):
+def clean_out(tmp_path_factory, tied_model, tiny_data) -> Path:
+    """The fault-free run with both roles releasing between phases."""
     out = tmp_path_factory.mktemp("sleep-clean")
-    rows = finish(start(out, tied_model, tiny_data["prompts"]), out)
-    assert len(rows) == ITERATIONS
-    return rows
+    assert len(finish(start(out, tied_model, tiny_data["prompts"]), out)) == ITERATIONS
+    return out
 
 
-@pytest.mark.parametrize("service", ["rollout0", "reference"])
+@pytest.fixture(scope="module")
+def clean_run(clean_out) -> list[dict]:
+    return read_metrics(clean_out)
+
+
+def test_releasing_between_phases_changes_nothing_that_is_learned(tmp_path, tied_model,
+                                                                  tiny_data, clean_out):
+    """The same run without releasing has the same metrics in every iteration (timings,
+    transfer statistics and per-replica counters aside); the released run's roles released
+    once per iteration."""
+    out = tmp_path / "plain"
+    plain = finish(start(out, tied_model, tiny_data["prompts"], sleep=False), out)
+    slept = read_metrics(clean_out)
+    assert len(plain) == ITERATIONS and learned(slept) == learned(plain)
+    assert plain[-1]["kl"] != 0.0  # the reference took part
+    rollout_log = (clean_out / "logs" / "rollout0.log").read_text()
+    assert "backend=vllm" in rollout_log
+    assert rollout_log.count(RELEASED["rollout0"]) == ITERATIONS
+    reference_log = (clean_out / "logs" / "reference.log").read_text()
+    assert reference_log.count(RELEASED["reference"]) == ITERATIONS
+    assert RELEASED["rollout0"] not in (out / "logs" / "rollout0.log").read_text()
+
+
+def learned(history: list[dict]) -> list[dict]:
+    """What a run learned and sampled, without timings, transfer statistics and per-replica
+    counters (keyed by the replica's address)."""
+    return [{k: v for k, v in m.items() if not k.startswith(("time/", "sync/", "rollout/"))}
+            for m in history]
+
+
 def test_sigkill_while_released_restarts_the_role_and_the_run_equals_a_fault_free_one(
-        service, tmp_path, tied_model, tiny_data, clean_run):
-    out = tmp_path / f"{service}-killed"
+        tmp_path, tied_model, tiny_data, clean_run):
+    """One run, two kills (a run's start-up costs more than its iterations): rollout0 after
+    its second release, then, once it was restarted, the reference after its next release."""
+    out = tmp_path / "killed"
     proc = start(out, tied_model, tiny_data["prompts"])
-    log_path = out / "logs" / f"{service}.log"
-
-    def released_twice() -> bool:
-        return log_path.is_file() and log_path.read_text().count(RELEASED[service]) >= 2
-
-    wait_for(released_twice, 300, f"{service}'s second release", poll_s=0.01)
-    kill(role_pid(proc.pid, service))
-    at_kill = log_path.read_text()
+    for service in ("rollout0", "reference"):
+        log_path = out / "logs" / f"{service}.log"
+        before = log_path.read_text().count(RELEASED[service]) if log_path.is_file() else 0
+        wait_for(released(log_path, RELEASED[service], max(2, before + 1)), 300,
+                 f"{service}'s release", poll_s=0.01)
+        kill(role_pid(proc.pid, service))
+        at_kill = log_path.read_text()
+        # killed asleep: nothing brought its memory back between the release and the kill
+        assert RESUMED[service] not in at_kill[at_kill.rindex(RELEASED[service]):], \
+            at_kill[-2000:]
+        wait_for(released(log_path, f"restart 1 of {service}", 1), 300, f"{service}'s restart")
     rows = finish(proc, out)
-    # killed asleep: nothing brought its memory back between the release and the kill
-    assert RESUMED[service] not in at_kill[at_kill.rindex(RELEASED[service]):], at_kill[-2000:]
-    assert f"restart 1 of {service}" in log_path.read_text()
     diffs = runs_differences(rows, clean_run)
     assert not diffs, diffs
+
+
+def released(log_path: Path, line: str, times: int):
+    """True once `line` is in the log `times` times."""
+    return lambda: log_path.is_file() and log_path.read_text().count(line) >= times
 
 
 def test_a_retired_replica_is_not_asked_to_release(tmp_path, tied_model, tiny_data):
