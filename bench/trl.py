@@ -29,8 +29,10 @@ The work (`--algo`):
 Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
 samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
 `wall_ratio` = TRL's whole command seconds / quartet's (start-up, model loading and the
-final save included). Memory (`PeakMemory`), sampled every 0.2 s from /proc/PID/smaps_rollup
-over each command's whole process tree:
+final save included). Memory (`PeakMemory`), over each command's whole process tree: RSS from
+/proc/PID/statm every 0.2 s, the rest from /proc/PID/smaps_rollup every 1 s (reading
+smaps_rollup walks a process's page tables under its memory-map lock: ~50 ms per read of
+a SmolLM2 trainer; read every 0.2 s it slowed quartet's GRPO iterations by ~29%):
 - `*_peak_rss_mb`: the largest sum of RSS (the issue's figure). It counts every shared page
   (libtorch, libpython and other library text, shared memory) once per process mapping it,
   so it overstates what a multi-process run occupies.
@@ -300,23 +302,45 @@ MEMORY_KINDS = {
 }
 
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_statm_rss(pid: int) -> int | None:
+    """One process's resident set in bytes, from /proc/PID/statm (the kernel's counters: no
+    page-table walk); None when the process is gone or unreadable."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+
 class PeakMemory:
-    """Peaks of one process tree's memory, sampled in a thread every `interval_s`.
+    """Peaks of one process tree's memory, sampled in a thread.
 
     - `peak["rss"]`: the largest sum of RSS over the process and its descendants (the issue's
       figure: what `ps`/`top` would add up; every shared page, e.g. libtorch's text, is
-      counted once per process mapping it).
+      counted once per process mapping it), read from /proc/PID/statm every `interval_s`.
     - `peak["pss"]`: the largest sum of PSS (each shared page split between the processes
-      mapping it): the memory the tree really occupies, shared pages counted once.
+      mapping it): the memory the tree really occupies, shared pages counted once; read
+      from /proc/PID/smaps_rollup every `rollup_every_s`.
     - `by_label[kind][label]`: the largest RSS / PSS / USS (private pages) / anonymous PSS
-      of each kind of process (`process_label`): which role holds what.
+      of each kind of process (`process_label`): which role holds what (RSS at every
+      sample, the others at the smaps_rollup samples).
+
+    Why two rates: smaps_rollup walks the page tables of each process while holding its
+    memory-map lock (~50 ms for a SmolLM2 trainer's 3 GiB of 4 KiB pages), so the measured
+    processes' own mmap/munmap/brk and page faults wait behind it; read every 0.2 s it cost
+    ~0.25 of this host's 2 cores and slowed quartet's GRPO iterations by ~29% (benchmarks.md,
+    "Seventh pass (speed)"). statm reads counters only.
     """
 
-    def __init__(self, pid: int, interval_s: float = 0.2) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.2, rollup_every_s: float = 1.0) -> None:
         import psutil
 
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
+        self.rollup_every_s = rollup_every_s
         self.peak: dict[str, int] = {"rss": 0, "pss": 0}
         self.at_pss_peak: dict[str, int] = {}
         """Each kind of process's PSS in the sample where the tree's PSS peaked."""
@@ -326,14 +350,16 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self) -> tuple[dict[str, int], dict[str, int]]:
+    def _sample(self, rollup: bool) -> tuple[dict[str, int], dict[str, int]]:
+        """Tree totals and per-label sums: RSS always, the smaps_rollup kinds with `rollup`."""
         import psutil
 
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return {}, {}
-        totals = {k: 0 for k in MEMORY_KINDS}
+        kinds = MEMORY_KINDS if rollup else {}
+        totals = {"rss": 0, **{k: 0 for k in kinds}}
         per_label: dict[str, dict[str, int]] = {}
         for p in procs:
             try:
@@ -341,23 +367,34 @@ class PeakMemory:
                     self._labels[p.pid] = process_label(p.cmdline())
             except psutil.Error:
                 continue
-            rollup = read_smaps_rollup(p.pid)
-            if not rollup:
+            values: dict[str, int] = {}
+            if rollup:
+                smaps = read_smaps_rollup(p.pid)
+                if not smaps:
+                    continue
+                values = {kind: value(smaps) for kind, value in kinds.items()}
+            rss = read_statm_rss(p.pid)
+            if rss is None:
                 continue
-            label = per_label.setdefault(self._labels[p.pid], {k: 0 for k in MEMORY_KINDS})
-            for kind, value in MEMORY_KINDS.items():
-                v = value(rollup)
+            values["rss"] = rss
+            label = per_label.setdefault(self._labels[p.pid], dict.fromkeys(values, 0))
+            for kind, v in values.items():
                 totals[kind] += v
                 label[kind] += v
-        for label, kinds in per_label.items():
-            for kind, v in kinds.items():
+        for label, values in per_label.items():
+            for kind, v in values.items():
                 self.by_label[kind][label] = max(self.by_label[kind].get(label, 0), v)
-        return totals, {label: kinds["pss"] for label, kinds in per_label.items()}
+        return totals, ({label: values["pss"] for label, values in per_label.items()}
+                        if rollup else {})
 
     def _run(self) -> None:
+        last_rollup = -float("inf")
         while not self._stop.is_set():
-            totals, pss_by_label = self._sample()
-            if totals.get("pss", 0) > self.peak["pss"]:
+            rollup = time.monotonic() - last_rollup >= self.rollup_every_s
+            if rollup:
+                last_rollup = time.monotonic()
+            totals, pss_by_label = self._sample(rollup)
+            if rollup and totals.get("pss", 0) > self.peak["pss"]:
                 self.at_pss_peak = pss_by_label
             for kind in self.peak:
                 self.peak[kind] = max(self.peak[kind], totals.get(kind, 0))
