@@ -27,8 +27,9 @@ def _rank0_pid(out: Path, service: str) -> int:
     return int(placement["services"][service]["ranks"][0]["pid"])
 
 
-def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
-        tmp_path, tiny_model_path, tiny_data):
+@pytest.mark.parametrize("service", ["rollout0", "actor"])
+def test_a_sigkilled_role_under_ray_is_restarted_and_the_run_finishes(
+        service, tmp_path, tiny_model_path, tiny_data):
     out = tmp_path / "run"
     cmd = quartet_ppo_command(
         tiny_model_path, tiny_data["prompts"], HERE / "rewards" / "digit_reward.py",
@@ -44,7 +45,7 @@ def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
                                 env={**os.environ, **RAY_ENV})
     try:
         wait_for(lambda: len(read_metrics(out)) >= 2, 600, "iteration 2", poll_s=0.02)
-        victim = _rank0_pid(out, "rollout0")
+        victim = _rank0_pid(out, service)
         kill(victim)
         at_kill = len(read_metrics(out))
         code = proc.wait(600)
@@ -56,7 +57,7 @@ def test_sigkilled_rollout_under_ray_is_restarted_and_the_run_finishes(
     assert code == 0, text[-4000:]
     assert at_kill <= ITERATIONS - 3, f"killed after {at_kill} rows: not mid-run"
     assert not alive(victim)
-    assert "rollout0 died" in text and "restart 1 of" in text, text[-4000:]
+    assert f"{service} died" in text and "restart 1 of" in text, text[-4000:]
     rows = read_metrics(out)
     assert [r["iteration"] for r in rows] == list(range(1, ITERATIONS + 1))
     # the restarted replica was brought to the current weights before it served again
