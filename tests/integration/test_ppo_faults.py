@@ -3,7 +3,7 @@ critic, the reference, the reward, a rollout replica) and SIGTERM to `quartet pp
 finishes the iteration; twice: it stops at once), each compared with a run that was never
 disturbed.
 
-Every run is the same 6-iteration PPO job (actor, critic, reference, reward, rollout) on the
+Every run is the same 10-iteration PPO job (actor, critic, reference, reward, rollout) on the
 tiny model with a checkpoint after every iteration; faults are injected at metric rows.
 """
 
@@ -30,7 +30,7 @@ from quartet.testing.faults import (
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent
-ITERATIONS = 6
+ITERATIONS = 10  # HF iterations take ~0.1 s: room for each kill to land mid-run
 
 
 def ppo_command(out: Path, model: Path, prompts: Path, *extra: str) -> list[str]:
@@ -43,7 +43,11 @@ def ppo_command(out: Path, model: Path, prompts: Path, *extra: str) -> list[str]
         "--train.num_iterations", str(ITERATIONS), "--ckpt.output_dir", str(out),
         "--ckpt.save_steps", "1", "--lr_scheduler", "constant", "--ds.param_dtype", "fp32",
         "--ds.zero_stage", "0", "--actor.learning_rate", "5e-3",
-        "--critic.learning_rate", "5e-3", "--algo.kl.init_coef", "0.01", *extra,
+        "--critic.learning_rate", "5e-3", "--algo.kl.init_coef", "0.01",
+        # HF generate: recovery is the coordinator's and the launcher's, the same for either
+        # engine, and HF starts in seconds less; a vLLM rollout killed and brought back:
+        # tests/integration/test_sleep_faults.py
+        "--vllm.backend", "hf", *extra,
     ]
 
 
