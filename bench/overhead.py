@@ -29,9 +29,10 @@ import contextlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
+
+from bench.scratch import Scratch
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -140,72 +141,74 @@ def main(argv: list[str] | None = None) -> int:
                            intermediate_size=args.hidden_size * 2,
                            num_attention_heads=args.hidden_size // 64,
                            num_key_value_heads=args.hidden_size // 64)
-    work = Path(tempfile.mkdtemp(prefix="quartet-bench-"))
-    data = write_tiny_datasets(work / "data")["prompts"]
-    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model)))
+    # the roles' logs, checkpoints and data: removed however the bench ends
+    with Scratch("quartet-bench-overhead-") as scratch:
+        work = scratch.path
+        data = write_tiny_datasets(work / "data")["prompts"]
+        tokenizer = load_tokenizer(ModelConfig(model_name_or_path=str(model)))
 
-    def decode(ids):
-        return tokenizer.decode(ids, skip_special_tokens=True)
+        def decode(ids):
+            return tokenizer.decode(ids, skip_special_tokens=True)
 
-    def start(mode: str, stack: contextlib.ExitStack) -> ModeRun:
-        """`mode`'s roles (services stop when `stack` closes) and its warmed-up loop."""
-        cfg = job_config(args, model, data, work / mode, async_enable=mode.endswith("-async"))
-        prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
-        if mode.startswith("services"):
-            from quartet.launch.threads import uniform_threads
-            from services.coordinator.launch import PPOServices, thread_plan
+        def start(mode: str, stack: contextlib.ExitStack) -> ModeRun:
+            """`mode`'s roles (services stop when `stack` closes) and its warmed-up loop."""
+            cfg = job_config(args, model, data, work / mode, async_enable=mode.endswith("-async"))
+            prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.prompt_max_len)
+            if mode.startswith("services"):
+                from quartet.launch.threads import uniform_threads
+                from services.coordinator.launch import PPOServices, thread_plan
 
-            threads = (uniform_threads(thread_plan(cfg), torch.get_num_threads())
-                       if args.threads == "equal" else None)
-            roles = stack.enter_context(PPOServices(cfg, work / mode, threads=threads)).roles()
-        else:
-            from services.coordinator.inprocess import build_inprocess_roles
+                threads = (uniform_threads(thread_plan(cfg), torch.get_num_threads())
+                           if args.threads == "equal" else None)
+                roles = stack.enter_context(PPOServices(cfg, work / mode, threads=threads)).roles()
+            else:
+                from services.coordinator.inprocess import build_inprocess_roles
 
-            roles = build_inprocess_roles(cfg)
-        run = ModeRun(mode, PPOLoop(roles, loop_settings(cfg, str(work / mode), "bench"),
-                                    prompts, decode))
-        stack.callback(run.loop.close)
-        run.warm_up()
-        return run
+                roles = build_inprocess_roles(cfg)
+            run = ModeRun(mode, PPOLoop(roles, loop_settings(cfg, str(work / mode), "bench"),
+                                        prompts, decode))
+            stack.callback(run.loop.close)
+            run.warm_up()
+            return run
 
-    result: dict = {"bench": "overhead", "model": model.name, "iterations": args.iterations,
-                    "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-                    "backend": args.backend, "estimator": args.estimator,
-                    "threads": args.threads, "order": order,
-                    "loadavg_1m_start": round(os.getloadavg()[0], 2)}
-    print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
-          f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend}), "
-          f"modes {order}", flush=True)
-    runs: list[ModeRun] = []
-    if order == "alternate":
-        with contextlib.ExitStack() as stack:
-            runs = [start(mode, stack) for mode in modes]
-            for i in range(args.iterations):  # each round starts with the next mode
-                for run in runs[i % len(runs):] + runs[:i % len(runs)]:
-                    run.step(i + 1)
-    else:
-        for mode in modes:
+        result: dict = {"bench": "overhead", "model": model.name, "iterations": args.iterations,
+                        "prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
+                        "backend": args.backend, "estimator": args.estimator,
+                        "threads": args.threads, "order": order,
+                        "loadavg_1m_start": round(os.getloadavg()[0], 2)}
+        print(f"overhead bench: {model.name}, {args.iterations} timed iterations of "
+              f"{args.prompts} prompts x {args.max_new_tokens} tokens ({args.backend}), "
+              f"modes {order}", flush=True)
+        runs: list[ModeRun] = []
+        if order == "alternate":
             with contextlib.ExitStack() as stack:
-                run = start(mode, stack)
-                for i in range(args.iterations):
-                    run.step(i + 1)
-            runs.append(run)
-    for run in runs:
-        result[run.name] = summary = run.summary()
-        print(f"  {run.name:<14} median {summary['median_s_per_iter']:.3f} s/iteration "
-              f"(mean {summary['s_per_iter']:.3f})  " + "  ".join(
-                  f"{k}={v:.3f}" for k, v in summary.items()
-                  if k.endswith("_s") and k != "iter_s"), flush=True)
+                runs = [start(mode, stack) for mode in modes]
+                for i in range(args.iterations):  # each round starts with the next mode
+                    for run in runs[i % len(runs):] + runs[:i % len(runs)]:
+                        run.step(i + 1)
+        else:
+            for mode in modes:
+                with contextlib.ExitStack() as stack:
+                    run = start(mode, stack)
+                    for i in range(args.iterations):
+                        run.step(i + 1)
+                runs.append(run)
+        for run in runs:
+            result[run.name] = summary = run.summary()
+            print(f"  {run.name:<14} median {summary['median_s_per_iter']:.3f} s/iteration "
+                  f"(mean {summary['s_per_iter']:.3f})  " + "  ".join(
+                      f"{k}={v:.3f}" for k, v in summary.items()
+                      if k.endswith("_s") and k != "iter_s"), flush=True)
 
-    def ratio(a: str, b: str, key: str) -> float:
-        return round(result[a][key] / result[b][key], 3)
+        def ratio(a: str, b: str, key: str) -> float:
+            return round(result[a][key] / result[b][key], 3)
 
-    if "services" in result and "inprocess" in result:
-        result["ratio"] = ratio("services", "inprocess", "median_s_per_iter")
-        result["ratio_mean"] = ratio("services", "inprocess", "s_per_iter")
-    if "services" in result and "services-async" in result:
-        result["async_speedup"] = ratio("services", "services-async", "median_s_per_iter")
-        result["async_speedup_mean"] = ratio("services", "services-async", "s_per_iter")
-    result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(result))
+        if "services" in result and "inprocess" in result:
+            result["ratio"] = ratio("services", "inprocess", "median_s_per_iter")
+            result["ratio_mean"] = ratio("services", "inprocess", "s_per_iter")
+        if "services" in result and "services-async" in result:
+            result["async_speedup"] = ratio("services", "services-async", "median_s_per_iter")
+            result["async_speedup_mean"] = ratio("services", "services-async", "s_per_iter")
+        result["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+        print(json.dumps(result))
     return 0
