@@ -338,12 +338,13 @@ class JoinWatch:
 
 
 def abort_sessions(clients: Sequence[GrpcRolloutClient], reason: str,
-                   header: common_pb2.RequestHeader | None = None) -> None:
-    """Closes whatever update session each replica has open (before a group re-forms);
-    errors name the replica, so a replica that died meanwhile is repaired, not fatal."""
+                   header: common_pb2.RequestHeader | None = None, version: int = 0) -> None:
+    """Closes the update session each replica has open (`version` 0: whatever it is; before
+    a group re-forms); errors name the replica, so a replica that died meanwhile is
+    repaired, not fatal."""
     for c in clients:
         try:
-            c.abort_weight_update(0, reason, header=header)
+            c.abort_weight_update(version, reason, header=header)
         except grpc.RpcError as exc:
             raise _replica_error(c, "AbortWeightUpdate", exc) from None
 
@@ -367,11 +368,7 @@ class OpenUpdate:
         replica."""
         for f in self.finishes:
             f.cancel()
-        for c in self.clients:
-            try:
-                c.abort_weight_update(self.version, reason, header=header)
-            except grpc.RpcError as exc:
-                raise _replica_error(c, "AbortWeightUpdate", exc) from None
+        abort_sessions(self.clients, reason, header, self.version)
 
 
 def begin_update(

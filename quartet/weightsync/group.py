@@ -212,12 +212,9 @@ class WeightGroup:
         """The abort reason: local, in the store, or the store gone (rank 0 died)."""
         if self._aborted is not None:
             return self._aborted
-        try:
-            if self._prefixed.check([ABORT_KEY]):
-                return self._prefixed.get(ABORT_KEY).decode(errors="replace")
-        except Exception as exc:  # noqa: BLE001 - DistNetworkError and the like
-            return (f"its store at {self.config.master_address}:{self.config.master_port} "
-                    f"is gone (rank 0, the actor, died or left: {type(exc).__name__})")
+        reason = posted_abort(self._prefixed, self.config)
+        if reason is not None:
+            return reason
         return "aborted on this member" if self._abort_now.is_set() else None
 
     def _mark(self, reason: str) -> None:
@@ -257,6 +254,19 @@ def _leak(pg: dist.ProcessGroup) -> None:
 def group_store(config: WeightGroupConfig, store: dist.Store) -> dist.Store:
     """The group's keys inside `store` (one prefix per group name)."""
     return dist.PrefixStore(f"quartet/{config.group_name}/", store)
+
+
+def posted_abort(store: dist.Store, config: WeightGroupConfig, when: str = "") -> str | None:
+    """The reason written under `ABORT_KEY` in a group's `store`, one naming the store if it
+    is gone (rank 0 died), or None. `when` says what the member was doing (for the
+    message)."""
+    try:
+        if store.check([ABORT_KEY]):
+            return store.get(ABORT_KEY).decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001 - DistNetworkError and the like
+        return (f"its store at {config.master_address}:{config.master_port} is gone{when} "
+                f"(rank 0, the actor, died or left: {type(exc).__name__})")
+    return None
 
 
 def post_abort(store: dist.Store, reason: str) -> None:
@@ -378,14 +388,12 @@ def await_members(store: dist.Store, config: WeightGroupConfig) -> None:
     while True:
         try:
             joined = store.add(JOINED_KEY, 0)
+        except Exception:  # noqa: BLE001 - DistNetworkError: posted_abort names it below
+            pass
+        else:
             if joined >= config.world_size:
                 return
-            aborted = (store.get(ABORT_KEY).decode(errors="replace")
-                       if store.check([ABORT_KEY]) else None)
-        except Exception as exc:  # noqa: BLE001 - DistNetworkError and the like
-            aborted = (f"its store at {config.master_address}:{config.master_port} is gone "
-                       f"while the group formed (rank 0, the actor, died or left: "
-                       f"{type(exc).__name__})")
+        aborted = posted_abort(store, config, " while the group formed")
         if aborted is not None:
             raise WeightGroupAborted(
                 f"weight group {config.group_name} (rank {config.rank} of "
