@@ -3,13 +3,15 @@
 vLLM on CPU reserves `kv_cache_memory_bytes` up front and zero-fills it (resident from the
 start). A fixed 1 GiB held 23,296 tokens of SmolLM2-135M in fp32, of which a GRPO run of
 64 rows x (<= 60 prompt + 32 new tokens) used 35%. What one generate call can need is
-known before the engine starts: rows in flight x blocks per row (prompt + new tokens,
-rounded up to the engine's CPU blocks, `CPU_BLOCK_TOKENS`), never less than one request of
-the engine's context length (vLLM refuses to start otherwise), plus the one null block vLLM's
-block pool keeps. Prefix caching only lowers what is used (the n samples of a prompt share its
-full blocks; cached blocks nobody runs on are free to reuse). A smaller cache never changes
-what is sampled: requests that do not fit wait in vLLM's queue (or are preempted and
-recomputed), which only costs time.
+known before the engine starts: per prompt in flight, its n samples' blocks (prompt + new
+tokens, rounded up to the engine's CPU blocks, `CPU_BLOCK_TOKENS`) less the prompt's full
+blocks that samples 2..n take from vLLM's prefix cache (`group_blocks`), never less than one
+request of the engine's context length (vLLM refuses to start otherwise), plus the one null
+block vLLM's block pool keeps. Counting every row's prompt blocks instead (until issue 13's
+eighth pass) reserved ~25% more than a GRPO batch of 4 samples per ~60-token prompt ever
+holds (64 rows: 193 blocks for 145 used, 70 MiB of zero-filled memory resident while the
+rollout generates). A smaller cache never changes what is sampled: requests that do not fit
+wait in vLLM's queue (or are preempted and recomputed), which only costs time.
 
 The context length itself comes from the run too (`run_context_len`): the model's 8192 tokens
 made vLLM size its per-step buffers (a whole-prefill step budgets max(context, 2048) tokens)
@@ -58,16 +60,39 @@ def kv_shape(model: str | Path) -> KVShape | None:
         return None
 
 
-def kv_cache_bytes(shape: KVShape, dtype_bytes: int, rows: int, tokens_per_row: int,
-                   max_model_len: int | None = None,
+def group_blocks(samples: int, longest_prompt: int, max_new_tokens: int,
+                 block_tokens: int = CPU_BLOCK_TOKENS) -> int:
+    """The most KV blocks one prompt's `samples` hold at once, for any prompt of up to
+    `longest_prompt` tokens and up to `max_new_tokens` new tokens each.
+
+    The samples are consecutive requests with the same prompt (`VllmGenerator` adds a
+    prompt's n requests one after the other), and vLLM caches a block when it allocates it:
+    samples 2..n find the first one's full prompt blocks in the prefix cache. A hit never
+    covers a prompt's last token (vLLM recomputes it to get the first logits), so a prompt
+    of P tokens shares floor((P - 1) / block) blocks, and its group holds
+    n x ceil((P + new) / block) - (n - 1) x floor((P - 1) / block) blocks. That is not
+    monotone in P (a prompt one token past a block boundary shares the block, its decode
+    needs a new one), so every length up to the longest is tried."""
+    if samples < 1 or longest_prompt < 1 or max_new_tokens < 1:
+        raise ValueError("samples, longest_prompt and max_new_tokens must be >= 1, got "
+                         f"{samples}, {longest_prompt}, {max_new_tokens}")
+    return max(samples * math.ceil((p + max_new_tokens) / block_tokens)
+               - (samples - 1) * ((p - 1) // block_tokens)
+               for p in range(1, longest_prompt + 1))
+
+
+def kv_cache_bytes(shape: KVShape, dtype_bytes: int, prompts: int, samples_per_prompt: int,
+                   longest_prompt: int, max_new_tokens: int, max_model_len: int | None = None,
                    block_tokens: int = CPU_BLOCK_TOKENS) -> int:
-    """Bytes for `rows` sequences of up to `tokens_per_row` tokens each at once, and at least
-    one request of `max_model_len` (default: the model's context length) tokens."""
-    if rows < 1 or tokens_per_row < 1:
-        raise ValueError(f"rows and tokens_per_row must be >= 1, got {rows}, {tokens_per_row}")
+    """Bytes for `prompts` prompts' `samples_per_prompt` samples at once (`group_blocks`),
+    and at least one request of `max_model_len` (default: the model's context length)
+    tokens."""
+    if prompts < 1:
+        raise ValueError(f"prompts must be >= 1, got {prompts}")
     context = max_model_len or shape.max_position_embeddings
-    blocks = max(rows * math.ceil(tokens_per_row / block_tokens),
-                 math.ceil(context / block_tokens)) + 1  # + vLLM's null block
+    need = prompts * group_blocks(samples_per_prompt, longest_prompt, max_new_tokens,
+                                  block_tokens)
+    blocks = max(need, math.ceil(context / block_tokens)) + 1  # + vLLM's null block
     return blocks * block_tokens * shape.bytes_per_token(dtype_bytes)
 
 

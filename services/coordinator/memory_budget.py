@@ -46,10 +46,11 @@ def rollout_kv_cache_bytes(cfg: PPOJobConfig, longest_prompt: int | None,
     shape = kv_shape(cfg.actor.model_name_or_path)
     if longest_prompt is None or shape is None:
         return None
-    rows = math.ceil(cfg.rollout.batch_size * cfg.rollout.n_samples_per_prompt / v.num_engines)
-    return kv_cache_bytes(shape, DTYPE_BYTES[v.engine_dtype(False)], rows,
-                          longest_prompt + cfg.rollout.max_new_tokens,
-                          rollout_max_model_len(cfg, longest_prompt))
+    # the coordinator gives each engine whole prompts, in contiguous shards
+    prompts = math.ceil(cfg.rollout.batch_size / v.num_engines)
+    return kv_cache_bytes(shape, DTYPE_BYTES[v.engine_dtype(False)], prompts,
+                          cfg.rollout.n_samples_per_prompt, longest_prompt,
+                          cfg.rollout.max_new_tokens, rollout_max_model_len(cfg, longest_prompt))
 
 
 def ppo_budget(cfg: PPOJobConfig, critic_model: str,
