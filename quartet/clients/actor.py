@@ -9,6 +9,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient, RoleCallError
 from quartet.clients.checkpoints import CheckpointCalls
+from quartet.clients.request_streams import unary_when_single
 from quartet.clients.retry import NO_RETRY
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
@@ -24,7 +25,8 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
 
     def __init__(self, address: str, **kwargs) -> None:
         super().__init__(address, **kwargs)
-        self.stub = actor_pb2_grpc.ActorStub(self.channel)
+        self.stub = unary_when_single(actor_pb2_grpc.ActorStub(self.channel), self.channel,
+                                      actor_pb2.DESCRIPTOR.services_by_name["Actor"])
 
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ import torch
 
 from quartet.clients.base import GrpcRoleClient
 from quartet.clients.checkpoints import CheckpointCalls
+from quartet.clients.request_streams import unary_when_single
 from quartet.clients.scoring import merge_by_offset
 from quartet.codec import RowBatch, encode_token_batch, ragged_from_proto, token_batch_slices
 from quartet.ppo.batch import ValueLossSettings, ValueMiniBatch
@@ -18,7 +19,8 @@ class GrpcCriticClient(CheckpointCalls, GrpcRoleClient):
 
     def __init__(self, address: str, **kwargs) -> None:
         super().__init__(address, **kwargs)
-        self.stub = critic_pb2_grpc.CriticStub(self.channel)
+        self.stub = unary_when_single(critic_pb2_grpc.CriticStub(self.channel), self.channel,
+                                      critic_pb2.DESCRIPTOR.services_by_name["Critic"])
 
     def values(self, batch: RowBatch, header: common_pb2.RequestHeader | None = None
                ) -> list[torch.Tensor]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from quartet.clients.base import INFO_TIMEOUT_S, GrpcRoleClient
+from quartet.clients.request_streams import unary_when_single
 from quartet.clients.scoring import call_logprobs
 from quartet.codec import RowBatch
-from quartet.v1 import common_pb2, reference_pb2_grpc
+from quartet.v1 import common_pb2, reference_pb2, reference_pb2_grpc
 
 
 class GrpcReferenceClient(GrpcRoleClient):
@@ -15,7 +16,8 @@ class GrpcReferenceClient(GrpcRoleClient):
 
     def __init__(self, address: str, **kwargs) -> None:
         super().__init__(address, **kwargs)
-        self.stub = reference_pb2_grpc.ReferenceStub(self.channel)
+        self.stub = unary_when_single(reference_pb2_grpc.ReferenceStub(self.channel), self.channel,
+                                      reference_pb2.DESCRIPTOR.services_by_name["Reference"])
 
     def logprobs(self, batch: RowBatch, temperature: float = 1.0,
                  header: common_pb2.RequestHeader | None = None) -> list[torch.Tensor]:

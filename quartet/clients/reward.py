@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quartet.clients.base import GrpcRoleClient
+from quartet.clients.request_streams import unary_when_single
 from quartet.codec import encode_token_batch
 from quartet.rewards.base import RewardInputs, RewardResult
 from quartet.v1 import common_pb2, reward_pb2, reward_pb2_grpc
@@ -15,7 +16,8 @@ class GrpcRewardClient(GrpcRoleClient):
 
     def __init__(self, address: str, send_token_ids: bool = False, **kwargs) -> None:
         super().__init__(address, **kwargs)
-        self.stub = reward_pb2_grpc.RewardStub(self.channel)
+        self.stub = unary_when_single(reward_pb2_grpc.RewardStub(self.channel), self.channel,
+                                      reward_pb2.DESCRIPTOR.services_by_name["Reward"])
         self.send_token_ids = send_token_ids
         self.name = f"reward@{address}"
 
