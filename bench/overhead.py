@@ -121,6 +121,17 @@ def resolve_order(order: str, modes: list[str]) -> str:
     return order
 
 
+
+def bench_model(hidden_size: int, layers: int) -> Path:
+    """The benchmark's tiny Llama (built once, cached), also `bench weight_plane`'s."""
+    from quartet.testing import tiny_model_dir
+
+    return tiny_model_dir(name=f"bench-llama-h{hidden_size}-l{layers}",
+                          hidden_size=hidden_size, num_hidden_layers=layers,
+                          intermediate_size=hidden_size * 2,
+                          num_attention_heads=hidden_size // 64,
+                          num_key_value_heads=hidden_size // 64)
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(argv or []))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -129,18 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from quartet.config.model import ModelConfig
     from quartet.models.loading import load_tokenizer
-    from quartet.testing import tiny_model_dir, write_tiny_datasets
+    from quartet.testing import write_tiny_datasets
     from services.coordinator.job import loop_settings
     from services.coordinator.ppo_loop import PPOLoop
     from services.coordinator.prompts import load_prompts
 
     modes = args.modes.split(",")
     order = resolve_order(args.order, modes)
-    model = tiny_model_dir(name=f"bench-llama-h{args.hidden_size}-l{args.layers}",
-                           hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                           intermediate_size=args.hidden_size * 2,
-                           num_attention_heads=args.hidden_size // 64,
-                           num_key_value_heads=args.hidden_size // 64)
+    model = bench_model(args.hidden_size, args.layers)
     # the roles' logs, checkpoints and data: removed however the bench ends
     with Scratch("quartet-bench-overhead-") as scratch:
         work = scratch.path

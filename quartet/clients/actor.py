@@ -53,12 +53,14 @@ class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
 
     def init_weight_group(self, master_address: str, master_port: int, world_size: int,
                           backend: str = "gloo", group_name: str = "quartet-weights",
-                          timeout_s: float = 300.0) -> common_pb2.InitWeightGroupResponse:
+                          timeout_s: float = 300.0, shared_memory: bool = False
+                          ) -> common_pb2.InitWeightGroupResponse:
         return self._call("InitWeightGroup", self.stub.InitWeightGroup,
                           common_pb2.InitWeightGroupRequest(
                               master_address=master_address, master_port=master_port,
                               world_size=world_size, rank=0, backend=backend,
-                              group_name=group_name, timeout_s=timeout_s),
+                              group_name=group_name, timeout_s=timeout_s,
+                              shared_memory=shared_memory),
                           retry=NO_RETRY)
 
     def weight_manifest(self, dtype: str = "float32") -> list[TensorSpec]:

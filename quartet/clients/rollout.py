@@ -183,6 +183,7 @@ class GrpcRolloutClient:
             header=header, master_address=config.master_address,
             master_port=config.master_port, world_size=config.world_size, rank=config.rank,
             backend=config.backend, group_name=config.group_name, timeout_s=config.timeout_s,
+            shared_memory=config.shared_memory,
         )
         return self._stub.InitWeightGroup.future(request, timeout=config.timeout_s + 60)
 

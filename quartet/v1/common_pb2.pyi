@@ -535,6 +535,7 @@ class InitWeightGroupRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     GROUP_NAME_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
+    SHARED_MEMORY_FIELD_NUMBER: _builtins.int
     master_address: _builtins.str
     master_port: _builtins.int
     world_size: _builtins.int
@@ -544,6 +545,10 @@ class InitWeightGroupRequest(_message.Message):
     """"gloo" or "nccl"."""
     group_name: _builtins.str
     timeout_s: _builtins.float
+    shared_memory: _builtins.bool
+    """gloo only: rank 0 offers, and a receiver takes, a same-host shared-memory segment
+    for the payload (used only when every member takes it; else buckets are broadcast).
+    """
     @_builtins.property
     def header(self) -> Global___RequestHeader: ...
     def __init__(
@@ -557,10 +562,11 @@ class InitWeightGroupRequest(_message.Message):
         backend: _builtins.str = ...,
         group_name: _builtins.str = ...,
         timeout_s: _builtins.float = ...,
+        shared_memory: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "group_name", b"group_name", "header", b"header", "master_address", b"master_address", "master_port", b"master_port", "rank", b"rank", "timeout_s", b"timeout_s", "world_size", b"world_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "group_name", b"group_name", "header", b"header", "master_address", b"master_address", "master_port", b"master_port", "rank", b"rank", "shared_memory", b"shared_memory", "timeout_s", b"timeout_s", "world_size", b"world_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,3 +78,14 @@ def unpack_bucket(bucket: Bucket, buffer: torch.Tensor) -> Iterator[tuple[str, t
     for spec, off in zip(bucket.specs, bucket.offsets, strict=True):
         raw = buffer[off : off + spec.nbytes]
         yield spec.name, raw.view(spec.dtype).reshape(spec.shape)
+
+
+def segment_offsets(plan: Sequence[Bucket]) -> tuple[list[int], int]:
+    """Where each bucket starts in a shared-memory segment holding the whole session (one
+    after another, each aligned), and the bytes they take together."""
+    starts, end = [], 0
+    for bucket in plan:
+        start = _align(end)
+        starts.append(start)
+        end = start + bucket.nbytes
+    return starts, end

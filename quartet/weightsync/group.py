@@ -22,6 +22,7 @@ its own timeout. NCCL: `abort()` frees the communicator and its GPU kernels, and
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from quartet.weightsync.errors import WeightGroupAborted
+from quartet.weightsync.shm import SharedSegment, accept_segment, offer_segment
 
 log = logging.getLogger("quartet.weightsync")
 
@@ -81,6 +83,9 @@ class WeightGroupConfig:
     backend: str = "gloo"
     group_name: str = "weights"
     timeout_s: float = 600.0
+    shared_memory: bool = False
+    """gloo only: rank 0 offers, and a receiver takes, the same-host shared-memory data
+    plane (`shm`); used only when every member takes it, else the sessions broadcast."""
 
     def __post_init__(self) -> None:
         if not self.master_address:
@@ -95,8 +100,7 @@ class WeightGroupConfig:
                              f"got {self.backend!r}")
 
     def with_rank(self, rank: int) -> WeightGroupConfig:
-        return WeightGroupConfig(self.master_address, self.master_port, self.world_size, rank,
-                                 self.backend, self.group_name, self.timeout_s)
+        return dataclasses.replace(self, rank=rank)
 
 
 class WeightGroup:
@@ -115,6 +119,9 @@ class WeightGroup:
         self._prefixed = prefixed if prefixed is not None else group_store(config, store)
         self._aborted: str | None = None
         self._abort_now = threading.Event()
+        self.segment: SharedSegment | None = None
+        """The same-host data plane every member agreed on when the group formed (`shm`),
+        or None: sessions broadcast their buckets."""
 
     @property
     def rank(self) -> int:
@@ -137,6 +144,24 @@ class WeightGroup:
         broadcasts that follow the first one of a session within milliseconds. An abort
         posted meanwhile is still read while the broadcast blocks (every `ABORT_POLL_S`);
         one that completes first only moved bytes every member still expected."""
+        pg = self._usable(check_store)
+        opts = dist.BroadcastOptions()
+        opts.rootRank = src
+        opts.rootTensor = 0
+        self._await(pg.broadcast([tensor], opts))
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM,
+                   check_store: bool = True) -> None:
+        """In-place all-reduce over every member (blocking, abandonable, refused once
+        aborted, as `broadcast`). Unlike a broadcast, it returns on no member before every
+        member entered it."""
+        pg = self._usable(check_store)
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = op
+        self._await(pg.allreduce([tensor], opts))
+
+    def _usable(self, check_store: bool) -> dist.ProcessGroup:
+        """The process group, unless the group was aborted (see `broadcast`)."""
         if self._pg is None:
             raise WeightGroupAborted(self._describe(self._aborted or "closed"))
         reason = (self._abort_requested() if check_store or self._abort_now.is_set()
@@ -144,10 +169,7 @@ class WeightGroup:
         if reason is not None:
             self._abandon(reason)
             raise WeightGroupAborted(self._describe(reason))
-        opts = dist.BroadcastOptions()
-        opts.rootRank = src
-        opts.rootTensor = 0
-        self._await(self._pg.broadcast([tensor], opts))
+        return self._pg
 
     def barrier(self) -> None:
         self.broadcast(torch.zeros(1, dtype=torch.int64, device=self.device))
@@ -164,6 +186,7 @@ class WeightGroup:
         self._abandon(reason)
 
     def close(self) -> None:
+        self._drop_segment()
         pg, self._pg = self._pg, None
         if pg is None:
             return
@@ -222,8 +245,14 @@ class WeightGroup:
             self._aborted = reason
             log.warning("%s", self._describe(reason))
 
+    def _drop_segment(self) -> None:
+        segment, self.segment = self.segment, None
+        if segment is not None:
+            segment.close()  # views a loader still holds keep their mapping
+
     def _abandon(self, reason: str) -> None:
         self._mark(reason)
+        self._drop_segment()
         pg, self._pg = self._pg, None
         if pg is None:
             return
@@ -345,25 +374,64 @@ def init_weight_group(config: WeightGroupConfig, device: torch.device | None = N
         wait_for_workers=False,
     )
     prefixed = group_store(config, store)
-    await_members(prefixed, config)
-    if config.backend == "nccl":
-        if not torch.cuda.is_available():
-            raise ValueError("backend: nccl needs a CUDA device; use gloo on CPU")
-        device = device or torch.device("cuda", torch.cuda.current_device())
-        opts = dist.ProcessGroupNCCL.Options()
-        opts._timeout = timeout
-        pg: dist.ProcessGroup = dist.ProcessGroupNCCL(
-            prefixed, config.rank, config.world_size, opts
-        )
-    else:
-        device = device or torch.device("cpu")
-        pg = dist.ProcessGroupGloo(prefixed, config.rank, config.world_size, timeout)
-    group = WeightGroup(config, pg, device, store, prefixed)
-    # One collective proves every member is there (NCCL connects lazily otherwise).
-    group.barrier()
-    log.info("weight group %s formed: rank %d of %d (%s, %s)", config.group_name, config.rank,
-             config.world_size, config.backend, device)
+    gloo = config.backend == "gloo"
+    # rank 0 offers its segment before it counts itself in: every member finds the offer
+    # once all are in
+    offer = (offer_segment(prefixed, config.shared_memory)
+             if gloo and config.rank == 0 else None)
+    try:
+        await_members(prefixed, config)
+        if not gloo:
+            if not torch.cuda.is_available():
+                raise ValueError("backend: nccl needs a CUDA device; use gloo on CPU")
+            device = device or torch.device("cuda", torch.cuda.current_device())
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            pg: dist.ProcessGroup = dist.ProcessGroupNCCL(
+                prefixed, config.rank, config.world_size, opts
+            )
+        else:
+            device = device or torch.device("cpu")
+            pg = dist.ProcessGroupGloo(prefixed, config.rank, config.world_size, timeout)
+        group = WeightGroup(config, pg, device, store, prefixed)
+        # One collective proves every member is there (NCCL connects lazily otherwise);
+        # on gloo it is the one that agrees on the shared-memory plane.
+        if gloo:
+            group.segment = agree_on_segment(group, prefixed,
+                                             offer.segment if offer is not None else None)
+        else:
+            group.barrier()
+    except BaseException:
+        if offer is not None:
+            offer.segment.close()
+        raise
+    finally:
+        if offer is not None:
+            offer.withdraw()  # every member that took it holds it open now
+    log.info("weight group %s formed: rank %d of %d (%s, %s%s)", config.group_name,
+             config.rank, config.world_size, config.backend, device,
+             ", same-host shared memory" if group.segment is not None else "")
     return group
+
+
+def agree_on_segment(group: WeightGroup, store: dist.Store,
+                     offered: SharedSegment | None) -> SharedSegment | None:
+    """Every member's say on the same-host plane, in one all-reduce (MIN): the segment
+    when all took it, else None on every member (the sessions broadcast)."""
+    segment = offered if group.rank == 0 else accept_segment(store,
+                                                              group.config.shared_memory)
+    takes = torch.tensor([int(segment is not None)], dtype=torch.int64)
+    try:
+        group.all_reduce(takes, dist.ReduceOp.MIN)
+    except BaseException:
+        if segment is not None and segment is not offered:
+            segment.close()
+        raise
+    if takes.item() == 1:
+        return segment
+    if segment is not None:
+        segment.close()
+    return None
 
 
 JOINED_KEY = "joined"

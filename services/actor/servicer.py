@@ -23,7 +23,7 @@ def weight_group_config(req: common_pb2.InitWeightGroupRequest) -> WeightGroupCo
     try:
         return WeightGroupConfig(req.master_address, req.master_port, req.world_size, req.rank,
                                  req.backend or "gloo", req.group_name or "weights",
-                                 req.timeout_s or 600.0)
+                                 req.timeout_s or 600.0, req.shared_memory)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
 

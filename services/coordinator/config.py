@@ -226,6 +226,12 @@ class VllmGroup:
     sync_bucket_mb: int = 64
     """Bucket size of the weight broadcast, MiB (the actor holds one bucket's packing buffer
     while it sends; a larger tensor travels alone, from its own memory)."""
+    sync_shared_memory: bool = True
+    """With the gloo group (CPU): when the actor and every rollout replica share a host, the
+    actor writes each bucket into one /dev/shm segment that the replicas load from in place,
+    instead of broadcasting it through loopback sockets (the group still carries the
+    session's control messages). Falls back to the broadcast by itself on other hosts.
+    Holds one copy of the weights in /dev/shm for the group's life; false: broadcast."""
     sync_master_address: str | None = None
     """Address the rollouts reach the actor's weight-group store at; default: the host of
     --actor.address, else the address the actor advertises for its host (a launcher sets

@@ -389,7 +389,8 @@ class PPOServices:
             sync = GroupWeightSync(
                 actor, rollout_clients, backend, dtype, cfg.vllm.sync_bucket_mb << 20,
                 master_address=master,
-                workers_per_replica=cfg.vllm.tensor_parallel_size, run_id=run_id)
+                workers_per_replica=cfg.vllm.tensor_parallel_size, run_id=run_id,
+                shared_memory=cfg.vllm.sync_shared_memory)
         sync.setup()
         self.sync = sync
         if not all(sync.serves(c.info(), 0) for c in rollout_clients):

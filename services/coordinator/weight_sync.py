@@ -170,18 +170,21 @@ def weight_group_ranks(workers_per_replica: Sequence[int]) -> tuple[int, list[in
 
 class GroupWeightSync(WeightSync):
     """`workers_per_replica`: weight-group ranks each replica takes (its tensor-parallel
-    size). `master_address`: empty lets the actor advertise its own host."""
+    size). `master_address`: empty lets the actor advertise its own host.
+    `shared_memory`: gloo on one host uses the shared-memory data plane (`weightsync.shm`)."""
 
     def __init__(self, actor: GrpcActorClient, rollouts: Sequence[GrpcRolloutClient],
                  backend: str = "gloo", dtype: str = "float32", bucket_bytes: int = 256 << 20,
                  master_address: str = "", timeout_s: float = 600.0,
-                 workers_per_replica: int = 1, run_id: str = "") -> None:
+                 workers_per_replica: int = 1, run_id: str = "",
+                 shared_memory: bool = False) -> None:
         super().__init__(actor, rollouts, dtype, run_id=run_id)
         self.workers_per_replica = workers_per_replica
         self.backend = backend
         self.bucket_bytes = bucket_bytes
         self.master_address = master_address
         self.timeout_s = timeout_s
+        self.shared_memory = shared_memory
         self._formed = False
         self._formed_once = False
         self._group: WeightGroupConfig | None = None
@@ -199,7 +202,7 @@ class GroupWeightSync(WeightSync):
         address, port = self.actor.open_weight_group(world, self.master_address,
                                                      self.timeout_s)
         cfg = WeightGroupConfig(address, port, world, 0, self.backend, "quartet-weights",
-                                self.timeout_s)
+                                self.timeout_s, self.shared_memory)
         futures = [r.init_weight_group_future(cfg.with_rank(first))
                    for first, r in zip(firsts, self.rollouts, strict=True)]
         self._group = cfg
@@ -208,7 +211,8 @@ class GroupWeightSync(WeightSync):
         joins = JoinWatch(self.rollouts, futures, lambda why: abort_weight_group(cfg, why))
         try:
             self.actor.init_weight_group(cfg.master_address, cfg.master_port, cfg.world_size,
-                                         cfg.backend, cfg.group_name, cfg.timeout_s)
+                                         cfg.backend, cfg.group_name, cfg.timeout_s,
+                                         cfg.shared_memory)
         except RoleCallError:
             joins.raise_first()  # the replica that failed is the cause: the recovery repairs it
             raise

@@ -70,6 +70,7 @@ def group_config_from_proto(msg: common_pb2.InitWeightGroupRequest) -> WeightGro
             backend=msg.backend or "gloo",
             group_name=msg.group_name or "weights",
             timeout_s=msg.timeout_s or DEFAULT_GROUP_TIMEOUT_S,
+            shared_memory=msg.shared_memory,
         )
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from exc

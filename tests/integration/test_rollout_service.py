@@ -164,6 +164,48 @@ def test_weight_update_round_trip_over_gloo(replicas, original_weights):
     group.close()
 
 
+def greedy_outputs(client) -> list[tuple[list[int], list[float]]]:
+    return [(o.samples[0].token_ids, o.samples[0].logprobs)
+            for o in client.generate(PROMPTS, GREEDY)]
+
+
+def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
+                                                                       original_weights):
+    """The same-host plane: both backends load from views of this process's segment and
+    then generate exactly (tokens and log-probs) what the same weights broadcast gave;
+    overwriting the segment afterwards changes nothing (no loader kept a view of it), and
+    no file stays in /dev/shm."""
+    from quartet.weightsync import shm
+
+    files = set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*"))
+    version = max(c.info().weight_version for c in replicas) + 1
+    g = torch.Generator().manual_seed(2)
+    changed = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in
+               original_weights.items()}
+    outputs = {}
+    for shared in (False, True):
+        cfg = WeightGroupConfig("127.0.0.1", free_port(), len(replicas) + 1, 0,
+                                timeout_s=120, shared_memory=shared)
+        joins = [c.init_weight_group_future(cfg.with_rank(i + 1))
+                 for i, c in enumerate(replicas)]
+        group = init_weight_group(cfg)
+        assert [f.result(timeout=60).rank for f in joins] == [1, 2]
+        assert (group.segment is not None) == shared
+        sender = WeightSender(group, bucket_bytes=64 << 10)
+        broadcast_update(replicas, sender, version, changed)
+        outputs[shared] = [greedy_outputs(c) for c in replicas]
+        if shared:
+            segment = group.segment
+            segment.writable(segment.size()).fill_(0xFF)  # NaNs, were anything still a view
+            assert [[t for t, _ in greedy_outputs(c)] for c in replicas] == [
+                [t for t, _ in out] for out in outputs[shared]]
+        broadcast_update(replicas, sender, version + 1, original_weights)
+        version += 2
+        group.close()
+    assert outputs[True] == outputs[False]
+    assert set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*")) == files
+
+
 def test_push_weights_fallback_round_trip(replicas, original_weights):
     client = replicas[0]
     before = greedy_tokens(client)

@@ -77,6 +77,7 @@ class _RecordingGroup:
     """Rank 0 of a weight group that records what it broadcasts (a copy and the address)."""
 
     rank, device = 0, torch.device("cpu")
+    segment = None  # no shared-memory plane: every bucket is broadcast
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, torch.Tensor]] = []

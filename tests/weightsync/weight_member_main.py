@@ -6,6 +6,9 @@
         open) until its stdin closes.
     python weight_member_main.py die PORT WORLD RANK NUM_BUCKETS
         joins as RANK and SIGKILLs itself once the first bucket of the session arrived.
+A last argument 1 offers/takes the same-host shared-memory plane (`weightsync.shm`); with
+it, `die` SIGKILLs itself as soon as the group formed (nothing of a session is in flight
+on that plane once its first tensor arrived: the sender wrote every bucket by then).
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ def tensors(num_buckets: int) -> dict[str, torch.Tensor]:
     return {f"t{i}": torch.full((BUCKET_BYTES // 4,), float(i)) for i in range(num_buckets)}
 
 
-def config(port: int, world: int, rank: int) -> WeightGroupConfig:
-    return WeightGroupConfig("127.0.0.1", port, world, rank, timeout_s=GROUP_TIMEOUT_S)
+def config(port: int, world: int, rank: int, shm: int = 0) -> WeightGroupConfig:
+    return WeightGroupConfig("127.0.0.1", port, world, rank, timeout_s=GROUP_TIMEOUT_S,
+                             shared_memory=bool(shm))
 
 
-def send(port: int, world: int, num_buckets: int) -> None:
-    group = init_weight_group(config(port, world, 0))
+def send(port: int, world: int, num_buckets: int, shm: int = 0) -> None:
+    group = init_weight_group(config(port, world, 0, shm))
     start = time.monotonic()
     try:
         WeightSender(group, BUCKET_BYTES).send(1, tensors(num_buckets))
@@ -50,8 +54,10 @@ def send(port: int, world: int, num_buckets: int) -> None:
     sys.stdin.read()  # a peer leaves because the group was aborted, not because we exited
 
 
-def die(port: int, world: int, rank: int, num_buckets: int) -> None:
-    group = init_weight_group(config(port, world, rank))
+def die(port: int, world: int, rank: int, num_buckets: int, shm: int = 0) -> None:
+    group = init_weight_group(config(port, world, rank, shm))
+    if group.segment is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
     for _name, _tensor in WeightReceiver(group).receive(1, specs_of(tensors(num_buckets))):
         os.kill(os.getpid(), signal.SIGKILL)
 
