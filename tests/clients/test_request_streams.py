@@ -1,6 +1,8 @@
 """Request streams of one message go out as unary calls of the same method; longer ones
 still stream, and the server sees the same messages either way."""
 
+import threading
+
 import grpc
 import pytest
 
@@ -67,7 +69,7 @@ def served():
     server.set_serving(True)
     kinds = _Kinds()
     channel = grpc.intercept_channel(grpc.insecure_channel(server.address), kinds)
-    yield reward, kinds, channel
+    yield reward, kinds, channel, server.address
     channel.close()
     server.stop(0)
 
@@ -77,7 +79,7 @@ def _score(offset: int, n: int) -> reward_pb2.ScoreRequest:
 
 
 def test_a_one_message_stream_is_sent_unary_and_answered_alike(served):
-    reward, kinds, channel = served
+    reward, kinds, channel, _address = served
     stub = unary_when_single(reward_pb2_grpc.RewardStub(channel), channel,
                              reward_pb2.DESCRIPTOR.services_by_name["Reward"])
     one = list(stub.Score((r for r in [_score(0, 3)]), timeout=10))
@@ -93,7 +95,7 @@ def test_a_one_message_stream_is_sent_unary_and_answered_alike(served):
 
 
 def test_client_streaming_unary_response_and_the_empty_stream(served):
-    _reward, kinds, channel = served
+    _reward, kinds, channel, _address = served
     stub = unary_when_single(critic_pb2_grpc.CriticStub(channel), channel,
                              critic_pb2.DESCRIPTOR.services_by_name["Critic"])
     req = critic_pb2.CriticTrainStepRequest(total_rows=1)
@@ -109,3 +111,21 @@ def test_a_method_that_takes_one_request_is_refused():
     method = reward_pb2.DESCRIPTOR.services_by_name["Reward"].methods_by_name["GetInfo"]
     with pytest.raises(ValueError, match="GetInfo: takes one request"):
         RequestStreamMethod(grpc.insecure_channel("127.0.0.1:1"), method)
+
+
+def test_open_channel_reads_a_response_stream_on_the_calling_thread(served):
+    """The channel's spin thread hands nothing over: the call's completion (its done
+    callbacks) happens in the thread that reads the responses."""
+    from quartet.clients.channel import open_channel
+    from quartet.security import ClientSecurity
+
+    address = served[3]
+    channel = open_channel(address, security=ClientSecurity())
+    stub = unary_when_single(reward_pb2_grpc.RewardStub(channel), channel,
+                             reward_pb2.DESCRIPTOR.services_by_name["Reward"])
+    call = stub.Score(iter([_score(0, 2)]), timeout=10)
+    done_in: list[str] = []
+    call.add_done_callback(lambda _c: done_in.append(threading.current_thread().name))
+    assert [list(r.rewards) for r in call] == [[2.0, 2.0]]
+    assert done_in == [threading.current_thread().name]
+    channel.close()
