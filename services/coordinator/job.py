@@ -141,6 +141,12 @@ class ProgressPrinter:
         self.stream.flush()
 
 
+def mark_starting(stop: threading.Event | None, starting: bool) -> None:
+    """Tell a `StopRequest` whether the run is still starting (other events ignore it)."""
+    if isinstance(stop, StopRequest):
+        stop.starting = starting
+
+
 def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
         stop: threading.Event | None = None) -> list[dict[str, float]]:
     """Start (or connect to) the roles, run the loop, stop what was started.
@@ -156,6 +162,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     from services.coordinator.prompts import load_prompts
     from services.coordinator.run_state import RunTelemetry
 
+    mark_starting(stop, True)  # until the loop begins, a first signal stops at once
     out = Path(cfg.ckpt.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2, default=str))
@@ -240,6 +247,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
                       flush=True)
         loop = PPOLoop(roles, settings, prompts, decode=decode, on_event=events,
                        checkpoints=checkpoints, recovery=services.recovery())
+        mark_starting(stop, False)  # from here a first signal ends the iteration
         try:
             history = loop.run(stop)
         finally:
@@ -313,12 +321,28 @@ class StopNow(KeyboardInterrupt):
     """A second SIGTERM/SIGINT: stop at once, without finishing the iteration or saving."""
 
 
-def stop_on_signals() -> threading.Event:
+class StartUpStopped(KeyboardInterrupt):
+    """A SIGTERM/SIGINT while the services start: nothing is trained yet, so nothing is
+    waited for; the services started so far are stopped as the start-up unwinds."""
+
+
+class StopRequest(threading.Event):
+    """The run's stop flag, set by a signal. `starting` is True until the loop's first
+    iteration begins (set by `run`): a signal then interrupts the start-up at once instead
+    of waiting for every service to come up (a minute on a busy host) only to stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starting = False
+
+
+def stop_on_signals() -> StopRequest:
     """SIGTERM/SIGINT ask the run to stop: the current iteration finishes, a checkpoint is
-    saved, every started role process is stopped, and `quartet ppo` exits 0. A second one
-    stops at once (the role processes are stopped as the run unwinds; no checkpoint), for
-    a user who cannot wait out an iteration (~100 s on SmolLM2 on a CPU) or the start-up."""
-    stop = threading.Event()
+    saved, every started role process is stopped, and `quartet ppo` exits 0. During the
+    start-up the first one stops at once (exit 0; there is nothing to save). Later a second
+    one stops at once (the role processes are stopped as the run unwinds; no checkpoint),
+    for a user who cannot wait out an iteration (~100 s on SmolLM2 on a CPU)."""
+    stop = StopRequest()
 
     def _on_signal(signum, _frame) -> None:
         name = signal.Signals(signum).name
@@ -326,9 +350,13 @@ def stop_on_signals() -> threading.Event:
             print(f"\nquartet ppo: {name} again: stopping now, without finishing the "
                   "iteration or saving", file=sys.stderr, flush=True)
             raise StopNow(signum)
+        stop.set()
+        if stop.starting:
+            print(f"\nquartet ppo: {name} during start-up: stopping the services started "
+                  "so far", file=sys.stderr, flush=True)
+            raise StartUpStopped(signum)
         print(f"\nquartet ppo: {name}: finishing the current iteration, then saving and "
               "stopping (send it again to stop at once)", file=sys.stderr, flush=True)
-        stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -366,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     run_id = Path(cfg.ckpt.output_dir).resolve().name or "ppo"
     try:
         run(cfg, run_id=run_id, stop=stop_on_signals())
+    except StartUpStopped:
+        print("quartet ppo: stopped before the first iteration; nothing was trained, so no "
+              "checkpoint or policy was saved", file=sys.stderr)
+        return 0
     except StopNow as exc:
         print("quartet ppo: stopped; the last checkpoint saved before is the one to resume "
               "from (--ckpt.load_enable)", file=sys.stderr)

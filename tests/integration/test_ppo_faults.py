@@ -150,17 +150,24 @@ def test_sigterm_saves_stops_every_process_and_exits_0(tmp_path, tiny_model_path
     assert (out / "ds_ckpt" / "latest").read_text().strip() == f"iter{done}"
 
 
-def test_sigterm_during_start_up_saves_nothing(tmp_path, tiny_model_path, tiny_data):
-    """Stopped before its first iteration, a run has trained nothing: it exits 0 with every
+def test_sigterm_during_start_up_stops_it_and_saves_nothing(tmp_path, tiny_model_path,
+                                                          tiny_data):
+    """Stopped before its first iteration, a run has trained nothing: the start-up is cut
+    short (not waited out: the services never all become ready), it exits 0 with every
     process gone and leaves no checkpoint or hf/final export of the starting weights."""
     out = tmp_path / "stopped-early"
     proc = start(out, tiny_model_path, tiny_data["prompts"], "--train.num_iterations", "50")
     # printed as the services start (several seconds; the signal handlers are installed)
     wait_for(lambda: "starting services" in (out / "ppo.out").read_text(), 120, "start-up")
+    time.sleep(1.0)  # the role processes are being spawned or loading
+    children = descendants(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(180) == 0, (out / "ppo.out").read_text()[-3000:]
     text = (out / "ppo.out").read_text()
+    assert "during start-up" in text and "services ready" not in text, text[-3000:]
     assert "stopped before the first iteration" in text, text[-3000:]
+    left = [p for p in children if alive(p)]
+    assert children and not left, f"processes outlived quartet ppo: {left} of {children}"
     assert not read_metrics(out)
     assert not (out / "checkpoints" / "hf" / "final").exists()
     assert not (out / "ds_ckpt" / "latest").exists()
