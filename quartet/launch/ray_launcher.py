@@ -15,6 +15,7 @@ and ends it by its pid; it never calls `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -46,6 +48,37 @@ WORKER_PORTS = 200
 LOCAL_NUM_CPUS = 64
 """Logical CPUs of a local instance: one per CPU slot, not real cores (the slots share the
 host's cores as the local launcher's processes do)."""
+
+
+@contextlib.contextmanager
+def python_signal_handlers_kept():
+    """`ray.init` puts Ray's own SIGTERM handler (it logs "SIGTERM received" and aborts the
+    process: exit -6) in place of the driver's. A `quartet ppo` run relies on its Python
+    handlers to finish the iteration and save on SIGTERM/SIGINT, so they are put back
+    after it (measured on Ray 2.60: without this, SIGTERM to a `--launcher ray` run aborted
+    it mid-iteration with no checkpoint). Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+    try:
+        yield
+    except SystemExit as exc:
+        # While it connects, Ray's handler turns SIGTERM into SystemExit(15): hand the
+        # signal to the driver's own handler instead (which stops a starting run cleanly).
+        if exc.code != signal.SIGTERM or not callable(kept[signal.SIGTERM]):
+            raise
+        restore()
+        signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        restore()
 
 
 class LocalRay:
@@ -265,8 +298,9 @@ class RayLauncher:
         deadline = time.monotonic() + 120
         while True:
             try:
-                ray.init(address=address, log_to_driver=False,
-                         logging_level=logging.WARNING, configure_logging=False, **extra)
+                with python_signal_handlers_kept():
+                    ray.init(address=address, log_to_driver=False,
+                             logging_level=logging.WARNING, configure_logging=False, **extra)
                 break
             except Exception as exc:  # noqa: BLE001 - Ray raises several kinds while starting
                 if self.local is not None and self.local.process.poll() is not None:
