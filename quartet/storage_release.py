@@ -11,13 +11,23 @@ the file `SpilledStorages` wrote before the first release).
 
 Large allocations (above glibc's mmap threshold: every weight matrix of a 135M model) go
 straight back to the system on free; the caller trims the heap (`quartet.heap`) for the rest.
+
+Zeroing memory allocated again (`StorageSet.zero_`) gives its whole pages back to the kernel
+(`madvise(MADV_DONTNEED)`: they read as zeros and become resident only when written) instead
+of writing zeros into every byte. Same contents; what differs is residency: a rollout's KV
+cache comes back zeroed on each wake, and a `memset` made all of it resident before the first
+token, where vLLM only ever writes the blocks, and within a block the token slots, that the
+call's requests reach (issue 13, eighth pass: the partly filled last block of each row).
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import functools
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +36,65 @@ import torch
 
 SPILL_ALIGN = 4096
 """Each storage starts at a page boundary in the spill file."""
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+MADV_DONTNEED = 4
+"""Linux: later reads of a private anonymous page see zeros (a page fault maps a zero page)."""
+
+
+@functools.cache
+def _madvise():
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name, use_errno=True).madvise if name else None
+    except (OSError, AttributeError):
+        fn = None
+    if fn is not None:
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def private_anonymous_ranges() -> list[tuple[int, int]]:
+    """This process's private anonymous mappings (`/proc/self/maps`: no file, `p` in the
+    permissions; the heap counts), adjacent ones merged, in address order. Only there does
+    MADV_DONTNEED mean zeros: a file mapping reads the file back, a shared one (torch's
+    `share_memory_`, still a resizable storage) its shared pages. Empty where unreadable."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges: list[tuple[int, int]] = []
+    for line in lines:
+        fields = line.split()
+        path = fields[5] if len(fields) > 5 else ""
+        if fields[1][3] != "p" or path not in ("", "[heap]"):
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+def zero_anonymous(views: list[torch.Tensor]) -> None:
+    """Zeroes contiguous uint8 `views`: where a view's whole pages lie in private anonymous
+    memory (`private_anonymous_ranges`: what torch's CPU allocator returns), through
+    MADV_DONTNEED without touching them and the partial pages at either end with a write;
+    anywhere else (or where madvise is missing or refuses) by writing every byte."""
+    madvise = _madvise() if sys.platform == "linux" else None
+    anonymous = private_anonymous_ranges() if madvise is not None else []
+    for view in views:
+        start, n = view.data_ptr(), view.numel()
+        first = -(-start // PAGE_BYTES) * PAGE_BYTES
+        last = (start + n) // PAGE_BYTES * PAGE_BYTES
+        if (last - first < PAGE_BYTES
+                or not any(lo <= first and last <= hi for lo, hi in anonymous)
+                or madvise(first, last - first, MADV_DONTNEED) != 0):
+            view.zero_()
+            continue
+        view[:first - start].zero_()
+        view[last - start:].zero_()
 
 
 def _byte_view(storage: torch.UntypedStorage) -> torch.Tensor:
@@ -111,8 +180,9 @@ class StorageSet:
         self.released = False
 
     def zero_(self) -> None:
-        for storage, _ in self.items():
-            _byte_view(storage).zero_()
+        """Zeroes every storage; whole pages of private anonymous memory are handed back to
+        the kernel rather than written (`zero_anonymous`)."""
+        zero_anonymous([_byte_view(storage) for storage, _ in self.items()])
 
 
 def filesystem_type(path: str | os.PathLike) -> str:

@@ -63,3 +63,39 @@ def test_a_spill_directory_in_ram_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(sr, "filesystem_type", lambda path: "tmpfs")
     with pytest.raises(ValueError, match="tmpfs"):
         SpilledStorages([torch.ones(3)], tmp_path, "reference weights")
+
+
+def test_zeroing_gives_whole_pages_back_and_writes_only_the_partial_ends():
+    from quartet.storage_release import PAGE_BYTES, private_anonymous_ranges, zero_anonymous
+
+    buf = torch.full((6 * PAGE_BYTES,), 0xAB, dtype=torch.uint8)
+    start = buf.data_ptr()
+    assert any(lo <= start and start + buf.numel() <= hi
+               for lo, hi in private_anonymous_ranges())  # torch's CPU memory qualifies
+    # a view that starts and ends inside pages: 2+ whole pages between partial ends
+    off = (-start % PAGE_BYTES) + 37
+    part = buf[off:off + 3 * PAGE_BYTES + 50]
+    small = buf[5 * PAGE_BYTES + 8:5 * PAGE_BYTES + 200]  # less than a page: written
+    zero_anonymous([part, small])
+    assert int(part.count_nonzero()) == 0 and int(small.count_nonzero()) == 0
+    # nothing outside the views changed: the madvised range stayed inside `part`
+    rest = torch.cat([buf[:off], buf[off + part.numel():5 * PAGE_BYTES + 8],
+                      buf[5 * PAGE_BYTES + 200:]])
+    assert bool((rest == 0xAB).all())
+
+
+def test_shared_memory_is_zeroed_by_writing_not_by_madvise(tmp_path):
+    from quartet.storage_release import PAGE_BYTES, private_anonymous_ranges, zero_anonymous
+
+    shared = torch.full((4 * PAGE_BYTES,), 7, dtype=torch.uint8).share_memory_()
+    assert shared.untyped_storage().resizable()  # so resizability cannot be the test
+    lo_hi = (shared.data_ptr(), shared.data_ptr() + shared.numel())
+    assert not any(lo <= lo_hi[0] and lo_hi[1] <= hi for lo, hi in private_anonymous_ranges())
+    zero_anonymous([shared])  # MADV_DONTNEED here would read the 7s back
+    assert int(shared.count_nonzero()) == 0
+    mapped_path = tmp_path / "m.bin"
+    torch.full((4 * PAGE_BYTES,), 9, dtype=torch.uint8).numpy().tofile(mapped_path)
+    mapped = torch.from_file(str(mapped_path), shared=False, size=4 * PAGE_BYTES,
+                             dtype=torch.uint8)
+    zero_anonymous([mapped])  # a private file mapping: MADV_DONTNEED reads the file back
+    assert int(mapped.count_nonzero()) == 0
