@@ -43,6 +43,12 @@ def _released_gemm(*args: Any, **kwargs: Any) -> torch.Tensor:
     raise RuntimeError(RELEASED)
 
 
+def kv_cache_storages(model_runner: Any) -> StorageSet:
+    """The storages of a CPU worker's KV cache (one allocation every layer views)."""
+    return StorageSet(t for t in getattr(model_runner, "kv_caches", [])
+                      if isinstance(t, torch.Tensor))
+
+
 class ReleasedWorker:
     """What one vLLM CPU worker gave back; brought back by the next weight load."""
 
@@ -51,9 +57,8 @@ class ReleasedWorker:
         self._model = model
         self._gemm_layers = [m for m in model.modules()
                              if callable(getattr(m, "cpu_linear", None))]
-        kv = [t for t in getattr(model_runner, "kv_caches", []) if isinstance(t, torch.Tensor)]
         self.weights = StorageSet(model.parameters())
-        self.kv_cache = StorageSet(kv)
+        self.kv_cache = kv_cache_storages(model_runner)
 
     def release(self) -> int:
         """Frees the packed weights, the parameters and the KV cache; returns the bytes of

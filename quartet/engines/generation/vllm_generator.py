@@ -138,6 +138,9 @@ class VllmGenerator(Generator):
                 cleanup_dist_env_and_memory()
             raise
         self._multiprocess = multiprocess
+        if not on_gpu:
+            # resident only where requests write (issue 13, eighth pass: GRPO's last blocks)
+            self._engine.collective_rpc("quartet_unfault_kv_cache")
         mc = self._engine.model_config
         self.model_name = model
         self.max_model_len = int(mc.max_model_len)

@@ -18,7 +18,11 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from quartet.engines.generation.vllm_cpu_weights import ReleasedWorker, repack_kept_weights
+from quartet.engines.generation.vllm_cpu_weights import (
+    ReleasedWorker,
+    kv_cache_storages,
+    repack_kept_weights,
+)
 from quartet.weightsync import (
     TensorSpec,
     WeightGroupConfig,
@@ -78,6 +82,15 @@ class WeightSyncWorkerExtension:
         released = getattr(self, "_quartet_released", None) or ReleasedWorker(self.model_runner)
         self._quartet_released = released
         return released.release()
+
+    def quartet_unfault_kv_cache(self) -> int:
+        """Zeroes the KV cache by handing its pages back to the kernel (CPU workers;
+        `StorageSet.zero_`): vLLM zero-fills it at start, which makes every block resident
+        before any request; afterwards a block's pages come back as vLLM writes them. Returns
+        the cache's bytes."""
+        cache = kv_cache_storages(self.model_runner)
+        cache.zero_()
+        return cache.nbytes
 
     def _quartet_reload(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
         released = getattr(self, "_quartet_released", None)
