@@ -31,6 +31,7 @@ import functools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 DEFAULT_SETTLE_S = 0.05
 """How long a role stays idle before its heap is trimmed (see `PhaseTrimmer`)."""
@@ -45,29 +46,25 @@ class _MallInfo2(ctypes.Structure):
 
 
 @functools.cache
+def libc_function(name: str, argtypes: tuple = (), restype: Any = ctypes.c_int):
+    """The C library's function `name` with its signature set, or None where there is no
+    such library or function (musl, macOS, an older glibc)."""
+    lib = ctypes.util.find_library("c")
+    try:
+        fn = getattr(ctypes.CDLL(lib, use_errno=True), name) if lib else None
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = list(argtypes)
+    fn.restype = restype
+    return fn
+
+
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        fn = None
-    if fn is not None:
-        fn.argtypes = [ctypes.c_size_t]
-        fn.restype = ctypes.c_int
-    return fn
+    return libc_function("malloc_trim", (ctypes.c_size_t,))
 
 
-@functools.cache
 def _mallinfo2():
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name).mallinfo2 if name else None  # glibc >= 2.33
-    except (OSError, AttributeError):
-        fn = None
-    if fn is not None:
-        fn.argtypes = []
-        fn.restype = _MallInfo2
-    return fn
+    return libc_function("mallinfo2", (), _MallInfo2)  # glibc >= 2.33
 
 
 def free_heap_bytes() -> int | None:

@@ -23,8 +23,6 @@ call's requests reach (issue 13, eighth pass: the partly filled last block of ea
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import io
 import os
 import sys
@@ -34,24 +32,13 @@ from pathlib import Path
 
 import torch
 
+from quartet.heap import libc_function
+
 SPILL_ALIGN = 4096
 """Each storage starts at a page boundary in the spill file."""
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MADV_DONTNEED = 4
 """Linux: later reads of a private anonymous page see zeros (a page fault maps a zero page)."""
-
-
-@functools.cache
-def _madvise():
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).madvise if name else None
-    except (OSError, AttributeError):
-        fn = None
-    if fn is not None:
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        fn.restype = ctypes.c_int
-    return fn
 
 
 def private_anonymous_ranges() -> list[tuple[int, int]]:
@@ -82,7 +69,8 @@ def zero_anonymous(views: list[torch.Tensor]) -> None:
     memory (`private_anonymous_ranges`: what torch's CPU allocator returns), through
     MADV_DONTNEED without touching them and the partial pages at either end with a write;
     anywhere else (or where madvise is missing or refuses) by writing every byte."""
-    madvise = _madvise() if sys.platform == "linux" else None
+    madvise = (libc_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
+               if sys.platform == "linux" else None)
     anonymous = private_anonymous_ranges() if madvise is not None else []
     for view in views:
         start, n = view.data_ptr(), view.numel()
