@@ -62,6 +62,8 @@ def gae_run(tmp_path_factory, tiny_model_path, tiny_data):
     history = run_ppo(out, tiny_model_path, tiny_data["prompts"],
                       "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
                       "--algo.kl.init_coef", "0.01", "--vllm.backend", "vllm",
+                      # the opt-in same-host data plane, end to end (broadcast: the others)
+                      "--vllm.sync_shared_memory",
                       env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return out, history
 
@@ -82,13 +84,15 @@ def test_reward_rises_with_bounded_kl(gae_run):
 
 
 def test_rollout_serves_each_new_policy_version(gae_run):
-    _, history = gae_run
+    out, history = gae_run
     for i, m in enumerate(history):
         # iteration i generates with the weights synced at the end of iteration i-1
         assert m["rollout_weight_version"] == i
         assert m["policy_version"] == i + 1
         # the sampler's log-probs equal the actor's: the synced weights are the trained ones
         assert m["rollout_logprob_diff"] < 1e-3, m["rollout_logprob_diff"]
+    # ... and they travelled through the /dev/shm segment (--vllm.sync_shared_memory)
+    assert "(shared memory)" in (out / "logs" / "actor.log").read_text()
 
 
 def test_value_loss_falls_and_checkpoint_loads(gae_run):
