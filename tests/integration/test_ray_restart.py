@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,24 +45,31 @@ def ray_ppo_command(out: Path, model: Path, prompts: Path, *extra: str) -> list[
     )
 
 
+@contextmanager
+def ppo_process(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """`cmd` running with its output in `log_path`; killed if the test leaves it running."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **RAY_ENV})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            kill(proc.pid)
+            proc.wait(60)
+
+
 @pytest.mark.parametrize("service", ["rollout0", "actor"])
 def test_a_sigkilled_role_under_ray_is_restarted_and_the_run_finishes(
         service, tmp_path, tiny_model_path, tiny_data):
     out = tmp_path / "run"
     cmd = ray_ppo_command(out, tiny_model_path, tiny_data["prompts"])
-    with open(tmp_path / "ppo.out", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **RAY_ENV})
-    try:
+    with ppo_process(cmd, tmp_path / "ppo.out") as proc:
         wait_for(lambda: len(read_metrics(out)) >= 2, 600, "iteration 2", poll_s=0.02)
         victim = _rank0_pid(out, service)
         kill(victim)
         at_kill = len(read_metrics(out))
         code = proc.wait(600)
-    finally:
-        if proc.poll() is None:
-            kill(proc.pid)
-            proc.wait(60)
     text = (tmp_path / "ppo.out").read_text()
     assert code == 0, text[-4000:]
     assert at_kill <= ITERATIONS - 3, f"killed after {at_kill} rows: not mid-run"
@@ -77,18 +86,11 @@ def test_sigterm_under_ray_finishes_the_iteration_saves_and_stops_everything(
     out = tmp_path / "run"
     cmd = ray_ppo_command(out, tiny_model_path, tiny_data["prompts"],
                           "--train.num_iterations", "50", "--ckpt.save_steps", "1")
-    with open(tmp_path / "ppo.out", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **RAY_ENV})
-    try:
+    with ppo_process(cmd, tmp_path / "ppo.out") as proc:
         wait_for(lambda: len(read_metrics(out)) >= 2, 600, "iteration 2", poll_s=0.02)
         children = descendants(proc.pid)  # the local Ray head, its workers, the roles
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            kill(proc.pid)
-            proc.wait(60)
     text = (tmp_path / "ppo.out").read_text()
     assert code == 0, text[-4000:]
     assert "finishing the current iteration" in text, text[-4000:]
