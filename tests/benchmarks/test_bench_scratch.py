@@ -16,9 +16,12 @@ from quartet.testing.faults import alive, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # A benchmark in miniature: a scratch directory with a file in it, and a child that starts
-# a grandchild and then waits (as `quartet ppo` starts its role services).
+# a grandchild and then waits (as `quartet ppo` starts its role services). It first takes
+# Ctrl-C as a terminal gives it: started from a shell's background job (`make test &`)
+# the test run, and so this process, would inherit SIGINT ignored and never see it.
 BENCH = """
-import subprocess, sys, time
+import signal, subprocess, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from bench.scratch import Scratch
 with Scratch("quartet-test-scratch-") as scratch:
     (scratch.path / "big.bin").write_bytes(b"x" * 1024)
