@@ -37,7 +37,6 @@ class RequestStreamMethod:
         if not method.client_streaming:
             raise ValueError(f"{method.full_name}: takes one request, not a stream")
         path = f"/{method.containing_service.full_name}/{method.name}"
-        self.path = path
         serialize = GetMessageClass(method.input_type).SerializeToString
         deserialize = GetMessageClass(method.output_type).FromString
         if method.server_streaming:

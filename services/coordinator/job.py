@@ -141,6 +141,10 @@ class ProgressPrinter:
         self.stream.flush()
 
 
+NOTHING_SAVED = "nothing was trained, so no checkpoint or policy was saved"
+"""Why a run stopped before its first iteration leaves no checkpoint or hf/final export."""
+
+
 def mark_starting(stop: threading.Event | None, starting: bool) -> None:
     """Tell a `StopRequest` whether the run is still starting (other events ignore it)."""
     if isinstance(stop, StopRequest):
@@ -259,8 +263,7 @@ def run(cfg: PPOJobConfig, run_id: str = "ppo", on_event=None,
     final = out / "checkpoints" / "hf" / "final"
     if not history and stop is not None and stop.is_set():
         print(f"quartet ppo: stopped before the first iteration in "
-              f"{time.perf_counter() - started:.0f}s; nothing was trained, so no checkpoint "
-              "or policy was saved", flush=True)
+              f"{time.perf_counter() - started:.0f}s; {NOTHING_SAVED}", flush=True)
         return history
     print(f"quartet ppo: done in {time.perf_counter() - started:.0f}s; metrics in "
           f"{out / 'metrics.jsonl'}, curves in {out / 'curves.png'}, traces: "
@@ -395,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(cfg, run_id=run_id, stop=stop_on_signals())
     except StartUpStopped:
-        print("quartet ppo: stopped before the first iteration; nothing was trained, so no "
-              "checkpoint or policy was saved", file=sys.stderr)
+        print(f"quartet ppo: stopped before the first iteration; {NOTHING_SAVED}",
+              file=sys.stderr)
         return 0
     except StopNow as exc:
         print("quartet ppo: stopped; the last checkpoint saved before is the one to resume "
