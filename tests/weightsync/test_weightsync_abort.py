@@ -26,12 +26,16 @@ from quartet.weightsync import (
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from weight_member_main import BUCKET_BYTES, GROUP_TIMEOUT_S, config, tensors  # noqa: E402
+from weight_member_main import (  # noqa: E402
+    BUCKET_BYTES,
+    GROUP_TIMEOUT_S,
+    PROMPT_S,
+    config,
+    tensors,
+)
 
 MEMBER = HERE / "weight_member_main.py"
 REPO = HERE.parents[1]
-PROMPT_S = 10.0
-"""What 'within seconds' means here (an abort is read every 0.5 s; the host is shared)."""
 
 
 def form(world: int) -> tuple[WeightGroupConfig, list]:

@@ -33,15 +33,13 @@ from quartet.weightsync import (
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from weight_member_main import BUCKET_BYTES, config, tensors  # noqa: E402
+from weight_member_main import BUCKET_BYTES, PROMPT_S, config, tensors  # noqa: E402
 from weight_sender_main import make_tensors  # noqa: E402
 
 REPO = HERE.parents[1]
 SENDER = HERE / "weight_sender_main.py"
 MEMBER = HERE / "weight_member_main.py"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-PROMPT_S = 10.0
-"""What 'within seconds' means here (an abort is read every 0.5 s; the host is shared)."""
 
 
 def segment_files() -> set[str]:

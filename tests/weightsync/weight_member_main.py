@@ -31,6 +31,9 @@ from quartet.weightsync import (
 
 BUCKET_BYTES = 8 << 20
 GROUP_TIMEOUT_S = 120.0  # far above what an abort may take: the tests tell them apart
+PROMPT_S = 10.0
+"""What 'within seconds' means in the tests (an abort is read every 0.5 s; the host is
+shared)."""
 
 
 def tensors(num_buckets: int) -> dict[str, torch.Tensor]:
