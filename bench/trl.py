@@ -41,7 +41,9 @@ a SmolLM2 trainer; read every 0.2 s it slowed quartet's GRPO iterations by ~29%)
 - per run, `peak_{rss,pss,uss,anon}_mb_by_process`: each kind of process's own peak RSS, PSS,
   USS (private pages: what ending it would free) and anonymous PSS (heap, tensors, arenas);
   `pss_mb_by_process_at_peak`: each one's PSS in the sample where the tree's PSS peaked
-  (the roles peak at different moments: this says which one makes the tree's peak).
+  (the roles peak at different moments: this says which one makes the tree's peak);
+  `rss_mb_by_process_at_peak` / `rss_peak_at_s`: each one's RSS in the sample where the
+  tree's RSS peaked, and how many seconds into the command that sample was.
 The last line is JSON.
 """
 
@@ -344,13 +346,18 @@ class PeakMemory:
         self.peak: dict[str, int] = {"rss": 0, "pss": 0}
         self.at_pss_peak: dict[str, int] = {}
         """Each kind of process's PSS in the sample where the tree's PSS peaked."""
+        self.at_rss_peak: dict[str, int] = {}
+        """Each kind of process's RSS in the sample where the tree's RSS peaked."""
+        self.rss_peak_at_s = 0.0
+        """Seconds from the sampler's start to that sample (which phase made the peak)."""
+        self._started = time.monotonic()
         self.by_label: dict[str, dict[str, int]] = {k: {} for k in MEMORY_KINDS}
         self._labels: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _sample(self, rollup: bool) -> tuple[dict[str, int], dict[str, int]]:
+    def _sample(self, rollup: bool) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
         """Tree totals and per-label sums: RSS always, the smaps_rollup kinds with `rollup`."""
         import psutil
 
@@ -384,8 +391,7 @@ class PeakMemory:
         for label, values in per_label.items():
             for kind, v in values.items():
                 self.by_label[kind][label] = max(self.by_label[kind].get(label, 0), v)
-        return totals, ({label: values["pss"] for label, values in per_label.items()}
-                        if rollup else {})
+        return totals, per_label
 
     def _run(self) -> None:
         last_rollup = -float("inf")
@@ -393,9 +399,12 @@ class PeakMemory:
             rollup = time.monotonic() - last_rollup >= self.rollup_every_s
             if rollup:
                 last_rollup = time.monotonic()
-            totals, pss_by_label = self._sample(rollup)
+            totals, per_label = self._sample(rollup)
             if rollup and totals.get("pss", 0) > self.peak["pss"]:
-                self.at_pss_peak = pss_by_label
+                self.at_pss_peak = {label: v["pss"] for label, v in per_label.items()}
+            if totals.get("rss", 0) > self.peak["rss"]:
+                self.at_rss_peak = {label: v["rss"] for label, v in per_label.items()}
+                self.rss_peak_at_s = time.monotonic() - self._started
             for kind in self.peak:
                 self.peak[kind] = max(self.peak[kind], totals.get(kind, 0))
             self._stop.wait(self.interval_s)
@@ -411,6 +420,9 @@ class PeakMemory:
 
     def at_pss_peak_mb(self) -> dict[str, int]:
         return {k: round(v / 2**20) for k, v in sorted(self.at_pss_peak.items())}
+
+    def at_rss_peak_mb(self) -> dict[str, int]:
+        return {k: round(v / 2**20) for k, v in sorted(self.at_rss_peak.items())}
 
 
 def run_measured(cmd: list[str], log_path: Path, env: dict[str, str],
@@ -516,6 +528,8 @@ def measure(args: argparse.Namespace, model: Path, python: Path | None,
                    "peak_rss_mb": round(peak["rss"]), "peak_pss_mb": round(peak["pss"]),
                    **{f"peak_{k}_mb_by_process": memory.by_process_mb(k) for k in MEMORY_KINDS},
                    "pss_mb_by_process_at_peak": memory.at_pss_peak_mb(),
+                   "rss_mb_by_process_at_peak": memory.at_rss_peak_mb(),
+                   "rss_peak_at_s": round(memory.rss_peak_at_s, 1),
                    "step_s": [round(x, 2) for x in step_s]}
             runs[side].append(run)
             print(f"  {side:<8} round {r}: {rate:.3f} {w.unit}/s  wall {wall:.0f}s  "
@@ -526,6 +540,8 @@ def measure(args: argparse.Namespace, model: Path, python: Path | None,
                       flush=True)
             print(f"    pss by process when the tree's PSS peaked (MiB): "
                   f"{run['pss_mb_by_process_at_peak']}", flush=True)
+            print(f"    rss by process when the tree's RSS peaked ({run['rss_peak_at_s']} s "
+                  f"in; MiB): {run['rss_mb_by_process_at_peak']}", flush=True)
     for side, rs in runs.items():
         result[f"{side}_per_s"] = round(sum(x["per_s"] for x in rs) / len(rs), 4)
         result[f"{side}_wall_s"] = round(sum(x["wall_s"] for x in rs) / len(rs), 1)

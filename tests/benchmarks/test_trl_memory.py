@@ -35,6 +35,8 @@ def test_pss_counts_shared_pages_once_where_rss_counts_them_per_process():
     assert len(pss) == 1, pss  # parent and child carry one label: python
     assert memory.by_process_mb("uss")["python"] < memory.by_process_mb("rss")["python"]
     assert abs(memory.at_pss_peak_mb()["python"] - peak["pss"]) <= 1  # the one label's share
+    assert abs(memory.at_rss_peak_mb()["python"] - peak["rss"]) <= 1  # both processes' RSS
+    assert 0 < memory.rss_peak_at_s < 30
 
 
 def test_smaps_rollup_of_a_gone_process_is_empty():
