@@ -5,7 +5,7 @@ This process is rank 0 of two weight groups with one receiver process: one group
 broadcasts (`shared_memory=False`), the other passes the payload through /dev/shm. Sessions
 alternate between the groups (the same load on both). A session is what a rollout replica
 does in a sync, without gRPC and vLLM: `send` on rank 0; on the receiver `receive_staged`,
-a copy of every tensor into resident "model" tensors (the load), `loaded()`; then one
+a copy of every tensor into resident "model" tensors (the load); then one
 all-reduce, so the time is send -> loaded on every member. The last line is JSON.
 """
 
@@ -72,12 +72,10 @@ def receive(args: argparse.Namespace, weights: dict[str, torch.Tensor]) -> None:
     specs = specs_of(weights)
     for version in range(1, 2 * (args.warmup + args.sessions) + 1):
         group = groups[version % 2]
-        receiver = WeightReceiver(group)
-        staged = receive_staged(receiver, version, specs)
+        staged = receive_staged(WeightReceiver(group), version, specs)
         for name, t in staged:
             model[name].copy_(t)
         staged.clear()
-        receiver.loaded()
         end_of_session(group)
     for group in groups:
         group.close()

@@ -89,3 +89,24 @@ def segment_offsets(plan: Sequence[Bucket]) -> tuple[list[int], int]:
         starts.append(start)
         end = start + bucket.nbytes
     return starts, end
+
+
+def chunk_ranges(nbytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """[lo, hi) byte ranges of at most `chunk_bytes` covering a bucket of `nbytes`, in
+    order (none for an empty bucket): how a bucket passes through a ring of slots."""
+    return [(lo, min(lo + chunk_bytes, nbytes)) for lo in range(0, nbytes, chunk_bytes)]
+
+
+def num_chunks(sizes: Sequence[int], chunk_bytes: int) -> int:
+    """How many chunks a session of buckets of `sizes` takes (see `chunk_ranges`)."""
+    return sum(-(-size // chunk_bytes) for size in sizes)
+
+
+def pack_range(bucket: Bucket, flat: Sequence[torch.Tensor], lo: int, hi: int,
+               out: torch.Tensor) -> None:
+    """Writes bytes [lo, hi) of the bucket's layout (the tensors' bytes, `flat`: one
+    `as_bytes` view per spec) into `out[: hi - lo]`; alignment gaps are left as they are."""
+    for spec, off, raw in zip(bucket.specs, bucket.offsets, flat, strict=True):
+        a, b = max(lo, off), min(hi, off + spec.nbytes)
+        if a < b:
+            out[a - lo : b - lo].copy_(raw[a - off : b - off])

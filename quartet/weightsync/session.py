@@ -1,13 +1,20 @@
 """The wire protocol of one update session on the weight group.
 
 rank 0 sends, in order:
-  1. a header, int64[7]: MAGIC, version, manifest digest, num_buckets, bucket_bytes,
-     total_bytes, segment_bytes (0: the buckets are broadcast; else the bytes of the
-     group's shared-memory segment the buckets are written into, see `shm`);
+  1. a header, int64[8]: MAGIC, version, manifest digest, num_buckets, bucket_bytes,
+     total_bytes, segment_bytes, slot_bytes. segment_bytes 0: the buckets are broadcast;
+     else they go through the group's shared-memory segment (see `shm`), whole
+     (slot_bytes 0: the session fits in the ring) or through its slots (slot_bytes > 0);
   2. the size of each bucket, int64[num_buckets];
   3. each bucket as one uint8 buffer laid out by `plan_buckets(manifest, bucket_bytes)`:
-     broadcast, or (segment_bytes > 0) written into the segment, bucket after bucket at
-     `segment_offsets`, *before* 2, so the sizes arriving say that every bucket is written.
+     - broadcast;
+     - or written whole into the segment, bucket after bucket at `segment_offsets`,
+       *before* 2, so the sizes arriving say that every bucket is written;
+     - or, after 2, cut into chunks of slot_bytes (`chunk_ranges`), chunk g written into
+       slot g % RING_SLOTS, each followed by one all-reduce (SUM of zeros) that every
+       member enters: rank 0 once chunk g is written, a receiver once it copied chunk
+       g - 1 out (so rank 0 may then write chunk g + 1 over it). One last all-reduce says
+       every receiver copied the last chunk; rank 0 then frees the ring's pages.
 
 The header is broadcast, or all-reduced (SUM; the receivers add zeros) in a group with a
 segment: that collective returns on the sender only once every receiver entered this
@@ -15,7 +22,8 @@ session, that is, finished loading the views of the previous one, so the sender 
 overwrites bytes a receiver still reads.
 
 A receiver whose own (version, manifest) disagrees with the header still receives (and
-drops) every bucket, so the sender never hangs on it, and then fails its session.
+drops) every bucket, or takes part in every chunk's all-reduce, so the sender never hangs
+on it, and then fails its session.
 """
 
 from __future__ import annotations
@@ -31,13 +39,17 @@ from quartet.weightsync.buckets import (
     DEFAULT_BUCKET_BYTES,
     Bucket,
     as_bytes,
+    chunk_ranges,
+    num_chunks,
     pack_bucket,
+    pack_range,
     plan_buckets,
     segment_offsets,
     unpack_bucket,
 )
 from quartet.weightsync.errors import WeightGroupAborted, WeightSyncError
 from quartet.weightsync.group import WeightGroup
+from quartet.weightsync.shm import RING_SLOTS, slot_bytes
 from quartet.weightsync.specs import (
     NamedTensors,
     TensorSpec,
@@ -49,7 +61,13 @@ from quartet.weightsync.specs import (
 log = logging.getLogger("quartet.weightsync")
 
 MAGIC = 0x51_75_61_72_74_65_74  # "Quartet"
-HEADER_LEN = 7
+HEADER_LEN = 8
+
+
+def chunk_done(group: WeightGroup) -> None:
+    """The all-reduce that follows each chunk through the ring (see above)."""
+    group.all_reduce(torch.zeros(1, dtype=torch.int64, device=group.device),
+                     check_store=False)
 
 
 def exchange_header(group: WeightGroup, header: torch.Tensor) -> None:
@@ -117,27 +135,22 @@ class WeightSender:
         device = self.group.device
         sizes = [b.nbytes for b in plan]
         total = sum(s.nbytes for s in specs)
-        segment = self.group.segment
-        region, starts = self._segment_region(plan)
+        region, starts, slot = self._segment_region(plan)
         header = torch.tensor(
             [MAGIC, version, manifest_digest(specs), len(plan), self.bucket_bytes, total,
-             0 if region is None else region.numel()],
+             0 if region is None else region.numel(), slot],
             dtype=torch.int64,
         ).to(device)
         exchange_header(self.group, header)
         filled = self._filled(plan, items)
-        if region is not None:
+        if region is not None and not slot:
             for (bucket, tensors), off in zip(filled, starts, strict=True):
                 pack_bucket(bucket, tensors, region[off : off + bucket.nbytes])
         if plan:  # the session's later broadcasts skip the store read (see WeightGroup)
             self.group.broadcast(torch.tensor(sizes, dtype=torch.int64).to(device),
                                  check_store=False)
-        if region is not None and region.numel() > self.bucket_bytes:
-            # every receiver loaded its views: the pages are freed until the next session,
-            # so between sessions this plane holds no more than the broadcast's one bucket
-            self.group.all_reduce(torch.zeros(1, dtype=torch.int64, device=device),
-                                  check_store=False)
-            segment.release()
+        if region is not None and slot:
+            self._through_ring(filled, region, slot)
         if region is None:
             # a tensor alone in its bucket is broadcast from its own memory (its bytes are
             # the bucket), so the packing buffer holds at most one bucket of several
@@ -156,19 +169,43 @@ class WeightSender:
                  "" if region is None else " (shared memory)")
         return stats
 
-    def _segment_region(self, plan: Sequence[Bucket]) -> tuple[torch.Tensor | None, list[int]]:
-        """The segment's bytes this session writes and where each bucket starts, or
-        (None, []) when it broadcasts (no segment, or no room left in /dev/shm)."""
+    def _segment_region(self, plan: Sequence[Bucket]
+                        ) -> tuple[torch.Tensor | None, list[int], int]:
+        """The segment's bytes this session writes, where each bucket starts when it is
+        written whole, and the slot size when it goes through the ring (0: whole); (None,
+        [], 0) when it broadcasts (no segment, or no room left in /dev/shm)."""
         segment = self.group.segment
         if segment is None or not plan:
-            return None, []
+            return None, [], 0
         starts, nbytes = segment_offsets(plan)
+        slot = slot_bytes(self.bucket_bytes)
+        if nbytes > RING_SLOTS * slot:
+            starts, nbytes = [], RING_SLOTS * slot
+        else:
+            slot = 0
         try:
-            return segment.writable(nbytes), starts
+            return segment.writable(nbytes), starts, slot
         except OSError as exc:
             log.warning("weight group: no room for %d bytes in the shared segment (%s); this "
                         "session broadcasts", nbytes, exc)
-            return None, []
+            return None, [], 0
+
+    def _through_ring(self, filled: Iterator[tuple[Bucket, list[torch.Tensor]]],
+                      ring: torch.Tensor, slot: int) -> None:
+        """Step 3 through the ring's slots (see the module docstring); frees its pages once
+        every receiver copied the last chunk."""
+        g = 0
+        for bucket, tensors in filled:
+            flat = [as_bytes(t) for t in tensors]
+            for lo, hi in chunk_ranges(bucket.nbytes, slot):
+                base = (g % RING_SLOTS) * slot
+                pack_range(bucket, flat, lo, hi, ring[base : base + hi - lo])
+                chunk_done(self.group)
+                g += 1
+        chunk_done(self.group)
+        segment = self.group.segment  # None only once the group was abandoned
+        if segment is not None:
+            segment.release()
 
     @staticmethod
     def _filled(plan: Sequence[Bucket], items: Iterator[tuple[str, torch.Tensor]]
@@ -198,9 +235,9 @@ class WeightReceiver:
 
     Each yielded tensor is a view into its bucket's own buffer (a fresh buffer per bucket, so
     a loader may keep references across buckets, as vLLM's layer-wise reload does), or, in
-    a group with a shared segment, a read-only view into the segment: valid until this
-    member begins its next session (the sender writes the next one only then), so a loader
-    copies it and keeps no reference past its load, and then calls `loaded()`.
+    a session written whole into the group's shared segment, a read-only view into the
+    segment: valid until this member begins its next session (the sender writes the next
+    one only then), so a loader copies it and keeps no reference past its load.
     """
 
     def __init__(self, group: WeightGroup) -> None:
@@ -208,23 +245,6 @@ class WeightReceiver:
             raise ValueError("rank: rank 0 of the weight group is the sender")
         self.group = group
         self.last_stats: TransferStats | None = None
-        self._owes_loaded = False
-
-    def loaded(self) -> None:
-        """Says this member is done with the last session's tensors (loaded, or given up
-        on). After a session through a segment larger than one bucket, rank 0 waits for
-        every receiver's call, then frees the segment's pages until the next session; a
-        no-op otherwise. Never raises: a group that failed meanwhile is the sender's to
-        report (this member's load is complete either way)."""
-        if not self._owes_loaded:
-            return
-        self._owes_loaded = False
-        try:
-            self.group.all_reduce(torch.zeros(1, dtype=torch.int64, device=self.group.device),
-                                  check_store=False)
-        except Exception as exc:  # noqa: BLE001 - aborted: every member leaves anyway
-            log.warning("weight group: could not tell the sender the session was loaded "
-                        "(%s)", exc)
 
     def receive(
         self, version: int, specs: Sequence[TensorSpec]
@@ -239,8 +259,8 @@ class WeightReceiver:
         device = self.group.device
         header = torch.zeros(HEADER_LEN, dtype=torch.int64, device=device)
         exchange_header(self.group, header)
-        magic, sent_version, digest, num_buckets, bucket_bytes, total, segment_bytes = (
-            header.tolist())
+        (magic, sent_version, digest, num_buckets, bucket_bytes, total, segment_bytes,
+         slot) = header.tolist()
         if magic != MAGIC:
             raise WeightSyncError(f"weight group: bad header {header.tolist()} (not a quartet "
                                   "sender, or sessions out of step)")
@@ -258,46 +278,63 @@ class WeightReceiver:
         plan = []
         if not problems:
             plan = plan_buckets(specs, bucket_bytes)
+            layout = RING_SLOTS * slot if slot else segment_offsets(plan)[1]
             if [b.nbytes for b in plan] != sizes:
                 problems.append(f"bucket_bytes: layout differs from the sender's "
                                 f"(bucket_bytes={bucket_bytes})")
-            elif segment_bytes and segment_offsets(plan)[1] != segment_bytes:
+            elif segment_bytes and layout != segment_bytes:
                 problems.append(f"segment_bytes: the sender wrote {segment_bytes} bytes, the "
-                                f"layout takes {segment_offsets(plan)[1]}")
-        self._owes_loaded = segment_bytes > bucket_bytes  # see `loaded`
-        if problems:
-            if not segment_bytes:  # written into the segment: nothing left to drain
-                self._drain(sizes)
-            self.loaded()  # nothing to load
-            raise WeightSyncError("; ".join(problems))
-        if segment_bytes:
+                                f"layout takes {layout}")
+        region = None
+        if segment_bytes and not problems:
             try:
-                return self._views(version, specs, plan, total, start, segment_bytes)
-            except WeightSyncError:
-                self.loaded()
-                raise
+                if self.group.segment is None:
+                    raise OSError("this member holds no segment")
+                region = self.group.segment.readable(segment_bytes)
+            except OSError as exc:
+                problems.append(f"weight group: the sender wrote version {sent_version} into "
+                                f"its shared segment, which this member cannot read ({exc})")
+        if problems:
+            self._drain(sizes, segment_bytes, slot)
+            raise WeightSyncError("; ".join(problems))
+        if slot:
+            return self._through_ring(version, specs, plan, total, start, region, slot)
+        if segment_bytes:
+            return self._views(version, specs, plan, total, start, region)
         return self._buckets(version, specs, plan, total, start)
 
-    def _views(self, version, specs, plan, total, start, segment_bytes):
+    def _views(self, version, specs, plan, total, start, region):
         """The session's tensors as views into the shared segment (written by now)."""
-        segment = self.group.segment
-        try:
-            if segment is None:
-                raise OSError("this member holds no segment")
-            region = segment.readable(segment_bytes)
-        except OSError as exc:
-            raise WeightSyncError(f"weight group: the sender wrote version {version} into "
-                                  f"its shared segment, which this member cannot read "
-                                  f"({exc})") from exc
         starts, _ = segment_offsets(plan)
+        for bucket, off in zip(plan, starts, strict=True):
+            yield from unpack_bucket(bucket, region[off : off + bucket.nbytes])
+        self.last_stats = TransferStats(version, len(specs), len(plan), total,
+                                        time.perf_counter() - start)
 
-        def views():
-            for bucket, off in zip(plan, starts, strict=True):
-                yield from unpack_bucket(bucket, region[off : off + bucket.nbytes])
-            self.last_stats = TransferStats(version, len(specs), len(plan), total,
-                                            time.perf_counter() - start)
-
-        return views()
+    def _through_ring(self, version, specs, plan, total, start, ring, slot):
+        """The session's buckets copied chunk by chunk out of the ring's slots into fresh
+        buffers, as the broadcast receives them (see the module docstring)."""
+        g = 0
+        broken = False
+        try:
+            for bucket in plan:
+                buffer = torch.empty(bucket.nbytes, dtype=torch.uint8, device=self.group.device)
+                for lo, hi in chunk_ranges(bucket.nbytes, slot):
+                    try:
+                        chunk_done(self.group)  # chunk g is written, g - 1 copied
+                    except Exception:
+                        broken = True
+                        raise
+                    base = (g % RING_SLOTS) * slot
+                    buffer[lo:hi].copy_(ring[base : base + hi - lo])
+                    g += 1
+                yield from unpack_bucket(bucket, buffer)
+        finally:
+            if not broken:  # also when the consumer stopped early: the sender must not hang
+                for _ in range(num_chunks([b.nbytes for b in plan], slot) - g + 1):
+                    chunk_done(self.group)
+        self.last_stats = TransferStats(version, len(specs), len(plan), total,
+                                        time.perf_counter() - start)
 
     def _buckets(self, version, specs, plan, total, start):
         received = 0
@@ -319,8 +356,14 @@ class WeightReceiver:
         self.last_stats = TransferStats(version, len(specs), len(plan), total,
                                         time.perf_counter() - start)
 
-    def _drain(self, sizes: Sequence[int]) -> None:
-        if not sizes:
+    def _drain(self, sizes: Sequence[int], segment_bytes: int = 0, slot: int = 0) -> None:
+        """Takes part in the rest of a session this member will not load: the buckets'
+        broadcasts, or every chunk's all-reduce (nothing, for a session written whole)."""
+        if slot:
+            for _ in range(num_chunks(sizes, slot) + 1):
+                chunk_done(self.group)
+            return
+        if not sizes or segment_bytes:
             return
         scratch = torch.empty(max(sizes), dtype=torch.uint8, device=self.group.device)
         for size in sizes:
@@ -334,7 +377,7 @@ def receive_staged(receiver: WeightReceiver, version: int, specs: Sequence[Tenso
     A receiver that loads while it receives leaves mixed weights when the sender dies half
     way; staging the whole session first (one extra copy of the weights for its duration)
     means a failed transfer touches nothing. Any failure of the group surfaces as
-    `WeightSyncError`. Call `receiver.loaded()` once the tensors were loaded (or dropped).
+    `WeightSyncError`.
     """
     try:
         return list(receiver.receive(version, specs))

@@ -1,14 +1,22 @@
-"""The same-host data plane of the weight group: one shared-memory segment per group.
+"""The same-host data plane of the weight group: a ring of two slots in /dev/shm.
 
 When rank 0 (the actor) and every receiver run on one host and the group is gloo (CPU), a
 broadcast only copies bytes through loopback sockets: pack into a bucket, send, receive
-into a fresh buffer on every receiver. Here the sender packs each bucket straight into a
-file in /dev/shm that every member mapped when the group formed, and the receivers load
-from views of that same memory: the payload is written once and copied by nobody else.
-The group stays the control plane (see `session.py`): the session's header and its bucket
-sizes still travel through it, and the sizes are sent only after the last bucket was
-written, so they say "every bucket is written"; aborts and failures behave as on the
-broadcast path.
+into a fresh buffer on every receiver. Here the sender packs straight into a file in
+/dev/shm that every member mapped when the group formed, and the receivers read that same
+memory. The group stays the control plane (see `session.py`): the session's header, its
+bucket sizes and one small all-reduce per slot written travel through it; aborts and
+failures behave as on the broadcast path.
+
+The segment is small and bounded: `RING_SLOTS` slots of `slot_bytes(bucket_bytes)` (at
+most `MAX_SLOT_BYTES`). A session that fits in it is written whole and the receivers load
+from read-only views, no copy (the tiny models synced every few hundred ms). A larger one
+passes through the slots in turn: rank 0 writes chunk g into slot g % 2 while the
+receivers copy chunk g - 1 out of the other slot into their staging buffers (the buffers
+the broadcast would have received into), and the ring's pages are freed after the session.
+So the plane never holds the whole model twice in the members' RSS (a tmpfs page counts in
+the RSS of every process that maps it): at most two slots, e.g. 32 MiB for SmolLM2-135M's
+540 MB, where the broadcast packs into one 64 MiB bucket on the sender.
 
 Forming it (`offer_segment` on rank 0, `accept_segment` on the others, `agree_on_segment`
 on all): rank 0 creates the file (mode 0600, a random token in its first bytes) and puts
@@ -23,10 +31,7 @@ seconds) is removed by the next `offer_segment` on the host (its creator's pid i
 name and no longer runs).
 
 Receivers map the segment read-only: a loader that wrote into the tensors it was handed
-would fail on the spot instead of changing what the other replicas load. The memory is
-tmpfs pages, counted once on the host (though in each member's RSS): one full copy of the
-weights for the group's life, where the broadcast held one bucket on the sender and a
-transient staged copy on each receiver.
+would fail on the spot instead of changing what the other replicas load.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ OFFER_KEY = "shm/offer"
 TOKEN_BYTES = 32
 DATA_OFFSET = 4096
 """The segment's payload starts one page in (the token lives in the first bytes)."""
+RING_SLOTS = 2
+"""Slots of the ring: rank 0 writes one while the receivers copy out of the other; one
+all-reduce per chunk says both "chunk g written" and "chunk g - 1 copied by everyone"."""
+MAX_SLOT_BYTES = 16 << 20
+"""The largest slot: with two, the plane holds at most 32 MiB in each member's RSS (the
+broadcast's packing buffer is one 64 MiB bucket); a 16 MiB copy takes ~2-4 ms here, so a
+chunk's all-reduce (~0.1 ms on loopback) costs a few percent of it."""
+
+
+def slot_bytes(bucket_bytes: int) -> int:
+    """The ring's slot size for a sender packing `bucket_bytes` buckets: never more memory
+    than the bucket the broadcast would pack, never more than `MAX_SLOT_BYTES`."""
+    return min(bucket_bytes, MAX_SLOT_BYTES)
 
 
 def host_id() -> str:

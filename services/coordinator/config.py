@@ -226,15 +226,14 @@ class VllmGroup:
     sync_bucket_mb: int = 64
     """Bucket size of the weight broadcast, MiB (the actor holds one bucket's packing buffer
     while it sends; a larger tensor travels alone, from its own memory)."""
-    sync_shared_memory: bool = False
-    """With the gloo group (CPU): when the actor and every rollout replica share a host, the
-    actor writes each bucket into one /dev/shm segment that the replicas load from in place,
-    instead of broadcasting it through loopback sockets (the group still carries the
-    session's control messages). Falls back to the broadcast by itself on other hosts.
-    Off by default: the segment counts in the RSS of the actor and of every replica while
-    they map it (PSS is the broadcast's), which put SmolLM2's GRPO run 480 MiB of RSS above
-    the broadcast's peak; worth it for small models synced often (sync ~3.4 ms faster on
-    `bench overhead`'s 11.5 MB model)."""
+    sync_shared_memory: bool = True
+    """With the gloo group (CPU): when the actor and every rollout replica share a host (the
+    group checks: same boot id, the actor's /dev/shm file opens on every replica), the
+    weights pass through a ring of two slots in /dev/shm (each at most one bucket and 16
+    MiB) instead of loopback sockets; a model that fits in the ring is loaded from it in
+    place. Other hosts and NCCL broadcast by themselves; false broadcasts always. The
+    ring's pages count in the RSS of the actor and of each replica during a sync (at most
+    32 MiB each; the broadcast packs into one bucket on the actor)."""
     sync_master_address: str | None = None
     """Address the rollouts reach the actor's weight-group store at; default: the host of
     --actor.address, else the address the actor advertises for its host (a launcher sets

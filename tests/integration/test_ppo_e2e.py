@@ -62,8 +62,6 @@ def gae_run(tmp_path_factory, tiny_model_path, tiny_data):
     history = run_ppo(out, tiny_model_path, tiny_data["prompts"],
                       "--reward.func", str(HERE / "rewards" / "digit_reward.py"),
                       "--algo.kl.init_coef", "0.01", "--vllm.backend", "vllm",
-                      # the opt-in same-host data plane, end to end (broadcast: the others)
-                      "--vllm.sync_shared_memory",
                       env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     return out, history
 
@@ -91,7 +89,7 @@ def test_rollout_serves_each_new_policy_version(gae_run):
         assert m["policy_version"] == i + 1
         # the sampler's log-probs equal the actor's: the synced weights are the trained ones
         assert m["rollout_logprob_diff"] < 1e-3, m["rollout_logprob_diff"]
-    # ... and they travelled through the /dev/shm segment (--vllm.sync_shared_memory)
+    # ... and they travelled through the /dev/shm ring (--vllm.sync_shared_memory, default)
     assert "(shared memory)" in (out / "logs" / "actor.log").read_text()
 
 

@@ -171,10 +171,11 @@ def greedy_outputs(client) -> list[tuple[list[int], list[float]]]:
 
 def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
                                                                        original_weights):
-    """The same-host plane: both backends load from views of this process's segment and
-    then generate exactly (tokens and log-probs) what the same weights broadcast gave;
-    overwriting the segment afterwards changes nothing (no loader kept a view of it), and
-    no file stays in /dev/shm."""
+    """The same-host plane, through its ring of two 64 KiB slots (the replicas copy chunk
+    after chunk out of it) and written whole (64 MiB buckets: the tiny model fits in the
+    ring, loaded from views): both backends then generate exactly (tokens and log-probs)
+    what the same weights broadcast gave; overwriting the segment afterwards changes
+    nothing (no loader kept a view of it), and no file stays in /dev/shm."""
     from quartet.weightsync import shm
 
     files = set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*"))
@@ -183,7 +184,8 @@ def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
     changed = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in
                original_weights.items()}
     outputs = {}
-    for shared in (False, True):
+    for plane, shared, bucket_bytes in (("broadcast", False, 64 << 10),
+                                        ("ring", True, 64 << 10), ("whole", True, 64 << 20)):
         cfg = WeightGroupConfig("127.0.0.1", free_port(), len(replicas) + 1, 0,
                                 timeout_s=120, shared_memory=shared)
         joins = [c.init_weight_group_future(cfg.with_rank(i + 1))
@@ -191,18 +193,19 @@ def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
         group = init_weight_group(cfg)
         assert [f.result(timeout=60).rank for f in joins] == [1, 2]
         assert (group.segment is not None) == shared
-        sender = WeightSender(group, bucket_bytes=64 << 10)
+        sender = WeightSender(group, bucket_bytes=bucket_bytes)
         broadcast_update(replicas, sender, version, changed)
-        outputs[shared] = [greedy_outputs(c) for c in replicas]
+        outputs[plane] = [greedy_outputs(c) for c in replicas]
         if shared:
             segment = group.segment
+            assert (segment.size() == shm.RING_SLOTS * (64 << 10)) == (plane == "ring")
             segment.writable(segment.size()).fill_(0xFF)  # NaNs, were anything still a view
             assert [[t for t, _ in greedy_outputs(c)] for c in replicas] == [
-                [t for t, _ in out] for out in outputs[shared]]
+                [t for t, _ in out] for out in outputs[plane]]
         broadcast_update(replicas, sender, version + 1, original_weights)
         version += 2
         group.close()
-    assert outputs[True] == outputs[False]
+    assert outputs["ring"] == outputs["broadcast"] == outputs["whole"]
     assert set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*")) == files
 
 

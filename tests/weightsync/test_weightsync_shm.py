@@ -61,7 +61,6 @@ def receive_exact(group, version: int) -> None:
     want = make_tensors(version)
     receiver = WeightReceiver(group)
     got = {name: t.clone() for name, t in receiver.receive(version, specs_of(want))}
-    receiver.loaded()
     assert list(got) == list(want)
     for name in want:
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape
@@ -91,8 +90,10 @@ def test_a_session_through_shared_memory_is_bit_exact_and_no_file_stays(no_segme
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "formed shm=1" in out and "sent 3" in out
-        # a segment larger than a bucket (4 KiB here) was freed once every member loaded
-        # (before the next session, the sender allocates it again)
+        # the sessions (~40 KB) went through the ring of two 4 KiB slots (the bucket size
+        # here), whose pages were freed once every member copied the last chunk (before
+        # the next session, the sender allocates them again)
+        assert group.segment.size() == shm.RING_SLOTS * 4096
         assert group.segment.allocated_bytes() <= shm.DATA_OFFSET
     finally:
         group.close()
@@ -153,9 +154,10 @@ def test_a_sigkilled_sender_leaves_nothing_in_dev_shm_and_frees_the_receiver(no_
 
 
 def test_a_receiver_killed_in_a_session_does_not_hold_the_others(no_segment_left):
-    """Rank 2 SIGKILLs itself once the group (with its segment) formed: the sender, blocked
-    in the session's header until every receiver is in, fails and aborts the group, and
-    rank 1 (this process) leaves within seconds, having loaded nothing."""
+    """Rank 2 SIGKILLs itself once the first bucket (8 MiB, one slot) came through the ring:
+    the sender, blocked in a chunk's all-reduce until every receiver copied the one
+    before, fails and aborts the group, and rank 1 (this process) leaves within seconds,
+    having loaded nothing."""
     port, world, buckets = free_port(), 3, 4
     sender = subprocess.Popen([sys.executable, str(MEMBER), "send", str(port), str(world),
                                str(buckets), "1"], cwd=REPO, env=ENV, text=True,
@@ -167,11 +169,11 @@ def test_a_receiver_killed_in_a_session_does_not_hold_the_others(no_segment_left
     try:
         group = init_weight_group(config(port, world, 1, shm=1))
         assert group.segment is not None
-        assert dying.wait(60) == -9
-        start = time.monotonic()
+        start = time.monotonic()  # the session, rank 2's death in it, and the abort
         with pytest.raises(WeightSyncError, match="aborted"):
             list(WeightReceiver(group).receive(1, specs_of(tensors(buckets))))
         assert time.monotonic() - start < PROMPT_S
+        assert dying.wait(60) == -9
         out, _ = sender.communicate("", timeout=60)
         assert sender.returncode == 0, out
         failed = [line for line in out.splitlines() if line.startswith("failed")]
@@ -183,40 +185,118 @@ def test_a_receiver_killed_in_a_session_does_not_hold_the_others(no_segment_left
                 p.wait()
 
 
-@pytest.fixture
-def pair():
+def form_pair(shared_memory: bool = True):
     """(sender, receiver) groups of one same-host group formed in this process."""
     store = host_store("127.0.0.1", 2, 60)
-    cfg = WeightGroupConfig("127.0.0.1", store.port, 2, 0, timeout_s=60, shared_memory=True)
+    cfg = WeightGroupConfig("127.0.0.1", store.port, 2, 0, timeout_s=60,
+                            shared_memory=shared_memory)
     joined: dict = {}
     member = threading.Thread(target=lambda: joined.update(g=init_weight_group(
         cfg.with_rank(1))))
     member.start()
     sender = init_weight_group(cfg, store=store)
     member.join(60)
-    yield sender, joined["g"]
+    assert (sender.segment is not None) == shared_memory
+    return sender, joined["g"]
+
+
+@pytest.fixture
+def pair():
+    sender, member = form_pair()
+    yield sender, member
     sender.close()
-    joined["g"].close()
+    member.close()
 
 
-def send_and_receive(pair, want: dict, bucket_bytes: int) -> dict:
+def send_and_receive(pair, want: dict, bucket_bytes: int, version: int = 1,
+                     on_tensor=lambda: None, stop_after: int | None = None) -> dict:
+    """What the receiver of `pair` got (clones; the first `stop_after` tensors only, the
+    consumer then stops), `on_tensor` called on its thread after each tensor arrived."""
     sender, member = pair
     got: dict = {}
-    t = threading.Thread(target=lambda: got.update(
-        (n, x.clone()) for n, x in WeightReceiver(member).receive(1, specs_of(want))))
+
+    def consume():
+        for name, x in WeightReceiver(member).receive(version, specs_of(want)):
+            got[name] = x.clone()
+            on_tensor()
+            if len(got) == stop_after:
+                break
+
+    t = threading.Thread(target=consume)
     t.start()
-    WeightSender(sender, bucket_bytes).send(1, want)
+    WeightSender(sender, bucket_bytes).send(version, want)
     t.join(60)
+    assert not t.is_alive()
     return got
 
 
-def test_a_segment_within_one_bucket_stays_mapped_between_sessions(pair):
-    """No "loaded" round: the pages stay (re-written in place by the next session), as the
-    broadcast's packing buffer would hold one bucket."""
-    want = {"a": torch.randn(3000), "b": torch.arange(10)}
-    got = send_and_receive(pair, want, BUCKET_BYTES)
+def ring_model(version: int) -> dict[str, torch.Tensor]:
+    """Several 4 KiB buckets and tensors that straddle 4 KiB slots: ~30 chunks."""
+    g = torch.Generator().manual_seed(version)
+    return {"embed": torch.randn(50, 97, generator=g),  # 19400 B: alone, five chunks
+            **{f"layer{i}.w": torch.randn(31, 13, generator=g).to(torch.bfloat16)
+               for i in range(12)},
+            "layer.mask": torch.rand(1001, generator=g) > 0.5,
+            "head": torch.randn(4000, generator=g, dtype=torch.float64)}  # 32000 B
+
+
+def test_a_multi_bucket_model_through_the_ring_equals_the_broadcast_bit_for_bit(pair):
+    """Chunks cut across tensors and buckets, slots reused ~15 times each: every byte as
+    the broadcast delivers it (and as sent), session after session."""
+    broadcast = form_pair(shared_memory=False)
+    try:
+        for version in (1, 2, 3):
+            want = ring_model(version)
+            through_ring = send_and_receive(pair, want, 4096, version)
+            broadcasted = send_and_receive(broadcast, want, 4096, version)
+            assert list(through_ring) == list(broadcasted) == list(want)
+            for name in want:
+                for got in (through_ring[name], broadcasted[name]):
+                    assert got.dtype == want[name].dtype and got.shape == want[name].shape
+                    assert torch.equal(got.reshape(-1).view(torch.uint8),
+                                       want[name].reshape(-1).view(torch.uint8)), name
+    finally:
+        for group in broadcast:
+            group.close()
+
+
+def test_the_segment_holds_at_most_two_slots_during_a_session_and_none_after(pair):
+    """The whole model (~60 KB here, 4 KiB buckets) never lands in /dev/shm: while the
+    receiver copies chunk after chunk, the segment holds two slots of one bucket each."""
+    sender, _ = pair
+    want = ring_model(1)
+    model_bytes = sum(t.numel() * t.element_size() for t in want.values())
+    assert model_bytes > 7 * shm.RING_SLOTS * 4096
+    seen: list[int] = []
+    got = send_and_receive(pair, want, 4096,
+                           on_tensor=lambda: seen.append(sender.segment.allocated_bytes()))
+    assert len(got) == len(want)
+    assert max(seen) <= shm.DATA_OFFSET + shm.RING_SLOTS * 4096, seen
+    assert sender.segment.size() == shm.RING_SLOTS * 4096
+    assert sender.segment.allocated_bytes() <= shm.DATA_OFFSET  # freed after the session
+
+
+def test_the_slot_is_capped_below_a_large_bucket():
+    assert shm.slot_bytes(4096) == 4096
+    assert shm.slot_bytes(64 << 20) == shm.MAX_SLOT_BYTES == 16 << 20
+
+
+def test_a_consumer_that_stops_early_in_the_ring_does_not_hang_the_sender(pair):
+    got = send_and_receive(pair, ring_model(1), 4096, stop_after=2)
+    assert len(got) == 2
+    want = ring_model(2)
+    got = send_and_receive(pair, want, 4096, version=2)  # the next session is whole
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert pair[0].segment.allocated_bytes() >= 3000 * 4
+
+
+def test_a_session_within_two_slots_stays_mapped_between_sessions(pair):
+    """Written whole, loaded from views, no "freed" round: the pages stay (re-written in
+    place by the next session), as the broadcast's packing buffer would hold one bucket."""
+    want = {"a": torch.randn(1500), "b": torch.arange(10)}  # 6096 B in the layout
+    got = send_and_receive(pair, want, 4096)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert pair[0].segment.allocated_bytes() >= 1500 * 4
+    assert pair[0].segment.size() < shm.RING_SLOTS * 4096  # the session's bytes, no ring
 
 
 def test_a_session_without_room_in_dev_shm_is_broadcast(pair, monkeypatch, caplog):

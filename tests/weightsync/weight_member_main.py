@@ -6,9 +6,8 @@
         open) until its stdin closes.
     python weight_member_main.py die PORT WORLD RANK NUM_BUCKETS
         joins as RANK and SIGKILLs itself once the first bucket of the session arrived.
-A last argument 1 offers/takes the same-host shared-memory plane (`weightsync.shm`); with
-it, `die` SIGKILLs itself as soon as the group formed (nothing of a session is in flight
-on that plane once its first tensor arrived: the sender wrote every bucket by then).
+A last argument 1 offers/takes the same-host shared-memory plane (`weightsync.shm`): the
+session (NUM_BUCKETS > 2) then passes through its ring of two 8 MiB slots.
 """
 
 from __future__ import annotations
@@ -59,8 +58,8 @@ def send(port: int, world: int, num_buckets: int, shm: int = 0) -> None:
 
 def die(port: int, world: int, rank: int, num_buckets: int, shm: int = 0) -> None:
     group = init_weight_group(config(port, world, rank, shm))
-    if group.segment is not None:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if shm and group.segment is None:
+        sys.exit("die: the group formed without its shared-memory segment")
     for _name, _tensor in WeightReceiver(group).receive(1, specs_of(tensors(num_buckets))):
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -211,8 +211,7 @@ class HFGenerator(Generator):
         if group is None:
             raise RuntimeError("weight group: not initialized")
         # Received on the caller's thread, so a stuck sender never blocks generation.
-        receiver = WeightReceiver(group)
-        staged = receive_staged(receiver, version, specs)
+        staged = receive_staged(WeightReceiver(group), version, specs)
         try:
             if not should_load():
                 raise WeightSyncError(f"version {version}: the session was aborted; the "
@@ -220,7 +219,6 @@ class HFGenerator(Generator):
             return self._run(lambda: self._copy_in(staged))
         finally:
             staged.clear()
-            receiver.loaded()
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> LoadStats:
         return self._run(lambda: self._copy_in(named_tensors))

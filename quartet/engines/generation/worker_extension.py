@@ -66,12 +66,8 @@ class WeightSyncWorkerExtension:
         # The whole session is staged before reload starts, so a refused or broken session
         # changes nothing. No reference stays here: each staged tensor is freed once loaded,
         # before a released KV cache comes back.
-        receiver = WeightReceiver(group)
-        try:
-            return self._quartet_reload(_drained(deque(
-                receive_staged(receiver, version, specs_from_wire(specs)))))
-        finally:
-            receiver.loaded()
+        return self._quartet_reload(_drained(deque(
+            receive_staged(WeightReceiver(group), version, specs_from_wire(specs)))))
 
     def quartet_load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict:
         return self._quartet_reload(named_tensors)
