@@ -13,6 +13,13 @@ holds (64 rows: 193 blocks for 145 used, 70 MiB of zero-filled memory resident w
 rollout generates). A smaller cache never changes what is sampled: requests that do not fit
 wait in vLLM's queue (or are preempted and recomputed), which only costs time.
 
+The rows in flight bound it too: a CPU engine runs at most `CPU_MAX_ROWS` sequences at once
+(vLLM queues the rest), so no more than that many rows ever hold blocks, whatever the rows per
+call. Sized by prompts alone (until issue 13's ninth pass), 64 prompts x 4 samples reserved
+578 blocks (812 MiB at SmolLM2's 1.4 MiB a block) where 128 rows in flight use at most 384,
+and vLLM's free list hands out every block of the cache in turn within one call, so all of
+it became resident.
+
 The context length itself comes from the run too (`run_context_len`): the model's 8192 tokens
 made vLLM size its per-step buffers (a whole-prefill step budgets max(context, 2048) tokens)
 and its one-request floor of the cache for prompts the run never sends.
@@ -32,6 +39,15 @@ a typical RL prompt: the n samples of a ~50-token prompt then each computed the 
 With 32 (the CPU attention kernel's smallest), the prompt's full blocks are computed once per
 step and reused by its other samples (vLLM caches a block when it is allocated, so samples
 admitted in the same step share it)."""
+
+CPU_MAX_ROWS = 128
+"""Sequences a CPU vLLM engine runs at once (`VllmGenerator` passes it as `max_num_seqs`):
+vLLM's own default for an `LLMEngine` (`SchedulerConfig.DEFAULT_MAX_NUM_SEQS`), made explicit
+so that the cache sizing below and the engine agree. The sampler's per-row buffers (logits,
+log-probs, probabilities over the whole vocabulary: ~0.2 MiB a row each for SmolLM2 in fp32)
+are bounded by it too. Fewer rows cost time on CPU (a decode step of 64 rows took nearly as
+long as one of 128 in a probe: "Eighth pass (shapes)"), more rows cost memory that grows with
+the batch."""
 
 
 @dataclass(frozen=True)
@@ -83,15 +99,18 @@ def group_blocks(samples: int, longest_prompt: int, max_new_tokens: int,
 
 def kv_cache_bytes(shape: KVShape, dtype_bytes: int, prompts: int, samples_per_prompt: int,
                    longest_prompt: int, max_new_tokens: int, max_model_len: int | None = None,
-                   block_tokens: int = CPU_BLOCK_TOKENS) -> int:
+                   block_tokens: int = CPU_BLOCK_TOKENS, max_rows: int = CPU_MAX_ROWS) -> int:
     """Bytes for `prompts` prompts' `samples_per_prompt` samples at once (`group_blocks`),
-    and at least one request of `max_model_len` (default: the model's context length)
-    tokens."""
-    if prompts < 1:
-        raise ValueError(f"prompts must be >= 1, got {prompts}")
+    but never more than `max_rows` rows in flight hold (each its own blocks: rows that finish
+    at different times can leave one sample of each of `max_rows` prompts running, sharing
+    nothing), and at least one request of `max_model_len` (default: the model's context
+    length) tokens."""
+    if prompts < 1 or max_rows < 1:
+        raise ValueError(f"prompts and max_rows must be >= 1, got {prompts}, {max_rows}")
     context = max_model_len or shape.max_position_embeddings
-    need = prompts * group_blocks(samples_per_prompt, longest_prompt, max_new_tokens,
-                                  block_tokens)
+    need = min(prompts * group_blocks(samples_per_prompt, longest_prompt, max_new_tokens,
+                                      block_tokens),
+               max_rows * math.ceil((longest_prompt + max_new_tokens) / block_tokens))
     blocks = max(need, math.ceil(context / block_tokens)) + 1  # + vLLM's null block
     return blocks * block_tokens * shape.bytes_per_token(dtype_bytes)
 

@@ -7,6 +7,7 @@ import pytest
 from quartet.config.base import parse_config
 from quartet.launch.kv_cache import (
     CPU_BLOCK_TOKENS,
+    CPU_MAX_ROWS,
     KVShape,
     group_blocks,
     kv_cache_bytes,
@@ -123,6 +124,25 @@ def test_the_grpo_bench_run_gets_a_quarter_of_the_old_fixed_gibibyte(smollm2_dir
     assert args[args.index("--max-model-len") + 1] == "96" and "--strict-context" in args
     assert ppo_budget(cfg, str(smollm2_dir), kv)["rollout0"] < ppo_budget(
         cfg, str(smollm2_dir))["rollout0"]
+
+
+def test_no_more_blocks_than_the_rows_in_flight_hold(smollm2_dir):
+    # 64 prompts x 4 samples (the bench's --prompts 64): 64 x 9 = 576 blocks by prompts, but
+    # the engine runs 128 rows at once, each at most 3 blocks (60 + 32 tokens), sharing none
+    assert CPU_MAX_ROWS == 128
+    big = _cfg(smollm2_dir, "--rollout.batch_size", "64")
+    assert rollout_kv_cache_bytes(big, 60, on_gpu=False) == (128 * 3 + 1) * 32 * 46080
+    # 32 prompts (128 rows): sharing within groups binds first (289 < 384), as before
+    assert rollout_kv_cache_bytes(_cfg(smollm2_dir, "--rollout.batch_size", "32"), 60,
+                                  on_gpu=False) == (32 * 9 + 1) * 32 * 46080
+    shape = KVShape(2, 1, 8, 1024)
+    per_block = CPU_BLOCK_TOKENS * shape.bytes_per_token(4)
+    # fewer rows in flight, fewer blocks; the one-request floor still holds
+    assert kv_cache_bytes(shape, 4, 64, 4, 60, 32, max_model_len=96, max_rows=8) == (
+        8 * 3 + 1) * per_block
+    assert kv_cache_bytes(shape, 4, 64, 4, 60, 32, max_rows=1) == 33 * per_block
+    with pytest.raises(ValueError, match="max_rows"):
+        kv_cache_bytes(shape, 4, 1, 1, 60, 32, max_rows=0)
 
 
 def test_engines_split_the_rows_and_the_flag_or_a_gpu_override_the_sizing(smollm2_dir):

@@ -32,7 +32,7 @@ import torch
 from quartet.engines.generation.base import GenerationStream, Generator
 from quartet.engines.generation.checkpoint import checkpoint_specs
 from quartet.engines.generation.worker_extension import EXTENSION_CLS, specs_to_wire
-from quartet.launch.kv_cache import CPU_BLOCK_TOKENS
+from quartet.launch.kv_cache import CPU_BLOCK_TOKENS, CPU_MAX_ROWS
 from quartet.launch.threads import align_torch_threads
 from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.weightsync import TensorSpec, WeightGroupConfig
@@ -113,6 +113,8 @@ class VllmGenerator(Generator):
             # Whole prefills only: vLLM then budgets max(max_model_len, 2048) tokens a step.
             kwargs["enable_chunked_prefill"] = False
             kwargs["block_size"] = CPU_BLOCK_TOKENS
+            # the rows in flight the KV sizing counts on (`quartet.launch.kv_cache`)
+            kwargs["max_num_seqs"] = CPU_MAX_ROWS
         if self._sleep_mode:
             kwargs["enable_sleep_mode"] = True
         kwargs.update(engine_kwargs or {})

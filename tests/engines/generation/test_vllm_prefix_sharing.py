@@ -42,3 +42,12 @@ def test_samples_of_a_prompt_reuse_its_blocks_and_draw_the_same_tokens(vllm_gene
         assert g.cached_prompt_tokens == before  # computed from scratch
         assert alone.token_ids == sample.token_ids, k
         assert alone.logprobs == pytest.approx(sample.logprobs, abs=1e-4)
+
+
+def test_the_engine_runs_the_rows_in_flight_the_kv_sizing_counts_on(vllm_generator):
+    from quartet.launch.kv_cache import CPU_MAX_ROWS
+
+    if torch.cuda.is_available():
+        pytest.skip("the rows in flight are set for CPU engines")
+    sched = vllm_generator._engine.vllm_config.scheduler_config
+    assert sched.max_num_seqs == CPU_MAX_ROWS
