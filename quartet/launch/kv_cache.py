@@ -15,10 +15,11 @@ wait in vLLM's queue (or are preempted and recomputed), which only costs time.
 
 The rows in flight bound it too: a CPU engine runs at most `CPU_MAX_ROWS` sequences at once
 (vLLM queues the rest), so no more than that many rows ever hold blocks, whatever the rows per
-call. Sized by prompts alone (until issue 13's ninth pass), 64 prompts x 4 samples reserved
-578 blocks (812 MiB at SmolLM2's 1.4 MiB a block) where 128 rows in flight use at most 384,
-and vLLM's free list hands out every block of the cache in turn within one call, so all of
-it became resident.
+call. What is resident, though, is the whole cache as soon as one call's rows allocate more
+blocks than it has: vLLM's free list hands blocks out in turn (a freed block goes to the
+tail), so a call of 256 rows touches every block of it even when at most half are in use at
+once. Hence the cap on rows in flight is what bounds the rollout's memory in generation, and
+the cache is sized to it.
 
 The context length itself comes from the run too (`run_context_len`): the model's 8192 tokens
 made vLLM size its per-step buffers (a whole-prefill step budgets max(context, 2048) tokens)
@@ -40,14 +41,16 @@ With 32 (the CPU attention kernel's smallest), the prompt's full blocks are comp
 step and reused by its other samples (vLLM caches a block when it is allocated, so samples
 admitted in the same step share it)."""
 
-CPU_MAX_ROWS = 128
-"""Sequences a CPU vLLM engine runs at once (`VllmGenerator` passes it as `max_num_seqs`):
-vLLM's own default for an `LLMEngine` (`SchedulerConfig.DEFAULT_MAX_NUM_SEQS`), made explicit
-so that the cache sizing below and the engine agree. The sampler's per-row buffers (logits,
-log-probs, probabilities over the whole vocabulary: ~0.2 MiB a row each for SmolLM2 in fp32)
-are bounded by it too. Fewer rows cost time on CPU (a decode step of 64 rows took nearly as
-long as one of 128 in a probe: "Eighth pass (shapes)"), more rows cost memory that grows with
-the batch."""
+CPU_MAX_ROWS = 64
+"""Sequences a CPU vLLM engine runs at once (`VllmGenerator` passes it as `max_num_seqs`; the
+cache below is sized to it). vLLM's default for an `LLMEngine` is 128; with it, the rollout of a
+GRPO run of 64 prompts x 4 samples (SmolLM2, fp32) grew by ~630 MiB during each generate call
+(KV blocks of 128 rows, the sampler's `[rows, vocab]` buffers), which made generation the peak
+of the process tree once a batch had more than 64 rows (issue 13's ninth pass, benchmarks.md).
+64 rows in flight keep the rollout at what the default shape of that comparison (64 rows) holds,
+for any batch. The price is time: a CPU decode step of 64 rows costs more than half of one of
+128, so batches above 64 rows generate ~1.5x slower (128 rows: 8.9-10.9 s against 5.8 s a call
+in a probe; generation is ~10-25% of such an iteration)."""
 
 
 @dataclass(frozen=True)

@@ -127,14 +127,17 @@ def test_the_grpo_bench_run_gets_a_quarter_of_the_old_fixed_gibibyte(smollm2_dir
 
 
 def test_no_more_blocks_than_the_rows_in_flight_hold(smollm2_dir):
-    # 64 prompts x 4 samples (the bench's --prompts 64): 64 x 9 = 576 blocks by prompts, but
-    # the engine runs 128 rows at once, each at most 3 blocks (60 + 32 tokens), sharing none
-    assert CPU_MAX_ROWS == 128
+    # the engine runs 64 rows at once, each at most 3 blocks (60 + 32 tokens), sharing none
+    assert CPU_MAX_ROWS == 64
+    # 64 prompts x 4 samples (the bench's --prompts 64): 576 blocks by prompts, 192 in flight
     big = _cfg(smollm2_dir, "--rollout.batch_size", "64")
-    assert rollout_kv_cache_bytes(big, 60, on_gpu=False) == (128 * 3 + 1) * 32 * 46080
-    # 32 prompts (128 rows): sharing within groups binds first (289 < 384), as before
+    assert rollout_kv_cache_bytes(big, 60, on_gpu=False) == (64 * 3 + 1) * 32 * 46080
+    # 32 prompts (128 rows): 289 by prompts, 192 in flight
     assert rollout_kv_cache_bytes(_cfg(smollm2_dir, "--rollout.batch_size", "32"), 60,
-                                  on_gpu=False) == (32 * 9 + 1) * 32 * 46080
+                                  on_gpu=False) == (64 * 3 + 1) * 32 * 46080
+    # 16 prompts (the default shape, 64 rows): sharing within groups binds first, as before
+    assert rollout_kv_cache_bytes(_cfg(smollm2_dir), 60, on_gpu=False) == (
+        16 * 9 + 1) * 32 * 46080
     shape = KVShape(2, 1, 8, 1024)
     per_block = CPU_BLOCK_TOKENS * shape.bytes_per_token(4)
     # fewer rows in flight, fewer blocks; the one-request floor still holds
