@@ -15,11 +15,12 @@ wait in vLLM's queue (or are preempted and recomputed), which only costs time.
 
 The rows in flight bound it too: a CPU engine runs at most `CPU_MAX_ROWS` sequences at once
 (vLLM queues the rest), so no more than that many rows ever hold blocks, whatever the rows per
-call. What is resident, though, is the whole cache as soon as one call's rows allocate more
-blocks than it has: vLLM's free list hands blocks out in turn (a freed block goes to the
-tail), so a call of 256 rows touches every block of it even when at most half are in use at
-once. Hence the cap on rows in flight is what bounds the rollout's memory in generation, and
-the cache is sized to it.
+call. What is resident is what vLLM writes (the cache's pages are handed back at start and on
+each wake), and within one call that follows the rows running at once, whatever the cache's
+size: with 128 rows at once a 256-row GRPO call grew the rollout by ~630 MiB with an 812 MiB
+cache and with a 541 MiB one alike (issue 13's ninth pass). So the cap on rows in flight is
+what bounds the rollout's memory in generation, and the cache is sized to it so that the
+launcher's budget counts no more than the engine can use.
 
 The context length itself comes from the run too (`run_context_len`): the model's 8192 tokens
 made vLLM size its per-step buffers (a whole-prefill step budgets max(context, 2048) tokens)
@@ -47,10 +48,11 @@ cache below is sized to it). vLLM's default for an `LLMEngine` is 128; with it, 
 GRPO run of 64 prompts x 4 samples (SmolLM2, fp32) grew by ~630 MiB during each generate call
 (KV blocks of 128 rows, the sampler's `[rows, vocab]` buffers), which made generation the peak
 of the process tree once a batch had more than 64 rows (issue 13's ninth pass, benchmarks.md).
-64 rows in flight keep the rollout at what the default shape of that comparison (64 rows) holds,
-for any batch. The price is time: a CPU decode step of 64 rows costs more than half of one of
-128, so batches above 64 rows generate ~1.5x slower (128 rows: 8.9-10.9 s against 5.8 s a call
-in a probe; generation is ~10-25% of such an iteration)."""
+64 rows in flight: the rollout's peak 2618 -> 2242 MiB at 256 rows, the default shape of that
+comparison (64 rows) unchanged. The price depends on the host: on the Intel host of the ninth
+pass a wave of 64 rows cost half one of 128 (the 256-row generate phase ~28 s either way); on
+the AMD host of the eighth pass two waves of 64 took 8.9-10.9 s against 5.8 s for 128 at once
+(generation is ~10-25% of such an iteration)."""
 
 
 @dataclass(frozen=True)
