@@ -22,6 +22,9 @@ from quartet.weightsync.specs import TensorSpec
 
 class GrpcActorClient(CheckpointCalls, GrpcRoleClient):
     role = "actor"
+    ordered_train_steps = True
+    """The service applies a TrainStep after the one its header's `after_request_id` names
+    (quartet.serving.step_order), so the loop may send the next one before this returns."""
 
     def __init__(self, address: str, **kwargs) -> None:
         super().__init__(address, **kwargs)

@@ -16,6 +16,9 @@ from quartet.v1 import common_pb2, critic_pb2, critic_pb2_grpc
 
 class GrpcCriticClient(CheckpointCalls, GrpcRoleClient):
     role = "critic"
+    ordered_train_steps = True
+    """The service applies a TrainStep after the one its header's `after_request_id` names
+    (quartet.serving.step_order), so the loop may send the next one before this returns."""
 
     def __init__(self, address: str, **kwargs) -> None:
         super().__init__(address, **kwargs)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17quartet/v1/common.proto\x12\nquartet.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x7f\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"=\n\x06Ragged\x12\"\n\x06values\x18\x01 \x01(\x0b\x32\x12.quartet.v1.Tensor\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\"^\n\rRequestHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"_\n\rSequenceBatch\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12\x16\n\x0eprompt_lengths\x18\x02 \x03(\x05\x12\x12\n\nrow_offset\x18\x03 \x01(\x03\"{\n\x0fLogProbsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\x89\x01\n\x10LogProbsResponse\x12\x12\n\nrow_offset\x18\x01 \x01(\x03\x12$\n\x08logprobs\x18\x02 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12#\n\x07\x65ntropy\x18\x03 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"}\n\x0bSaveRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x11\n\thf_export\x18\x03 \x01(\x08\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07hf_only\x18\x05 \x01(\x08\"6\n\x0cSaveResponse\x12\x0e\n\x06hf_dir\x18\x01 \x01(\t\x12\x16\n\x0e\x63heckpoint_dir\x18\x02 \x01(\t\"]\n\x0bLoadRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x16\n\x0e\x63heckpoint_dir\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"#\n\x0cLoadResponse\x12\x13\n\x0bglobal_step\x18\x01 \x01(\x03\"\xcc\x01\n\x0bServiceInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x19\n\x11inflight_requests\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x15\n\rmax_model_len\x18\x08 \x01(\x03\x12\x10\n\x08updating\x18\t \x01(\x08\x12\x0e\n\x06run_id\x18\n \x01(\t\"\x10\n\x0eGetInfoRequest\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe1\x01\n\x16InitWeightGroupRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x16\n\x0emaster_address\x18\x02 \x01(\t\x12\x13\n\x0bmaster_port\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x12\n\ngroup_name\x18\x07 \x01(\t\x12\x11\n\ttimeout_s\x18\x08 \x01(\x02\x12\x15\n\rshared_memory\x18\t \x01(\x08\";\n\x17InitWeightGroupResponse\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xe9\x01\n\rTrainSettings\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x11\n\toptimizer\x18\x02 \x01(\t\x12\x14\n\x0clr_scheduler\x18\x03 \x01(\t\x12\x17\n\x0flr_warmup_ratio\x18\x04 \x01(\x01\x12\x14\n\x0cmin_lr_ratio\x18\x05 \x01(\x01\x12\x10\n\x08max_norm\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x13\n\x0btotal_steps\x18\x08 \x01(\x03\x12\x12\n\nbatch_size\x18\t \x01(\x03\x12\x18\n\x10micro_batch_size\x18\n \x01(\x03\"h\n\x11PrepareRunRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05train\x18\x02 \x01(\x0b\x32\x19.quartet.v1.TrainSettings\"J\n\x12PrepareRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07new_run\x18\x02 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x03 \x01(\x03\"A\n\x14ReleaseMemoryRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\"/\n\x15ReleaseMemoryResponse\x12\x16\n\x0ereleased_bytes\x18\x01 \x01(\x03*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17quartet/v1/common.proto\x12\nquartet.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x7f\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06offset\x18\x05 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"=\n\x06Ragged\x12\"\n\x06values\x18\x01 \x01(\x0b\x32\x12.quartet.v1.Tensor\x12\x0f\n\x07offsets\x18\x02 \x03(\x03\"x\n\rRequestHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x18\n\x10\x61\x66ter_request_id\x18\x05 \x01(\t\"_\n\rSequenceBatch\x12\"\n\x06tokens\x18\x01 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12\x16\n\x0eprompt_lengths\x18\x02 \x03(\x05\x12\x12\n\nrow_offset\x18\x03 \x01(\x03\"{\n\x0fLogProbsRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x19.quartet.v1.SequenceBatch\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"\x89\x01\n\x10LogProbsResponse\x12\x12\n\nrow_offset\x18\x01 \x01(\x03\x12$\n\x08logprobs\x18\x02 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12#\n\x07\x65ntropy\x18\x03 \x01(\x0b\x32\x12.quartet.v1.Ragged\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\"%\n\x06Metric\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"}\n\x0bSaveRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x12\n\noutput_dir\x18\x02 \x01(\t\x12\x11\n\thf_export\x18\x03 \x01(\x08\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07hf_only\x18\x05 \x01(\x08\"6\n\x0cSaveResponse\x12\x0e\n\x06hf_dir\x18\x01 \x01(\t\x12\x16\n\x0e\x63heckpoint_dir\x18\x02 \x01(\t\"]\n\x0bLoadRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x16\n\x0e\x63heckpoint_dir\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\"#\n\x0cLoadResponse\x12\x13\n\x0bglobal_step\x18\x01 \x01(\x03\"\xcc\x01\n\x0bServiceInfo\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0epolicy_version\x18\x03 \x01(\x03\x12\x19\n\x11inflight_requests\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x15\n\rmax_model_len\x18\x08 \x01(\x03\x12\x10\n\x08updating\x18\t \x01(\x08\x12\x0e\n\x06run_id\x18\n \x01(\t\"\x10\n\x0eGetInfoRequest\"K\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x05\x64type\x18\x02 \x01(\x0e\x32\x11.quartet.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe1\x01\n\x16InitWeightGroupRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12\x16\n\x0emaster_address\x18\x02 \x01(\t\x12\x13\n\x0bmaster_port\x18\x03 \x01(\x05\x12\x12\n\nworld_size\x18\x04 \x01(\x05\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x12\n\ngroup_name\x18\x07 \x01(\t\x12\x11\n\ttimeout_s\x18\x08 \x01(\x02\x12\x15\n\rshared_memory\x18\t \x01(\x08\";\n\x17InitWeightGroupResponse\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x12\n\nworld_size\x18\x02 \x01(\x05\"\xe9\x01\n\rTrainSettings\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x11\n\toptimizer\x18\x02 \x01(\t\x12\x14\n\x0clr_scheduler\x18\x03 \x01(\t\x12\x17\n\x0flr_warmup_ratio\x18\x04 \x01(\x01\x12\x14\n\x0cmin_lr_ratio\x18\x05 \x01(\x01\x12\x10\n\x08max_norm\x18\x06 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x07 \x01(\x01\x12\x13\n\x0btotal_steps\x18\x08 \x01(\x03\x12\x12\n\nbatch_size\x18\t \x01(\x03\x12\x18\n\x10micro_batch_size\x18\n \x01(\x03\"h\n\x11PrepareRunRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\x12(\n\x05train\x18\x02 \x01(\x0b\x32\x19.quartet.v1.TrainSettings\"J\n\x12PrepareRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07new_run\x18\x02 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x03 \x01(\x03\"A\n\x14ReleaseMemoryRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.quartet.v1.RequestHeader\"/\n\x15ReleaseMemoryResponse\x12\x16\n\x0ereleased_bytes\x18\x01 \x01(\x03*\xcf\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x12\x12\n\x0e\x44TYPE_BFLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT64\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x0f\n\x0b\x44TYPE_INT16\x10\x07\x12\x0e\n\nDTYPE_INT8\x10\x08\x12\x0f\n\x0b\x44TYPE_UINT8\x10\t\x12\x0e\n\nDTYPE_BOOL\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quartet.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2242
-  _globals['_DTYPE']._serialized_end=2449
+  _globals['_DTYPE']._serialized_start=2268
+  _globals['_DTYPE']._serialized_end=2475
   _globals['_TENSOR']._serialized_start=39
   _globals['_TENSOR']._serialized_end=110
   _globals['_TENSORCHUNK']._serialized_start=112
@@ -40,41 +40,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAGGED']._serialized_start=241
   _globals['_RAGGED']._serialized_end=302
   _globals['_REQUESTHEADER']._serialized_start=304
-  _globals['_REQUESTHEADER']._serialized_end=398
-  _globals['_SEQUENCEBATCH']._serialized_start=400
-  _globals['_SEQUENCEBATCH']._serialized_end=495
-  _globals['_LOGPROBSREQUEST']._serialized_start=497
-  _globals['_LOGPROBSREQUEST']._serialized_end=620
-  _globals['_LOGPROBSRESPONSE']._serialized_start=623
-  _globals['_LOGPROBSRESPONSE']._serialized_end=760
-  _globals['_METRIC']._serialized_start=762
-  _globals['_METRIC']._serialized_end=799
-  _globals['_SAVEREQUEST']._serialized_start=801
-  _globals['_SAVEREQUEST']._serialized_end=926
-  _globals['_SAVERESPONSE']._serialized_start=928
-  _globals['_SAVERESPONSE']._serialized_end=982
-  _globals['_LOADREQUEST']._serialized_start=984
-  _globals['_LOADREQUEST']._serialized_end=1077
-  _globals['_LOADRESPONSE']._serialized_start=1079
-  _globals['_LOADRESPONSE']._serialized_end=1114
-  _globals['_SERVICEINFO']._serialized_start=1117
-  _globals['_SERVICEINFO']._serialized_end=1321
-  _globals['_GETINFOREQUEST']._serialized_start=1323
-  _globals['_GETINFOREQUEST']._serialized_end=1339
-  _globals['_TENSORSPEC']._serialized_start=1341
-  _globals['_TENSORSPEC']._serialized_end=1416
-  _globals['_INITWEIGHTGROUPREQUEST']._serialized_start=1419
-  _globals['_INITWEIGHTGROUPREQUEST']._serialized_end=1644
-  _globals['_INITWEIGHTGROUPRESPONSE']._serialized_start=1646
-  _globals['_INITWEIGHTGROUPRESPONSE']._serialized_end=1705
-  _globals['_TRAINSETTINGS']._serialized_start=1708
-  _globals['_TRAINSETTINGS']._serialized_end=1941
-  _globals['_PREPARERUNREQUEST']._serialized_start=1943
-  _globals['_PREPARERUNREQUEST']._serialized_end=2047
-  _globals['_PREPARERUNRESPONSE']._serialized_start=2049
-  _globals['_PREPARERUNRESPONSE']._serialized_end=2123
-  _globals['_RELEASEMEMORYREQUEST']._serialized_start=2125
-  _globals['_RELEASEMEMORYREQUEST']._serialized_end=2190
-  _globals['_RELEASEMEMORYRESPONSE']._serialized_start=2192
-  _globals['_RELEASEMEMORYRESPONSE']._serialized_end=2239
+  _globals['_REQUESTHEADER']._serialized_end=424
+  _globals['_SEQUENCEBATCH']._serialized_start=426
+  _globals['_SEQUENCEBATCH']._serialized_end=521
+  _globals['_LOGPROBSREQUEST']._serialized_start=523
+  _globals['_LOGPROBSREQUEST']._serialized_end=646
+  _globals['_LOGPROBSRESPONSE']._serialized_start=649
+  _globals['_LOGPROBSRESPONSE']._serialized_end=786
+  _globals['_METRIC']._serialized_start=788
+  _globals['_METRIC']._serialized_end=825
+  _globals['_SAVEREQUEST']._serialized_start=827
+  _globals['_SAVEREQUEST']._serialized_end=952
+  _globals['_SAVERESPONSE']._serialized_start=954
+  _globals['_SAVERESPONSE']._serialized_end=1008
+  _globals['_LOADREQUEST']._serialized_start=1010
+  _globals['_LOADREQUEST']._serialized_end=1103
+  _globals['_LOADRESPONSE']._serialized_start=1105
+  _globals['_LOADRESPONSE']._serialized_end=1140
+  _globals['_SERVICEINFO']._serialized_start=1143
+  _globals['_SERVICEINFO']._serialized_end=1347
+  _globals['_GETINFOREQUEST']._serialized_start=1349
+  _globals['_GETINFOREQUEST']._serialized_end=1365
+  _globals['_TENSORSPEC']._serialized_start=1367
+  _globals['_TENSORSPEC']._serialized_end=1442
+  _globals['_INITWEIGHTGROUPREQUEST']._serialized_start=1445
+  _globals['_INITWEIGHTGROUPREQUEST']._serialized_end=1670
+  _globals['_INITWEIGHTGROUPRESPONSE']._serialized_start=1672
+  _globals['_INITWEIGHTGROUPRESPONSE']._serialized_end=1731
+  _globals['_TRAINSETTINGS']._serialized_start=1734
+  _globals['_TRAINSETTINGS']._serialized_end=1967
+  _globals['_PREPARERUNREQUEST']._serialized_start=1969
+  _globals['_PREPARERUNREQUEST']._serialized_end=2073
+  _globals['_PREPARERUNRESPONSE']._serialized_start=2075
+  _globals['_PREPARERUNRESPONSE']._serialized_end=2149
+  _globals['_RELEASEMEMORYREQUEST']._serialized_start=2151
+  _globals['_RELEASEMEMORYREQUEST']._serialized_end=2216
+  _globals['_RELEASEMEMORYRESPONSE']._serialized_start=2218
+  _globals['_RELEASEMEMORYRESPONSE']._serialized_end=2265
 # @@protoc_insertion_point(module_scope)

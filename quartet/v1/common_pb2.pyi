@@ -163,6 +163,7 @@ class RequestHeader(_message.Message):
     ITERATION_FIELD_NUMBER: _builtins.int
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AFTER_REQUEST_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     iteration: _builtins.int
     policy_version: _builtins.int
@@ -171,6 +172,13 @@ class RequestHeader(_message.Message):
     """Free-form id for logs and traces. Deduplication of retried mutating calls uses the
     `x-quartet-request-id` call metadata (same id on every attempt), see docs/reliability.md.
     """
+    after_request_id: _builtins.str
+    """Pipelined training steps: the coordinator sends a TrainStep before the reply of the
+    step it follows has come back, so the server has it decoded and queued when that step
+    ends. Set, the server applies this step only after the step whose `request_id` this
+    is has applied, and fails it (FAILED_PRECONDITION, naming both steps) without applying
+    it when that step failed or never arrives. Empty: no order (one step at a time).
+    """
     def __init__(
         self,
         *,
@@ -178,10 +186,11 @@ class RequestHeader(_message.Message):
         iteration: _builtins.int = ...,
         policy_version: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        after_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["iteration", b"iteration", "policy_version", b"policy_version", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_request_id", b"after_request_id", "iteration", b"iteration", "policy_version", b"policy_version", "request_id", b"request_id", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

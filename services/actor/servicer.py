@@ -10,6 +10,7 @@ from quartet.ppo.training_role import load_response, prepare_run_response, save_
 from quartet.ppo.wire import decode_policy_minibatch
 from quartet.serving.errors import InvalidArgument
 from quartet.serving.scoring import stream_logprobs
+from quartet.serving.step_order import StepOrder
 from quartet.v1 import actor_pb2, actor_pb2_grpc, common_pb2
 from quartet.weightsync import WeightGroupConfig
 from services.actor.actor import Actor
@@ -33,6 +34,7 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
         self.actor = actor
         self.save_root = save_root
         self.trimmer = PhaseTrimmer()  # activations freed after each pass leave the RSS
+        self.steps = StepOrder("actor")  # pipelined TrainSteps apply in the order sent
 
     def LogProbs(self, request_iterator, context):
         with self.trimmer.phase():
@@ -41,10 +43,10 @@ class ActorServicer(actor_pb2_grpc.ActorServicer):
 
     def TrainStep(self, request_iterator, context):
         with self.trimmer.phase():
-            mb, loss, _header = decode_policy_minibatch(request_iterator,
-                                                        self.actor.vocab_size,
-                                                        self.actor.max_len)
-            metrics = self.actor.train_step(mb, loss)
+            mb, loss, header = decode_policy_minibatch(request_iterator,
+                                                       self.actor.vocab_size,
+                                                       self.actor.max_len)
+            metrics = self.steps.run(header, lambda: self.actor.train_step(mb, loss))
         return actor_pb2.TrainStepResponse(
             metrics=[common_pb2.Metric(name=k, value=v) for k, v in metrics.items()],
             policy_version=self.actor.global_step, global_step=self.actor.global_step,

@@ -13,8 +13,10 @@ import math
 import random
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +128,15 @@ class PPORoles:
     fails."""
 
 
+def add_step_metrics(sums: dict[str, float], futures: dict[str, Future]) -> None:
+    """Waits for one mini-batch's steps (role -> future) and adds their metrics to `sums`
+    as `role/name`; a failed step raises its error once every step of it has ended."""
+    wait(futures.values())
+    for role, fut in futures.items():
+        for k, v in fut.result().items():
+            sums[f"{role}/{k}"] = sums.get(f"{role}/{k}", 0.0) + v
+
+
 # --------------------------------------------------------------------------- settings
 @dataclass
 class PPOLoopSettings:
@@ -150,6 +161,9 @@ class PPOLoopSettings:
     async_generation: bool = False
     """Generate iteration k+1 while iteration k trains (staleness 1); pair with
     policy_loss.is_correction for importance-sampling correction."""
+    pipeline_train_steps: bool = True
+    """Send mini-batch k+1's TrainSteps while k trains, to services that order their steps
+    (`ordered_train_steps`); False: one step at a time (the overhead bench's A/B)."""
     freeze_actor_steps: int = 0
     """Iterations at the start that train only the critic (value warm-up)."""
     save_steps: int = -1
@@ -275,45 +289,67 @@ class PPOLoop:
         return r if groups * n == len(r) else r.take_groups(list(range(groups)), n)
 
     def train(self, exp: Experience, iteration: int) -> dict[str, float]:
-        """PPO epochs over shuffled mini-batches; actor and critic step in parallel."""
-        n = len(exp)
+        """PPO epochs over shuffled mini-batches; actor and critic step in parallel.
+
+        Pipelined when both services order their steps (`ordered_train_steps`): mini-batch
+        k+1 leaves while k trains, naming k as the step it follows, so each server has it
+        decoded and queued when k ends instead of waiting for the reply to come back and the
+        next request to arrive (quartet.serving.step_order). The steps, their order and
+        their inputs are the same either way."""
         size = self.s.mini_batch_size
-        sums: dict[str, float] = {}
-        steps = 0
-        train_actor = iteration >= self.s.freeze_actor_steps
         loss = self.s.policy_loss
         if self.s.kl_in_loss:
             loss = PolicyLossSettings(**{**asdict(loss), "kl_coef": self.kl_ctl.value})
         if exp.old_logprobs is None:
             loss = PolicyLossSettings(**{**asdict(loss), "old_logprobs_from_forward": True})
-        for epoch in range(self.s.ppo_epochs):
-            # whole prompt groups per mini-batch: micro-batches compute a group's prompt once
-            order = epoch_order(n, self.s.n_samples_per_prompt, size, self.rng)
-            for start in range(0, n - size + 1, size):
-                index = order[start : start + size]
+        steppers: dict[str, tuple[Any, Callable[[Any], Any], Any]] = {}
+        if iteration >= self.s.freeze_actor_steps:
+            steppers["actor"] = (self.roles.actor, exp.policy_minibatch, loss)
+        if self.roles.critic is not None:
+            steppers["critic"] = (self.roles.critic, exp.value_minibatch, self.s.value_loss)
+        # whole prompt groups per mini-batch: micro-batches compute a group's prompt once;
+        # every epoch's order drawn up front (the same draws of self.rng, in the same order)
+        plan = [order[start : start + size]
+                for order in (epoch_order(len(exp), self.s.n_samples_per_prompt, size, self.rng)
+                              for _ in range(self.s.ppo_epochs))
+                for start in range(0, len(exp) - size + 1, size)]
+        ahead = int(self.s.pipeline_train_steps and bool(steppers) and all(
+            getattr(client, "ordered_train_steps", False) for client, _, _ in steppers.values()))
+        # request ids unique to this attempt: a re-run phase must not follow the old steps
+        tag = f"@{uuid.uuid4().hex[:8]}" if ahead else ""
+        previous: dict[str, str] = {}
+        in_flight: deque[dict[str, Future]] = deque()
+        sums: dict[str, float] = {}
+        early: EarlySync | None = None
+        try:
+            for step, index in enumerate(plan):
                 futures = {}
-                if train_actor:
-                    futures["actor"] = self.pool.submit(
-                        self.roles.actor.train_step, exp.policy_minibatch(index), loss,
-                        self.header(iteration, f"actor_train{steps}"))
-                if self.roles.critic is not None:
-                    futures["critic"] = self.pool.submit(
-                        self.roles.critic.train_step, exp.value_minibatch(index),
-                        self.s.value_loss, self.header(iteration, f"critic_train{steps}"))
-                early = (self.open_sync_early(iteration)
-                         if epoch == self.s.ppo_epochs - 1 and start + 2 * size > n else None)
-                try:
-                    for role, fut in futures.items():
-                        for k, v in fut.result().items():
-                            sums[f"{role}/{k}"] = sums.get(f"{role}/{k}", 0.0) + v
-                except BaseException as exc:
-                    if early is not None:
-                        early.cancel(f"the training before it failed: {exc}")
-                    raise
-                steps += 1
+                for role, (client, minibatch, role_loss) in steppers.items():
+                    header = self.header(iteration, f"{role}_train{step}{tag}")
+                    if ahead:
+                        header.after_request_id = previous.get(role, "")
+                        previous[role] = header.request_id
+                    futures[role] = self.pool.submit(client.train_step, minibatch(index),
+                                                     role_loss, header)
+                in_flight.append(futures)
+                if step == len(plan) - 1:
+                    # the last steps have left and train: open the sync now (not before the
+                    # last requests, whose sending it would slow down)
+                    while len(in_flight) > 1:
+                        add_step_metrics(sums, in_flight.popleft())
+                    early = self.open_sync_early(iteration)
+                while len(in_flight) > ahead:
+                    add_step_metrics(sums, in_flight.popleft())
+            while in_flight:
+                add_step_metrics(sums, in_flight.popleft())
+        except BaseException as exc:
+            for futures in in_flight:  # none may still apply while the phase is redone
+                wait(futures.values())
+            if early is not None:
+                early.cancel(f"the training before it failed: {exc}")
+            raise
+        steps = len(plan)
         out = {k: v / max(steps, 1) for k, v in sums.items()}
-        if "actor/policy_version" in out:
-            out["actor/policy_version"] = sums["actor/policy_version"] / steps
         out["train_steps"] = float(steps)
         return out
 

@@ -66,6 +66,10 @@ class PretrainRows:
 class PtxActor:
     """The actor client, with pre-training rows attached to every TrainStep's mini-batch."""
 
+    ordered_train_steps = False
+    """Each step takes the next pre-training rows when it is called: two steps in flight
+    at once could take them in either order, so the loop sends one step at a time."""
+
     def __init__(self, actor: Any, rows: PretrainRows) -> None:
         self.actor = actor
         self.rows = rows
