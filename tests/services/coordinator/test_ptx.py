@@ -23,6 +23,8 @@ def test_ptx_actor_attaches_one_row_per_policy_row_and_delegates_the_rest():
     seen = {}
 
     class FakeActor:
+        ordered_train_steps = True  # as the gRPC client
+
         def train_step(self, mb, loss, header=None):
             seen["mb"] = mb
             return {"ok": 1.0}
@@ -36,6 +38,8 @@ def test_ptx_actor_attaches_one_row_per_policy_row_and_delegates_the_rest():
     assert actor.train_step(mb, PolicyLossSettings(ptx_coef=0.1)) == {"ok": 1.0}
     assert len(seen["mb"].ptx) == 2 and seen["mb"].batch is batch
     assert actor.logprobs() == "actor's own"
+    # each step takes the next pre-training rows when called: never two steps in flight
+    assert actor.ordered_train_steps is False
 
 
 def test_load_pretrain_samples_targets_the_whole_text(tmp_path, tiny_model_path):
