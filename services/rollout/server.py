@@ -90,4 +90,8 @@ def serve(args: argparse.Namespace, server: RoleServer) -> None:
     gc.freeze()
     release_free_heap()  # what loading the weights and vLLM's warm-up freed
     rollout_pb2_grpc.add_RolloutServicer_to_server(RolloutServicer(engine), server.grpc_server)
+    # Once drained, end the engine: an in-process vLLM engine core made a torch.distributed
+    # group over a file store (/tmp/vllm_dist_<uuid>), and only destroying that group removes
+    # the file; without this every stopped replica left one behind.
+    server.on_stop(engine.generator.close)
     server.set_serving(True)

@@ -42,13 +42,16 @@ REPLICA_THREADS = {"vllm": {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"},
 def start_replica(model: Path, backend: str, workdir: str) -> tuple[subprocess.Popen, Path]:
     port_file = Path(workdir) / f"{backend}.port"
     log = open(Path(workdir) / f"{backend}.log", "w")
+    tmp = Path(workdir) / f"{backend}-tmp"  # its temporary files, to check none is left
+    tmp.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "quartet.cli.main", "serve", "rollout", "--port", "0",
          "--port-file", str(port_file), "--model", str(model), "--backend", backend,
          "--dtype", "float32", "--max-model-len", "256", "--kv-cache-bytes", str(256 << 20),
          "--enforce-eager"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO), **REPLICA_THREADS[backend]},
+        env={**os.environ, "PYTHONPATH": str(REPO), **REPLICA_THREADS[backend],
+             "TMPDIR": str(tmp)},
     )
     return proc, port_file
 
@@ -81,6 +84,11 @@ def replicas(tiny_model_path):
             proc.terminate()
         for proc, _ in started:
             assert proc.wait(timeout=30) == 0
+        # vLLM's in-process engine core rendezvous through a file store in the temporary
+        # directory; a replica stopped with SIGTERM removes it (it left one per replica).
+        left = [p.name for b in BACKENDS for p in Path(workdir, f"{b}-tmp").iterdir()
+                if p.name.startswith("vllm_dist_")]
+        assert not left, left
 
 
 @pytest.fixture(scope="module")
