@@ -57,6 +57,21 @@ def form(world: int) -> tuple[WeightGroupConfig, list]:
     return cfg, groups
 
 
+def listening(port: int) -> bool:
+    """Whether a socket on this host listens on `port` (read from /proc/net/tcp: connecting
+    to find out would be one more client of the store under test)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return True
+    return False
+
+
 def in_thread(fn) -> tuple[threading.Thread, dict]:
     """Runs `fn` on a thread; the dict gets `error` (or `result`) and `seconds`."""
     out: dict = {}
@@ -199,7 +214,13 @@ def test_a_member_leaves_a_forming_group_whose_rank_0_was_killed():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         [(t, out)] = joining(config(port, world, 1), [1])
-        time.sleep(3.0)  # rank 0 is up (our join connected to its store) and waiting too
+        # Rank 0 is up (its store listens; a loaded host took over 3 s to import torch), then
+        # a moment for our join to connect to that store and wait for the third member.
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            assert host.poll() is None and time.monotonic() < deadline, "rank 0 never listened"
+            time.sleep(0.1)
+        time.sleep(1.5)
         assert t.is_alive() and host.poll() is None
         host.kill()
         assert host.wait(60) == -9
