@@ -302,6 +302,10 @@ class PPOTrainGroup:
     """Seed of data order, sampling and new heads."""
     async_enable: bool = False
     """Generate the next rollout batch while this one trains (one version stale)."""
+    pipeline_steps: bool = False
+    """Send mini-batch k+1's TrainSteps to the actor and critic services while k trains (they
+    apply them in order). Off by default: on the 2-core CPU host it measured slower, 236 ->
+    254 ms a train phase of 4 mini-batches (docs/benchmarks.md, "Ninth pass (pipe)")."""
     colocate_actor_ref: bool = False
     """Actor and reference share devices (each gets half of every one)."""
     colocate_critic_reward: bool = False

@@ -93,6 +93,7 @@ def loop_settings(cfg: PPOJobConfig, output_dir: str, run_id: str) -> PPOLoopSet
             max_rounds=algo.dynamic_filtering_max_rounds,
         ),
         async_generation=cfg.train.async_enable,
+        pipeline_train_steps=cfg.train.pipeline_steps,
         freeze_actor_steps=cfg.actor.freezing_steps,
         save_steps=-1 if cfg.ckpt.disable_ds else cfg.ckpt.save_steps,
         resume=cfg.ckpt.load_enable,

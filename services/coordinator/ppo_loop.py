@@ -161,9 +161,10 @@ class PPOLoopSettings:
     async_generation: bool = False
     """Generate iteration k+1 while iteration k trains (staleness 1); pair with
     policy_loss.is_correction for importance-sampling correction."""
-    pipeline_train_steps: bool = True
+    pipeline_train_steps: bool = False
     """Send mini-batch k+1's TrainSteps while k trains, to services that order their steps
-    (`ordered_train_steps`); False: one step at a time (the overhead bench's A/B)."""
+    (`ordered_train_steps`); `--train.pipeline_steps`, off by default (measured slower on
+    the 2-core CPU host, docs/benchmarks.md "Ninth pass (pipe)")."""
     freeze_actor_steps: int = 0
     """Iterations at the start that train only the critic (value warm-up)."""
     save_steps: int = -1
@@ -291,10 +292,11 @@ class PPOLoop:
     def train(self, exp: Experience, iteration: int) -> dict[str, float]:
         """PPO epochs over shuffled mini-batches; actor and critic step in parallel.
 
-        Pipelined when both services order their steps (`ordered_train_steps`): mini-batch
-        k+1 leaves while k trains, naming k as the step it follows, so each server has it
-        decoded and queued when k ends instead of waiting for the reply to come back and the
-        next request to arrive (quartet.serving.step_order). The steps, their order and
+        Pipelined (`--train.pipeline_steps`) when both services order their steps
+        (`ordered_train_steps`): mini-batch k+1 leaves while k trains, naming k as the step
+        it follows, so each server has it decoded and queued when k ends instead of waiting
+        for the reply to come back and the next request to arrive
+        (quartet.serving.step_order). The steps, their order and
         their inputs are the same either way."""
         size = self.s.mini_batch_size
         loss = self.s.policy_loss

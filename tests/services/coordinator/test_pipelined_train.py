@@ -9,6 +9,7 @@ mini-batches each."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,6 +31,7 @@ from services.coordinator.ppo_loop import PPOLoop, PPOLoopSettings, PPORoles
 from services.coordinator.rollouts import Prompt
 
 ROWS, MINI_BATCH, EPOCHS = 8, 2, 2
+REWARD = Path(__file__).resolve().parents[2] / "integration" / "rewards" / "digit_reward.py"
 
 
 class RecordingSteps:
@@ -167,3 +169,17 @@ def test_a_failed_step_stops_the_steps_queued_after_it(world, tmp_path, tiny_mod
         assert stack.loop.roles.actor.info().policy_version == 1  # the service still answers
     finally:
         stack.close()
+
+
+def test_pipelining_is_opt_in_through_train_pipeline_steps(tmp_path, tiny_model_path, tiny_data):
+    from quartet.config.base import parse_config
+    from services.coordinator.config import PPOJobConfig
+    from services.coordinator.job import loop_settings
+
+    base = ["--actor.model_name_or_path", str(tiny_model_path),
+            "--data.dataset", str(tiny_data["prompts"]), "--ckpt.output_dir", str(tmp_path),
+            "--reward.func", str(REWARD)]
+    assert not loop_settings(parse_config(PPOJobConfig, base), str(tmp_path),
+                             "r").pipeline_train_steps
+    assert loop_settings(parse_config(PPOJobConfig, base + ["--train.pipeline_steps"]),
+                         str(tmp_path), "r").pipeline_train_steps
