@@ -26,8 +26,11 @@ The work (`--algo`):
   `--max-new-tokens` (grpo; still one optimizer step of prompts x group rows per
   iteration) and `--micro-batch` (every algo).
 
-Timed: `--steps` optimizer steps after one warm-up step. `quartet_per_s`/`trl_per_s` are
-samples (GRPO rows) or pairs per second over the timed steps; `ratio` = quartet / TRL.
+Timed: `--steps` optimizer steps after one warm-up step (default `TIMED_STEPS`: 4 for GRPO,
+as the issue's work; 8 for DPO and 12 for RM, whose steps take 2-8 s: over four of them the
+host's noise alone moved the RM ratio from 1.18 to 1.90 between runs of the same command).
+`quartet_per_s`/`trl_per_s` are samples (GRPO rows) or pairs per second over the timed
+steps; `ratio` = quartet / TRL.
 `wall_ratio` = TRL's whole command seconds / quartet's (start-up, model loading and the
 final save included). Memory (`PeakMemory`), over each command's whole process tree: RSS from
 /proc/PID/statm every 0.2 s, the rest from /proc/PID/smaps_rollup every 1 s (reading
@@ -72,6 +75,9 @@ WORK = {
     "dpo": {"batch": 4, "micro": 4, "unit": "pairs"},
     "rm": {"batch": 4, "micro": 4, "unit": "pairs"},
 }
+TIMED_STEPS = {"grpo": 4, "dpo": 8, "rm": 12}
+"""Default timed steps per algorithm: enough seconds of steps that a run's ratio is not the
+host's noise (docs/benchmarks.md, "Ninth pass (lead)")."""
 PAIR_SHAPES = ("shared-tail", "distinct")
 CHECKPOINTING = ("none", "selective", "full")
 DEFAULT_CHECKPOINTING = "selective"
@@ -131,7 +137,9 @@ def shape_for(algo: str, prompts: int | None = None, group: int | None = None,
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench trl", description=__doc__)
     p.add_argument("--algo", required=True, choices=sorted(WORK))
-    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps (+1 warm-up)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed optimizer steps (+1 warm-up); default: "
+                        + ", ".join(f"{a} {n}" for a, n in TIMED_STEPS.items()))
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds; each round runs both, alternating which goes first")
     p.add_argument("--only", choices=["quartet", "trl"], default=None,
@@ -155,7 +163,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true",
                    help="keep the work directory (else removed at the end, on a failure and "
                         "on SIGTERM/SIGINT, with the run in progress stopped)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = TIMED_STEPS[args.algo]
+    if args.steps < 1:
+        p.error(f"--steps: expected at least 1 timed step, got {args.steps}")
+    return args
 
 
 # --------------------------------------------------------------------------- data

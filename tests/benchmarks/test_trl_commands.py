@@ -100,3 +100,15 @@ def test_grpo_shape_flags_reach_both_sides(tmp_path):
 def test_shape_flags_refused_with_the_flag_named(algo, kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         trl.shape_for(algo, **kwargs)
+
+
+@pytest.mark.parametrize("algo,steps", [("grpo", 4), ("dpo", 8), ("rm", 12)])
+def test_timed_steps_default_per_algorithm_and_an_explicit_count_wins(algo, steps):
+    assert trl.parse(["--algo", algo]).steps == steps
+    assert trl.parse(["--algo", algo, "--steps", "3"]).steps == 3
+
+
+def test_zero_timed_steps_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        trl.parse(["--algo", "rm", "--steps", "0"])
+    assert "--steps: expected at least 1 timed step, got 0" in capsys.readouterr().err
