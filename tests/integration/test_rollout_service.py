@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -57,9 +56,9 @@ def start_replica(model: Path, backend: str, workdir: str) -> tuple[subprocess.P
 
 
 @pytest.fixture(scope="module")
-def replicas(tiny_model_path):
+def replicas(tiny_model_path, tmp_path_factory):
     pytest.importorskip("vllm")
-    workdir = tempfile.mkdtemp(prefix="rollout-it-")
+    workdir = str(tmp_path_factory.mktemp("rollout-it"))
     started = [start_replica(tiny_model_path, b, workdir) for b in BACKENDS]
     clients = []
     try:
