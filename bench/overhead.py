@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                            if args.threads == "equal" else None)
                 roles = stack.enter_context(PPOServices(cfg, work / mode, threads=threads)).roles()
             else:
-                from services.coordinator.inprocess import build_inprocess_roles
+                from services.coordinator.inprocess import InProcessRoles
 
-                roles = build_inprocess_roles(cfg)
+                roles = stack.enter_context(InProcessRoles(cfg)).roles()
             run = ModeRun(mode, PPOLoop(roles, loop_settings(cfg, str(work / mode), "bench"),
                                         prompts, decode))
             stack.callback(run.loop.close)

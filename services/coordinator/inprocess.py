@@ -9,6 +9,8 @@ in-process), and debugging a run under one debugger.
 from __future__ import annotations
 
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from quartet.codec.batches import RowBatch
 from quartet.codec.dtypes import float_dtype
@@ -24,6 +26,9 @@ from services.coordinator.launch import (
     training_role_config,
 )
 from services.coordinator.ppo_loop import PPORoles
+
+if TYPE_CHECKING:
+    from quartet.engines.generation import RolloutEngine
 
 
 class LocalActor:
@@ -114,7 +119,40 @@ class LocalWeightSync:
         return {"load_seconds": seconds}
 
 
-def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
+class InProcessRoles:
+    """Every role of `cfg` built in this process (`roles()`), as a context manager: closing
+    ends the rollout engines. An in-process vLLM engine made a torch.distributed group over
+    a file store (/tmp/vllm_dist_<uuid>) that only destroying the group removes; unclosed,
+    every run left one behind (as the rollout service did before it closed its engine)."""
+
+    def __init__(self, cfg: PPOJobConfig) -> None:
+        self.engines: list[RolloutEngine] = []
+        try:
+            self._roles = _build_roles(cfg, self.engines)
+        except BaseException:
+            self.close()  # the engines built before the failure
+            raise
+
+    def roles(self) -> PPORoles:
+        return self._roles
+
+    def close(self) -> None:
+        """Ends every rollout engine (idempotent: a closed generator ignores a second
+        close)."""
+        for engine in self.engines:
+            engine.generator.close()
+
+    def __enter__(self) -> InProcessRoles:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _build_roles(cfg: PPOJobConfig, engines: list[RolloutEngine]) -> PPORoles:
+    """The roles; each rollout engine is appended to `engines` as soon as it is built (so
+    the caller can close it whatever fails after)."""
     from quartet.engines.frozen_model import FrozenCausalLM
     from quartet.engines.generation import RolloutEngine, build_generator
     from quartet.rewards.http import RemoteHTTPReward
@@ -148,13 +186,11 @@ def build_inprocess_roles(cfg: PPOJobConfig) -> PPORoles:
 
     on_gpu = torch.cuda.is_available()
     dtype = cfg.vllm.engine_dtype(on_gpu)
-    engines = [  # eager or compiled as the rollout services would be (`rollout_eager`)
-        RolloutEngine(build_generator(cfg.vllm.backend, cfg.actor.model_name_or_path,
-                                      dtype=dtype, max_model_len=cfg.vllm.max_model_len,
-                                      seed=cfg.train.seed + i,
-                                      enforce_eager=rollout_eager(cfg, on_gpu)))
-        for i in range(cfg.vllm.num_engines)
-    ]
+    for i in range(cfg.vllm.num_engines):  # eager or compiled as the services' engines
+        engines.append(RolloutEngine(build_generator(
+            cfg.vllm.backend, cfg.actor.model_name_or_path, dtype=dtype,
+            max_model_len=cfg.vllm.max_model_len, seed=cfg.train.seed + i,
+            enforce_eager=rollout_eager(cfg, on_gpu))))
     return PPORoles(
         actor=LocalActor(actor),
         rollouts=[LocalRollout(e) for e in engines],

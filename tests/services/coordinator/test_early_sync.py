@@ -65,7 +65,7 @@ class LastStepWaits:
 
 def test_the_next_update_opens_during_the_last_step_and_closes_when_training_fails(
         tmp_path, tiny_model_path, tiny_data):
-    from services.coordinator.inprocess import build_inprocess_roles
+    from services.coordinator.inprocess import InProcessRoles
     from services.coordinator.job import loop_settings
     from services.coordinator.ppo_loop import PPOLoop
     from services.coordinator.prompts import load_prompts
@@ -77,7 +77,11 @@ def test_the_next_update_opens_during_the_last_step_and_closes_when_training_fai
         "--train.batch_size", str(4 // MINI_BATCHES), "--train.micro_batch_size", "2",
         "--train.num_iterations", "2", "--ckpt.output_dir", str(tmp_path),
         "--ds.zero_stage", "0", "--ds.param_dtype", "fp32"])
-    roles = build_inprocess_roles(cfg)
+    before = set(threading.enumerate())
+    in_process = InProcessRoles(cfg)
+    engine_threads = [t for t in threading.enumerate()
+                      if t not in before and t.name == "hf-generate"]
+    roles = in_process.roles()
     sync = RecordedSync()
     roles.early_sync = sync
     steps = LastStepWaits(roles.actor.train_step, sync, fail_at=2 * MINI_BATCHES)
@@ -99,3 +103,6 @@ def test_the_next_update_opens_during_the_last_step_and_closes_when_training_fai
         assert len(sync.calls) == 3 and loop.version == 1  # no sync after the failure
     finally:
         loop.close()
+        in_process.close()
+    # closing the roles ended their rollout engine, as stopping a rollout service does
+    assert len(engine_threads) == 1 and not engine_threads[0].is_alive()

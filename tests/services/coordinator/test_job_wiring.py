@@ -27,20 +27,20 @@ class InProcessServices:
     """Stands in for PPOServices: the roles in this process (services.coordinator.inprocess)."""
 
     def __init__(self, cfg, out, longest_prompt: int | None = None) -> None:
-        from services.coordinator.inprocess import build_inprocess_roles
+        from services.coordinator.inprocess import InProcessRoles
 
         assert longest_prompt is not None and longest_prompt > 0  # job.run read the prompts
         self.addresses: dict[str, list[str]] = {}
-        self._roles = build_inprocess_roles(cfg)
+        self._in_process = InProcessRoles(cfg)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        self._in_process.close()
 
     def roles(self, run_id: str = "ppo"):
-        return self._roles
+        return self._in_process.roles()
 
     def recovery(self):
         return None  # no processes to restart
