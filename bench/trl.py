@@ -15,7 +15,7 @@ The work (`--algo`):
   actor, reference, reward and vLLM rollout services, with `--vllm.enable_sleep
   --ref.enable_sleep` (the rollout's and the reference's weights freed while the actor
   trains: TRL's single process holds no idle copies to free) and the actor's activation
-  checkpointing (`--checkpointing`, default selective); TRL: `GRPOTrainer` (HF generate, no
+  checkpointing (`--checkpointing`, default full); TRL: `GRPOTrainer` (HF generate, no
   checkpointing).
 - dpo: 4 preference pairs per step (one micro-batch), at most 256 tokens, sigmoid loss
   beta 0.1, frozen reference; `quartet dpo` vs `DPOTrainer`.
@@ -80,12 +80,13 @@ TIMED_STEPS = {"grpo": 4, "dpo": 8, "rm": 12}
 host's noise (docs/benchmarks.md, "Ninth pass (lead)")."""
 PAIR_SHAPES = ("shared-tail", "distinct")
 CHECKPOINTING = ("none", "selective", "full")
-DEFAULT_CHECKPOINTING = "selective"
-"""GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). The actor's
-training step is the tree's peak. Since the actor's step computes no logits (issue 13's
-sixth pass, benchmarks.md "Sixth pass (speed)"), selective keeps the tree below TRL's peak
-on the 32- and 64-token shapes while recomputing only pointwise ops, where full runs each
-layer's forward again (the 64-token shape missed 1.5x with full). TRL's side runs without
+DEFAULT_CHECKPOINTING = "full"
+"""GRPO, quartet's actor: `--actor.gradient_checkpointing_policy` (none: off). With
+selective (the default from the sixth pass to the ninth) the actor's training step was the
+tree's peak, and on the Intel Xeon host of the ninth and tenth passes that peak (5418-5592
+MiB RSS) exceeded TRL's (5166): full keeps only the layer inputs, ~300-400 MiB less at the
+step (benchmarks.md, "Tenth pass (mem)"). Its cost is one more forward per layer in
+backward; `--checkpointing selective` remains for comparing. TRL's side runs without
 checkpointing, as its GRPOTrainer does by default."""
 GRPO_DEFAULTS = {"prompts": 16, "group": 4, "max_new_tokens": 32}
 

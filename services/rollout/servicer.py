@@ -7,7 +7,7 @@ turns them into status codes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -16,7 +16,7 @@ from quartet.codec import DEFAULT_MAX_TENSOR_BYTES, ragged_from_proto
 from quartet.engines.generation import RolloutEngine
 from quartet.heap import PhaseTrimmer
 from quartet.serving.errors import InvalidArgument
-from quartet.types import PromptOutput, SamplingConfig
+from quartet.types import PromptOutput, SamplingConfig, UpdateResult
 from quartet.v1 import common_pb2, rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync import TensorSpec, WeightGroupConfig
 from quartet.weightsync.stream import PushedWeights
@@ -129,17 +129,26 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     def FinishWeightUpdate(
         self, request: rollout_pb2.FinishWeightUpdateRequest, context: grpc.ServicerContext
     ) -> rollout_pb2.FinishWeightUpdateResponse:
-        with self._trimmer.phase():  # the staged buckets and vLLM's reload temporaries
-            result = self._engine.finish_weight_update(request.version, request.timeout_s)
-        return rollout_pb2.FinishWeightUpdateResponse(version=result.version,
-                                                      load_seconds=result.load_seconds)
+        return self._loaded(lambda: self._engine.finish_weight_update(request.version,
+                                                                      request.timeout_s))
 
     def PushWeights(self, request_iterator, context: grpc.ServicerContext
                     ) -> rollout_pb2.FinishWeightUpdateResponse:
         pushed = PushedWeights(request_iterator, self._max_tensor_bytes)
+        return self._loaded(lambda: self._engine.push_weights(
+            pushed.version, pushed.specs, pushed.tensors(), run_id=pushed.header.run_id))
+
+    def _loaded(self, load: Callable[[], UpdateResult]
+                ) -> rollout_pb2.FinishWeightUpdateResponse:
+        """Runs a weight load, then trims the heap at once (`PhaseTrimmer.trim_now`, in the
+        background). The load frees what it staged (the received buckets, vLLM's unpacked
+        copies of the weights it packs) and the coordinator's next Generate follows within
+        milliseconds, too soon for the idle trim: those pages stayed resident through the
+        whole generate phase and were given back only after it. The trim that follows the
+        generate phase returns them anyway, so trimming here costs no extra page faults."""
         with self._trimmer.phase():
-            result = self._engine.push_weights(pushed.version, pushed.specs, pushed.tensors(),
-                                               run_id=pushed.header.run_id)
+            result = load()
+        self._trimmer.trim_now()
         return rollout_pb2.FinishWeightUpdateResponse(version=result.version,
                                                       load_seconds=result.load_seconds)
 
