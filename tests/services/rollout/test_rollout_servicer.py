@@ -271,3 +271,38 @@ def test_versions_are_per_run(served):
     assert client.info().weight_version == 1
     expect_status(grpc.StatusCode.FAILED_PRECONDITION, "version: 1 is stale",
                   client.push_weights, 1, new, header=run_b)
+
+
+def test_a_weight_load_trims_the_heap_at_once(monkeypatch):
+    """A load frees what it staged (and vLLM's unpacked weights) just before the next
+    Generate, which follows within milliseconds: the idle trim would wait for the generate
+    phase to end, so the load asks for its trim at once (here the idle one is 60 s away)."""
+    import quartet.heap as heap
+
+    monkeypatch.setattr(heap, "release_free_heap", lambda *_: True)
+    engine = RolloutEngine(FakeGenerator(), initial_version=0, admission_timeout_s=30)
+    servicer = RolloutServicer(engine)
+    servicer._trimmer.settle_s = 60.0
+    server = RoleServer("rollout", port=0)
+    rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server.grpc_server)
+    server.start()
+    server.set_serving(True)
+    client = GrpcRolloutClient(server.address)
+    try:
+        client.generate([[1]], SamplingConfig())  # its own trim stays owed, 60 s out
+        assert client.push_weights(1, {"w": torch.ones(2, 2), "b": torch.ones(2)}).version == 1
+        wait_until(lambda: servicer._trimmer.trims == 1)
+        client.init_weight_group(WeightGroupConfig("127.0.0.1", 1234, 2, 1))
+        client.begin_weight_update(2, specs_of(WEIGHTS))
+        assert client.finish_weight_update(2, timeout_s=10).version == 2
+        wait_until(lambda: servicer._trimmer.trims == 2)
+    finally:
+        client.close()
+        server.stop(0)
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
