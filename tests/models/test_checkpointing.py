@@ -75,7 +75,7 @@ def test_selective_recomputes_pointwise_ops_and_gives_the_same_step(tiny_model_p
     start = [p.detach().clone() for p in plain.engine.module.parameters()]
     m_plain, ops_plain = _step(plain, batch, old, adv, ref)
     m_sel, ops_sel = _step(selective, batch, old, adv, ref)
-    _, ops_full = _step(full, batch, old, adv, ref)
+    m_full, ops_full = _step(full, batch, old, adv, ref)
 
     # what each policy ran again in backward: selective the pointwise ops only, full the
     # matrix multiplies as well
@@ -85,12 +85,16 @@ def test_selective_recomputes_pointwise_ops_and_gives_the_same_step(tiny_model_p
     for op in ("aten.silu", "aten.rsqrt"):
         assert ops_sel[op] - ops_plain[op] >= layers, op
 
+    # both policies: the same step bit for bit (full is `bench trl --algo grpo`'s default)
     for key in ("policy_loss", "kl_loss", "entropy", "ratio", "grad_norm"):
         assert m_sel[key] == m_plain[key], key
+        assert m_full[key] == m_plain[key], key
     moved = 0.0
-    for (name, a), b, s in zip(selective.engine.module.named_parameters(),
-                               plain.engine.module.parameters(), start, strict=True):
+    for (name, a), b, c, s in zip(selective.engine.module.named_parameters(),
+                                  plain.engine.module.parameters(),
+                                  full.engine.module.parameters(), start, strict=True):
         assert torch.equal(a, b), name
+        assert torch.equal(c, b), name
         moved = max(moved, float((a - s).detach().abs().max()))
     assert moved > 1e-4  # the step moved the weights, so equality means something
 
