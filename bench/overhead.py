@@ -18,8 +18,12 @@ are started first and their iterations alternate (each round starts with the nex
 and `ratio` = the median of the services' iteration seconds / the median of the in-process
 ones: alternating puts both modes under the same load, the median ignores the few iterations
 a burst stalled. `ratio_mean` is the previous statistic (mean / mean) over the same
-iterations. Async modes run one after the other (their rollout generates ahead in the
-background, so it would compute during the other mode's iterations). The last line is JSON.
+iterations. `ratio_ci95` is a bootstrap interval of `ratio` over the rounds (resampled whole,
+since a round's iterations share the host's load): how much `ratio` says. With 12
+iterations a mode it spanned +-6-8% on a busy 2-core host (docs/benchmarks.md, tenth pass),
+so 40 are timed by default. Async modes run one after the other (their rollout generates
+ahead in the background, so it would compute during the other mode's iterations). The last
+line is JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -37,8 +42,9 @@ from bench.scratch import Scratch
 
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench overhead", description=__doc__)
-    p.add_argument("--iterations", type=int, default=12,
-                   help="timed iterations per mode (+1 warm-up each)")
+    p.add_argument("--iterations", type=int, default=40,
+                   help="timed iterations per mode (+1 warm-up each); `ratio_ci95` narrows "
+                        "with their square root")
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--prompts", type=int, default=16, help="prompts per iteration")
@@ -56,7 +62,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "turns (round i starts with mode i mod n), so the host's load hits "
                         "every mode alike; sequential: one mode's iterations after the "
                         "other's; auto (default): alternate, sequential when a mode is async")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.iterations < 1:
+        p.error(f"--iterations: must be >= 1 (timed iterations per mode), got {args.iterations}")
+    return args
 
 
 def job_config(args: argparse.Namespace, model: Path, data: Path, out: Path,
@@ -108,6 +117,26 @@ class ModeRun:
                 "median_s_per_iter": round(statistics.median(self.iter_s), 4),
                 **{f"{k}_s": round(v / n, 4) for k, v in self.phases.items()},
                 "iter_s": [round(x, 4) for x in self.iter_s]}
+
+
+def ratio_interval(a: list[float], b: list[float], paired: bool, level: float = 0.95,
+                   resamples: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval (percentile, `level`) of median(a) / median(b): how far the
+    `ratio` of these iterations could be from the one more iterations would give.
+
+    `paired` (alternating modes): a[i] and b[i] ran in the same round, under the same load,
+    so whole rounds are resampled and a busy stretch of the host moves both medians alike;
+    otherwise each mode's iterations are resampled on their own."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(resamples):
+        ia = [rng.randrange(len(a)) for _ in a]
+        ib = ia if paired else [rng.randrange(len(b)) for _ in b]
+        ratios.append(statistics.median(a[i] for i in ia) / statistics.median(b[i] for i in ib))
+    ratios.sort()
+    tail = (1 - level) / 2
+    return (round(ratios[int(tail * resamples)], 3),
+            round(ratios[min(int((1 - tail) * resamples), resamples - 1)], 3))
 
 
 def resolve_order(order: str, modes: list[str]) -> str:
@@ -213,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if "services" in result and "inprocess" in result:
             result["ratio"] = ratio("services", "inprocess", "median_s_per_iter")
             result["ratio_mean"] = ratio("services", "inprocess", "s_per_iter")
+            result["ratio_ci95"] = ratio_interval(result["services"]["iter_s"],
+                                                  result["inprocess"]["iter_s"],
+                                                  paired=order == "alternate")
         if "services" in result and "services-async" in result:
             result["async_speedup"] = ratio("services", "services-async", "median_s_per_iter")
             result["async_speedup_mean"] = ratio("services", "services-async", "s_per_iter")

@@ -39,3 +39,30 @@ def test_summary_reports_median_and_mean_and_every_iteration():
     assert 0.009 < s["median_s_per_iter"] < 0.03  # the stalled iteration does not move it
     assert s["s_per_iter"] > 0.04  # the mean does
     assert s["generate_s"] == pytest.approx(0.024, abs=1e-3)
+
+
+def test_ratio_interval_holds_the_ratio_and_narrows_with_more_rounds():
+    import random
+    import statistics
+
+    from bench.overhead import ratio_interval
+
+    rng = random.Random(1)
+    load = [rng.uniform(0.6, 1.0) for _ in range(48)]  # each round's host load, both modes
+    services = [x * 1.03 + rng.gauss(0, 0.02) for x in load]
+    inprocess = [x + rng.gauss(0, 0.02) for x in load]
+    ratio = statistics.median(services) / statistics.median(inprocess)
+    lo, hi = ratio_interval(services, inprocess, paired=True)
+    assert lo <= ratio <= hi
+    few = ratio_interval(services[:12], inprocess[:12], paired=True)
+    assert few[1] - few[0] > hi - lo  # 12 rounds say less than 48
+    assert ratio_interval(services, inprocess, paired=True) == (lo, hi)  # seeded: repeatable
+
+
+def test_no_timed_iterations_is_refused_by_name(capsys):
+    from bench.overhead import parse
+
+    assert parse([]).iterations == 40
+    with pytest.raises(SystemExit):
+        parse(["--iterations", "0"])
+    assert "--iterations: must be >= 1" in capsys.readouterr().err
