@@ -57,11 +57,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) tools/genproto.py --check
 
+# Two pytest-xdist workers, one module (or group, tests/conftest.py) at a time each, one
+# OpenMP thread per process: a serial run kept 1.1 of the 2 cores busy (waiting on services).
+TEST_WORKERS ?= 2
+
 test: setup lint
-	@echo "==> running the test suite"
+	@echo "==> running the test suite ($(TEST_WORKERS) workers)"
 	@# exit code 5 means no test was collected: a failure, never a pass; --durations lists
 	@# the slowest tests in the log (where the ~20-minute budget goes)
-	@$(PY) -m pytest -q --durations=25; rc=$$?; \
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=25; \
+	  rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup

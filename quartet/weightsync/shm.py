@@ -188,6 +188,19 @@ def remove_stale_segments(directory: Path = SHM_DIR) -> list[Path]:
     return removed
 
 
+def segment_names(directory: Path = SHM_DIR) -> set[str]:
+    """The weight segment files in `directory` now (a leak check's "before")."""
+    return {p.name for p in directory.glob(FILE_PREFIX + "*")}
+
+
+def segments_left(before: set[str], directory: Path = SHM_DIR) -> list[str]:
+    """Segment files that appeared since `before` and that this process created or whose
+    creator no longer runs: what a finished group left behind. A file a live process of
+    another run still holds (tests run in parallel) is in use, not left."""
+    return sorted(n for n in segment_names(directory) - before
+                  if (pid := _pid_of(n)) is None or pid == os.getpid() or not _alive(pid))
+
+
 class SegmentOffer:
     """Rank 0's segment while the group forms: the file exists (so members can open it)
     until `withdraw` unlinks it."""

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_weight_plane_reports_both_planes_and_leaves_no_segment():
-    before = set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*"))
+    before = shm.segment_names()
     out = subprocess.run([sys.executable, "-m", "bench", "weight_plane", "--sessions", "2",
                           "--warmup", "0", "--hidden-size", "64", "--layers", "1"],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -22,4 +22,4 @@ def test_weight_plane_reports_both_planes_and_leaves_no_segment():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["bench"] == "weight_plane" and result["sessions"] == 2
     assert result["broadcast"]["median_ms"] > 0 and result["shared_memory"]["median_ms"] > 0
-    assert set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*")) == before
+    assert not shm.segments_left(before)

@@ -185,7 +185,7 @@ def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
     nothing (no loader kept a view of it), and no file stays in /dev/shm."""
     from quartet.weightsync import shm
 
-    files = set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*"))
+    files = shm.segment_names()
     version = max(c.info().weight_version for c in replicas) + 1
     g = torch.Generator().manual_seed(2)
     changed = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in
@@ -213,7 +213,7 @@ def test_weight_update_through_shared_memory_loads_the_broadcasts_bits(replicas,
         version += 2
         group.close()
     assert outputs["ring"] == outputs["broadcast"] == outputs["whole"]
-    assert set(shm.SHM_DIR.glob(shm.FILE_PREFIX + "*")) == files
+    assert not shm.segments_left(files)
 
 
 def test_push_weights_fallback_round_trip(replicas, original_weights):

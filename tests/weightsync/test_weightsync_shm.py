@@ -42,8 +42,6 @@ MEMBER = HERE / "weight_member_main.py"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def segment_files() -> set[str]:
-    return {p.name for p in shm.SHM_DIR.glob(shm.FILE_PREFIX + "*")}
 
 
 def start_sender(port: int, versions: str, offer: bool = True) -> subprocess.Popen:
@@ -71,9 +69,9 @@ def receive_exact(group, version: int) -> None:
 
 @pytest.fixture
 def no_segment_left():
-    before = segment_files()
+    before = shm.segment_names()
     yield
-    assert segment_files() == before, "a weight segment was left in /dev/shm"
+    assert not shm.segments_left(before), "a weight segment was left in /dev/shm"
 
 
 def test_a_session_through_shared_memory_is_bit_exact_and_no_file_stays(no_segment_left):
@@ -86,7 +84,7 @@ def test_a_session_through_shared_memory_is_bit_exact_and_no_file_stays(no_segme
             receive_exact(group, version)
             # unlinked once every member held it: only descriptors and mappings remain
             assert not any(f.startswith(f"{shm.FILE_PREFIX}{proc.pid}-")
-                           for f in segment_files())
+                           for f in shm.segment_names())
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "formed shm=1" in out and "sent 3" in out
@@ -340,3 +338,22 @@ def test_an_offer_is_taken_only_with_its_token(tmp_path):
     finally:
         offer.withdraw()
         offer.segment.close()
+
+
+def test_a_leak_check_counts_dead_and_own_creators_not_a_live_other_process(tmp_path):
+    """What the leak checks here (and in tests run beside them) count: a file that appeared
+    and whose creator is gone or is this process; another live process's file is in use."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"{shm.FILE_PREFIX}{os.getpid()}-old").write_bytes(b"x")
+        before = shm.segment_names(tmp_path)
+        names = [f"{shm.FILE_PREFIX}{pid}-new" for pid in (dead.pid, os.getpid(), other.pid)]
+        for name in names:
+            (tmp_path / name).write_bytes(b"x")
+        assert shm.segments_left(before, tmp_path) == sorted(names[:2])
+        assert shm.segments_left(shm.segment_names(tmp_path), tmp_path) == []
+    finally:
+        other.kill()
+        other.wait()
