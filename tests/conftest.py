@@ -84,6 +84,7 @@ def _module(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist has no such hook
 def pytest_xdist_make_scheduler(config, log):
     """With `--dist loadscope`: one unit per module or GROUPS entry, in collection order."""
     if config.getvalue("dist") != "loadscope":

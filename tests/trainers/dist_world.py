@@ -7,6 +7,7 @@ groups derived from it) in module globals; after ``destroy_process_group`` a lat
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ def _reset_deepspeed() -> None:
 def world_of_one() -> Iterator:
     import torch.distributed as dist
 
+    # An earlier test's engine left as garbage (a vLLM engine whose start failed) destroys
+    # the process group when it is collected: collect it now, not inside this world.
+    gc.collect()
     saved = {k: os.environ.get(k) for k in _ENV}
     from quartet.engines.distributed import init_distributed
 
