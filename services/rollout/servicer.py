@@ -78,11 +78,12 @@ def group_config_from_proto(msg: common_pb2.InitWeightGroupRequest) -> WeightGro
 
 class RolloutServicer(rollout_pb2_grpc.RolloutServicer):
     def __init__(self, engine: RolloutEngine,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 trimmer: PhaseTrimmer | None = None) -> None:
         self._engine = engine
         self._max_tensor_bytes = max_tensor_bytes
         # what a generation or a weight load freed leaves the RSS once none is in flight
-        self._trimmer = PhaseTrimmer()
+        self._trimmer = trimmer if trimmer is not None else PhaseTrimmer()
 
     def Generate(self, request: rollout_pb2.GenerateRequest,
                  context: grpc.ServicerContext) -> Iterator[rollout_pb2.GenerateResponse]:

@@ -42,8 +42,6 @@ MEMBER = HERE / "weight_member_main.py"
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-
-
 def start_sender(port: int, versions: str, offer: bool = True) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SENDER), str(port), "2", versions, "4096",
                              "1" if offer else "0"], cwd=REPO, env=ENV, text=True,

@@ -14,6 +14,7 @@ from quartet.clients.rollout import GrpcRolloutClient
 from quartet.codec import ragged_to_proto
 from quartet.engines.generation import GenerationStream, Generator, RolloutEngine
 from quartet.serving import RoleServer
+from quartet.testing.faults import wait_for
 from quartet.types import LoadStats, PromptOutput, SampleOutput, SamplingConfig
 from quartet.v1 import rollout_pb2, rollout_pb2_grpc
 from quartet.weightsync import TensorSpec, WeightGroupConfig, specs_of
@@ -281,8 +282,8 @@ def test_a_weight_load_trims_the_heap_at_once(monkeypatch):
 
     monkeypatch.setattr(heap, "release_free_heap", lambda *_: True)
     engine = RolloutEngine(FakeGenerator(), initial_version=0, admission_timeout_s=30)
-    servicer = RolloutServicer(engine)
-    servicer._trimmer.settle_s = 60.0
+    trimmer = heap.PhaseTrimmer(settle_s=60.0)
+    servicer = RolloutServicer(engine, trimmer=trimmer)
     server = RoleServer("rollout", port=0)
     rollout_pb2_grpc.add_RolloutServicer_to_server(servicer, server.grpc_server)
     server.start()
@@ -291,18 +292,12 @@ def test_a_weight_load_trims_the_heap_at_once(monkeypatch):
     try:
         client.generate([[1]], SamplingConfig())  # its own trim stays owed, 60 s out
         assert client.push_weights(1, {"w": torch.ones(2, 2), "b": torch.ones(2)}).version == 1
-        wait_until(lambda: servicer._trimmer.trims == 1)
+        wait_for(lambda: trimmer.trims == 1, 10, "the trim after a pushed load", poll_s=0.01)
         client.init_weight_group(WeightGroupConfig("127.0.0.1", 1234, 2, 1))
         client.begin_weight_update(2, specs_of(WEIGHTS))
         assert client.finish_weight_update(2, timeout_s=10).version == 2
-        wait_until(lambda: servicer._trimmer.trims == 2)
+        wait_for(lambda: trimmer.trims == 2, 10, "the trim after a session's load",
+                 poll_s=0.01)
     finally:
         client.close()
         server.stop(0)
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
